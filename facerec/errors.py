@@ -1,0 +1,46 @@
+"""Exception types raised on bad user input.
+
+Each is a subclass of the builtin a caller would expect (``ValueError``, ``FileNotFoundError``),
+so ``except ValueError`` keeps working, while the message names the file, line or field, the
+value received and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class FacerecError(Exception):
+    """Base class of every error facerec raises on purpose."""
+
+
+class ConfigError(FacerecError, ValueError):
+    """A configuration field has a value that cannot work; raised before any worker starts."""
+
+    def __init__(self, field: str, value, expected: str):
+        self.field, self.value, self.expected = field, value, expected
+        super().__init__(f"{field}={value!r} is invalid: expected {expected}.")
+
+
+class AnnotationError(FacerecError, ValueError):
+    """A line of an annotation file (CelebA/LFW format) is malformed."""
+
+    def __init__(self, path, line: int | None, message: str):
+        self.path, self.line = str(path), line
+        where = f"{path}, line {line}" if line is not None else f"{path}"
+        super().__init__(f"{where}: {message}")
+
+
+class DataNotFoundError(FacerecError, FileNotFoundError):
+    """A data folder or file the stage needs is absent."""
+
+
+class ImageDecodeError(FacerecError, ValueError):
+    """An image could not be decoded. ``reason`` is a short drop-manifest code."""
+
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        super().__init__(message)
+
+
+class ArtifactMismatchError(FacerecError, ValueError):
+    """An artifact (crops table, checkpoint, embeddings, index) does not match what reads it:
+    another model, another embedding dimension, another data version, or damaged contents."""
