@@ -1,0 +1,82 @@
+"""Build the Serve application from a :class:`ServeConfig`.
+
+``build_app(config)`` checks every artifact first (checkpoints readable, gallery present, each
+gallery index built by the served checkpoint) and only then binds the deployments:
+
+    Ingress(config, {name: Embedder_<name>(model, crop) for each model}, Retriever(gallery))
+
+``app_builder(args)`` is the import path for Serve config files
+(``import_path: facerec.serve.app:app_builder`` with ``args:`` = ServeConfig fields), used by
+``serve run``/``serve deploy`` and the KubeRay RayService in ``cluster/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from facerec.errors import ArtifactMismatchError
+from facerec.serve.config import ModelConfig, ServeConfig
+
+__all__ = ["ModelConfig", "ServeConfig", "app_builder", "build_app", "check_artifacts"]
+
+
+def check_artifacts(config: ServeConfig) -> dict[str, Any]:
+    """Read the gallery manifest and every checkpoint's model.json (no weights); raise before
+    any replica starts if a served model has no index in the gallery or another model built it.
+    Returns the manifest."""
+    from facerec.models import read_checkpoint_metadata
+    from facerec.serve.gallery import read_manifest
+
+    manifest = read_manifest(config.gallery_dir)
+    for m in config.models:
+        meta = read_checkpoint_metadata(m.checkpoint)
+        entry = manifest["models"].get(m.name)
+        if entry is None:
+            raise ArtifactMismatchError(
+                f"gallery {config.gallery_dir} has no index for model {m.name!r} (it has {sorted(manifest['models'])}); "
+                f"rename the model in the config or rebuild the gallery with --checkpoint {m.name}={m.checkpoint}"
+            )
+        if entry["model_id"] != meta["model_id"]:
+            raise ArtifactMismatchError(
+                f"model {m.name!r}: checkpoint {m.checkpoint} has model_id {meta['model_id']} but the gallery index was "
+                f"built with {entry['model_id']}; rebuild the gallery with this checkpoint"
+            )
+    return manifest
+
+
+def build_app(config: ServeConfig):
+    """The bound application (``serve.run(build_app(cfg))``)."""
+    from facerec.models import read_checkpoint_metadata
+    from facerec.serve.embedder import Embedder
+    from facerec.serve.ingress import Ingress
+    from facerec.serve.retriever import Retriever
+
+    manifest = check_artifacts(config)
+    crop = {
+        "crop_size": int(manifest.get("crop_size", 218)),
+        "margin": float(manifest.get("margin", 0.2)),
+        "max_pixels": config.max_pixels,
+        "max_faces": config.max_faces,
+        "haar_scale_factor": config.haar_scale_factor,
+        "haar_min_neighbors": config.haar_min_neighbors,
+        "haar_min_size": config.haar_min_size,
+    }
+    model_ids = {m.name: read_checkpoint_metadata(m.checkpoint)["model_id"] for m in config.models}
+    embedders = {}
+    for m in config.models:
+        model = {**m.__dict__, "checkpoint": str(Path(m.checkpoint).resolve())}
+        embedders[m.name] = Embedder.options(user_config=m.batching(), **m.deployment_options()).bind(model, crop)
+    retriever = Retriever.options(
+        num_replicas=config.retriever_replicas,
+        ray_actor_options={"num_cpus": float(config.retriever_num_cpus)},
+    ).bind(str(Path(config.gallery_dir).resolve()), model_ids, config.index_kind, config.index_params, config.reload_poll_s)
+    return Ingress.options(
+        num_replicas=config.ingress_replicas,
+        ray_actor_options={"num_cpus": float(config.ingress_num_cpus)},
+    ).bind(config.to_dict(), embedders, retriever)
+
+
+def app_builder(args: dict[str, Any]):
+    """Application builder for Serve config files: ``args`` are the ServeConfig fields."""
+    return build_app(ServeConfig.from_dict(dict(args)))

@@ -1,0 +1,210 @@
+"""Validated configuration of the Serve application.
+
+Everything the deployments need is in :class:`ServeConfig`; it is checked in ``__post_init__``
+(types and ranges) and by :func:`facerec.serve.app.check_artifacts` (checkpoints and gallery on
+disk) before any replica starts, so a typo fails on the driver with the field's name instead
+of as a crash loop of replicas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from facerec.errors import ConfigError
+
+K_MAX = 1000
+FACES_MODES = ("largest", "all")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_int(name: str, value, low: int, high: int | None = None) -> None:
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ConfigError(name, value, f"an integer {rng}")
+
+
+def _check_num(name: str, value, low: float, high: float | None = None, low_open: bool = False) -> None:
+    bad = not _is_num(value) or (value <= low if low_open else value < low) or (high is not None and value > high)
+    if bad:
+        lo = f"> {low}" if low_open else f">= {low}"
+        rng = lo if high is None else f"{lo} and <= {high}"
+        raise ConfigError(name, value, f"a number {rng}")
+
+
+def _from_dict(cls, data: dict[str, Any], where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(where, data, f"a mapping of {cls.__name__} fields")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}", data[unknown[0]], f"one of the fields {sorted(names)} (unknown key)")
+    return cls(**data)
+
+
+@dataclass
+class ModelConfig:
+    """One served model = one ``Embedder`` deployment.
+
+    ``checkpoint``: a folder written by ``facerec.models.save_checkpoint`` (model.pt + model.json).
+    ``max_batch_size`` / ``batch_wait_timeout_s``: ``@serve.batch`` dynamic batching (1 = off).
+    ``num_replicas``: an integer, or ``"auto"`` for Serve autoscaling between
+    ``min_replicas`` and ``max_replicas`` aiming at ``target_ongoing_requests`` per replica.
+    """
+
+    name: str
+    checkpoint: str
+    max_batch_size: int = 16
+    batch_wait_timeout_s: float = 0.01
+    num_replicas: int | str = 1
+    min_replicas: int = 1
+    max_replicas: int = 4
+    target_ongoing_requests: float = 8.0
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_ongoing_requests: int = 64
+    torch_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ConfigError("models[].name", self.name, "1-63 letters, digits, '_', '-' or '.', e.g. 'resnet50'")
+        if not isinstance(self.checkpoint, str) or not self.checkpoint:
+            raise ConfigError(f"models[{self.name}].checkpoint", self.checkpoint, "the path of a checkpoint folder (model.pt + model.json)")
+        p = f"models[{self.name}]"
+        _check_int(f"{p}.max_batch_size", self.max_batch_size, 1, 1024)
+        _check_num(f"{p}.batch_wait_timeout_s", self.batch_wait_timeout_s, 0.0, 10.0)
+        if self.num_replicas != "auto":
+            _check_int(f"{p}.num_replicas", self.num_replicas, 1, 1000)
+        _check_int(f"{p}.min_replicas", self.min_replicas, 0, 1000)
+        _check_int(f"{p}.max_replicas", self.max_replicas, 1, 1000)
+        if self.min_replicas > self.max_replicas:
+            raise ConfigError(f"{p}.min_replicas", self.min_replicas, f"<= max_replicas ({self.max_replicas})")
+        _check_num(f"{p}.target_ongoing_requests", self.target_ongoing_requests, 0.0, low_open=True)
+        _check_num(f"{p}.num_cpus", self.num_cpus, 0.0)
+        _check_num(f"{p}.num_gpus", self.num_gpus, 0.0)
+        _check_int(f"{p}.max_ongoing_requests", self.max_ongoing_requests, 1, 100_000)
+        if self.max_ongoing_requests < self.max_batch_size:
+            # A replica never holds more than max_ongoing_requests, so a larger batch could never fill.
+            raise ConfigError(f"{p}.max_ongoing_requests", self.max_ongoing_requests, f">= max_batch_size ({self.max_batch_size})")
+        if self.torch_threads is not None:
+            _check_int(f"{p}.torch_threads", self.torch_threads, 1, 256)
+
+    def deployment_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``Deployment.options`` (replicas, autoscaling, resources)."""
+        opts: dict[str, Any] = {
+            "name": f"Embedder_{self.name}",
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "ray_actor_options": {"num_cpus": float(self.num_cpus), "num_gpus": float(self.num_gpus)},
+        }
+        if self.num_replicas == "auto":
+            opts["autoscaling_config"] = {
+                "min_replicas": self.min_replicas,
+                "max_replicas": self.max_replicas,
+                "target_ongoing_requests": float(self.target_ongoing_requests),
+            }
+        else:
+            opts["num_replicas"] = int(self.num_replicas)
+        return opts
+
+    def batching(self) -> dict[str, Any]:
+        """The ``user_config`` of the Embedder: batching can change without restarting replicas."""
+        return {"max_batch_size": self.max_batch_size, "batch_wait_timeout_s": float(self.batch_wait_timeout_s)}
+
+
+@dataclass
+class ServeConfig:
+    """The whole application.
+
+    ``gallery_dir``: a served gallery folder (:mod:`facerec.serve.gallery`) holding an index for
+    every model in ``models``. ``index_kind``: None serves each index as saved; a name from
+    ``facerec.index.INDEXES`` rebuilds that kind in memory from the stored embeddings.
+    ``gallery_token``: bearer token for ``POST /v1/gallery``; when None the replica reads the
+    environment variable ``gallery_token_env`` (a Kubernetes secret), and if that is unset
+    gallery writes are disabled (403).
+    """
+
+    gallery_dir: str
+    models: list[ModelConfig]
+    default_model: str | None = None
+    index_kind: str | None = None
+    index_params: dict[str, Any] = field(default_factory=dict)
+    default_k: int = 9
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    max_faces: int = 10
+    max_add_images: int = 16
+    haar_scale_factor: float = 1.1
+    haar_min_neighbors: int = 5
+    haar_min_size: int = 24
+    gallery_token: str | None = None
+    gallery_token_env: str = "FACEREC_GALLERY_TOKEN"
+    reload_poll_s: float = 2.0
+    retriever_replicas: int = 1
+    retriever_num_cpus: float = 0.25
+    ingress_replicas: int = 1
+    ingress_num_cpus: float = 0.25
+    request_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.gallery_dir, str) or not self.gallery_dir:
+            raise ConfigError("gallery_dir", self.gallery_dir, "the path of a gallery folder (see pipelines/serve.py)")
+        if not isinstance(self.models, (list, tuple)) or not self.models:
+            raise ConfigError("models", self.models, "a non-empty list of {name, checkpoint, ...}")
+        self.models = [m if isinstance(m, ModelConfig) else _from_dict(ModelConfig, m, "models[]") for m in self.models]
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError("models[].name", dupes[0], "unique model names (each is one deployment)")
+        if self.default_model is None:
+            self.default_model = names[0]
+        elif self.default_model not in names:
+            raise ConfigError("default_model", self.default_model, f"one of the served models {names}")
+        if self.index_kind is not None:
+            from facerec.index import INDEXES
+
+            if self.index_kind not in INDEXES:
+                raise ConfigError("index_kind", self.index_kind, f"None (as saved) or one of {INDEXES.names()}")
+        if not isinstance(self.index_params, dict):
+            raise ConfigError("index_params", self.index_params, "a mapping of index parameters")
+        _check_int("default_k", self.default_k, 1, K_MAX)
+        _check_int("max_upload_bytes", self.max_upload_bytes, 1024, 1 << 30)
+        _check_int("max_pixels", self.max_pixels, 64 * 64, 1 << 31)
+        _check_int("max_faces", self.max_faces, 1, 100)
+        _check_int("max_add_images", self.max_add_images, 1, 1000)
+        _check_num("haar_scale_factor", self.haar_scale_factor, 1.0, 2.0, low_open=True)
+        _check_int("haar_min_neighbors", self.haar_min_neighbors, 0)
+        _check_int("haar_min_size", self.haar_min_size, 1)
+        if self.gallery_token is not None and (not isinstance(self.gallery_token, str) or len(self.gallery_token) < 8):
+            raise ConfigError("gallery_token", "<hidden>", "None or a secret string of at least 8 characters")
+        if not isinstance(self.gallery_token_env, str) or not self.gallery_token_env:
+            raise ConfigError("gallery_token_env", self.gallery_token_env, "an environment variable name")
+        _check_num("reload_poll_s", self.reload_poll_s, 0.0, low_open=True)
+        _check_int("retriever_replicas", self.retriever_replicas, 1, 1000)
+        _check_num("retriever_num_cpus", self.retriever_num_cpus, 0.0)
+        _check_int("ingress_replicas", self.ingress_replicas, 1, 1000)
+        _check_num("ingress_num_cpus", self.ingress_num_cpus, 0.0)
+        _check_num("request_timeout_s", self.request_timeout_s, 0.0, low_open=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ServeConfig":
+        """From the ``args`` of a Serve config file (YAML) or JSON; unknown keys are errors."""
+        return _from_dict(cls, data, "ServeConfig")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def model(self, name: str) -> ModelConfig:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise ConfigError("model", name, f"one of {[m.name for m in self.models]}")

@@ -1,0 +1,190 @@
+"""The ``Embedder`` deployment: photo bytes -> detected faces -> one embedding per face.
+
+Per request: decode (``decode_image``, pixel-limited), Haar detection of every face
+(Viola & Jones, CVPR 2001; ``HaarDetector.detect_all``), ``crop_face`` with the gallery's
+margin and crop size, ``test_transform`` at the checkpoint's image size. The CNN forward pass of
+all faces of all requests that arrive within ``batch_wait_timeout_s`` runs as one batch
+(``@serve.batch``): on a CPU or GPU one forward of 16 crops costs far less than 16 forwards of 1.
+
+Errors are per item: a corrupt upload in a batch becomes that request's 4xx answer while the
+other requests of the batch get their embeddings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from facerec.errors import ImageDecodeError
+
+# HTTP status of each failure reason; the Ingress turns them into the response.
+STATUS_OF_REASON = {
+    "empty": 400,
+    "unreadable": 400,
+    "missing": 400,
+    "too_large": 413,
+    "no_face": 422,
+    "bad_request": 400,
+}
+
+
+class FaceError(Exception):
+    """A per-item failure: ``reason`` (a key of ``STATUS_OF_REASON``) and a user-facing message."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": False, "status": STATUS_OF_REASON.get(self.reason, 400), "code": self.reason, "message": self.message}
+
+
+class FaceEmbedderCore:
+    """Everything an Embedder replica does, without Ray: usable in-process by tests and the
+    gallery builder. ``prepare`` is per image (and raises FaceError), ``forward`` is batched."""
+
+    def __init__(self, checkpoint: str, crop_size: int = 218, margin: float = 0.2, max_pixels: int = 40_000_000,
+                 max_faces: int = 10, haar_scale_factor: float = 1.1, haar_min_neighbors: int = 5,
+                 haar_min_size: int = 24, device: str | None = None, torch_threads: int | None = None):
+        import torch
+
+        from facerec.data.haar import HaarDetector
+        from facerec.data.transforms import test_transform
+        from facerec.models import load_embedder
+
+        if torch_threads:
+            torch.set_num_threads(int(torch_threads))
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.metadata = load_embedder(checkpoint, map_location=self.device)
+        self.model_id = self.metadata["model_id"]
+        self.image_size = int(self.metadata.get("image_size", crop_size))
+        self.crop_size = int(crop_size)
+        self.margin = float(margin)
+        self.max_pixels = int(max_pixels)
+        self.max_faces = int(max_faces)
+        self.detector = HaarDetector(haar_scale_factor, haar_min_neighbors, haar_min_size)
+        self.transform = test_transform(self.image_size)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "backbone": self.metadata.get("backbone"),
+            "embedding_dim": int(self.metadata["embedding_dim"]),
+            "image_size": self.image_size,
+            "device": str(self.device),
+        }
+
+    def prepare(self, data: bytes, faces: str = "largest", return_crops: bool = False) -> dict[str, Any]:
+        """Decode, detect, crop and transform one image. Raises FaceError."""
+        from facerec.data.haar import crop_face
+
+        if not isinstance(data, (bytes, bytearray)) or len(data) == 0:
+            raise FaceError("empty", "the image is empty (0 bytes); upload a JPEG or PNG photo")
+        try:
+            from facerec.data.images import decode_image
+
+            rgb = decode_image(bytes(data), max_pixels=self.max_pixels, source="upload")
+        except ImageDecodeError as exc:
+            reason = exc.reason if exc.reason in STATUS_OF_REASON else "unreadable"
+            raise FaceError(reason, str(exc)) from None
+        boxes = np.asarray(self.detector.detect_all(rgb)).reshape(-1, 4)
+        if len(boxes) == 0:
+            h, w = rgb.shape[:2]
+            raise FaceError("no_face", f"no face detected in the {w}x{h} image; upload a photo with a frontal face")
+        boxes = boxes[:1] if faces == "largest" else boxes[: self.max_faces]
+        crops = [crop_face(rgb, b, margin=self.margin, size=self.crop_size) for b in boxes]
+        return {
+            "width": int(rgb.shape[1]),
+            "height": int(rgb.shape[0]),
+            "boxes": [[int(v) for v in b] for b in boxes],
+            "tensors": [self.transform(c) for c in crops],
+            "crops": crops if return_crops else None,
+        }
+
+    def forward(self, tensors: list) -> np.ndarray:
+        import torch
+
+        if not tensors:
+            return np.zeros((0, int(self.metadata["embedding_dim"])), dtype=np.float32)
+        with torch.inference_mode():
+            out = self.model(torch.stack(tensors).to(self.device))
+        return out.float().cpu().numpy()
+
+    def embed_many(self, items: list[tuple[bytes, str, bool]]) -> list[dict[str, Any]]:
+        """Embed a batch of (image bytes, faces mode, return_crops): per-item results, one
+        forward pass for all faces. A failure of one item never touches the others."""
+        t0 = time.perf_counter()
+        prepared: list[dict[str, Any] | None] = []
+        results: list[dict[str, Any]] = []
+        for data, faces, return_crops in items:
+            try:
+                prepared.append(self.prepare(data, faces, return_crops))
+                results.append({})
+            except FaceError as exc:
+                prepared.append(None)
+                results.append(exc.as_dict())
+            except Exception as exc:  # an unforeseen decoder failure is still this item's bad input
+                prepared.append(None)
+                results.append(FaceError("unreadable", f"the image could not be processed ({type(exc).__name__}: {exc})").as_dict())
+        t1 = time.perf_counter()
+        tensors = [t for p in prepared if p is not None for t in p["tensors"]]
+        embeddings = self.forward(tensors)
+        t2 = time.perf_counter()
+        pos = 0
+        for i, p in enumerate(prepared):
+            if p is None:
+                continue
+            n = len(p["tensors"])
+            res = {
+                "ok": True,
+                "width": p["width"],
+                "height": p["height"],
+                "faces": [{"box": b, "embedding": embeddings[pos + j]} for j, b in enumerate(p["boxes"])],
+                "model_id": self.model_id,
+                "batch_size": len(items),
+                "timing_ms": {"prepare": (t1 - t0) * 1e3, "forward": (t2 - t1) * 1e3},
+            }
+            if p["crops"] is not None:
+                from facerec.data.images import encode_jpeg
+
+                res["crops_jpeg"] = [encode_jpeg(c, quality=95) for c in p["crops"]]
+            results[i] = res
+            pos += n
+        return results
+
+
+@serve.deployment(name="Embedder", health_check_period_s=10)
+class Embedder:
+    """One replica holds one model (loaded once in ``__init__``); ``embed`` is batched.
+
+    ``model``: a ModelConfig as a dict; ``crop``: keyword arguments of FaceEmbedderCore
+    (crop size and margin of the gallery, pixel limit, Haar parameters).
+    """
+
+    def __init__(self, model: dict[str, Any], crop: dict[str, Any]):
+        self.name = model["name"]
+        self.core = FaceEmbedderCore(model["checkpoint"], torch_threads=model.get("torch_threads"), **crop)
+        self.reconfigure({"max_batch_size": model["max_batch_size"], "batch_wait_timeout_s": model["batch_wait_timeout_s"]})
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Batching knobs arrive as ``user_config`` so they change without a restart."""
+        self._embed_batch.set_max_batch_size(int(user_config["max_batch_size"]))
+        self._embed_batch.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, **self.core.info(),
+                "max_batch_size": self._embed_batch._get_max_batch_size(),
+                "batch_wait_timeout_s": self._embed_batch._get_batch_wait_timeout_s()}
+
+    async def embed(self, data: bytes, faces: str = "largest", return_crops: bool = False) -> dict[str, Any]:
+        return await self._embed_batch((data, faces, return_crops))
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _embed_batch(self, items: list[tuple[bytes, str, bool]]) -> list[dict[str, Any]]:
+        # In a worker thread: the replica's event loop keeps accepting requests, which
+        # queue up to form the next batch while this one computes.
+        return await asyncio.to_thread(self.core.embed_many, items)
