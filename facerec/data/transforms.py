@@ -69,6 +69,8 @@ def to_uint8_tensor(image) -> torch.Tensor:
             f"expected an H x W x 3 uint8 RGB array, got shape {image.shape} dtype {image.dtype}; "
             "convert grayscale/RGBA images to RGB and keep values as uint8 0-255",
         )
+    if not image.flags.writeable:  # e.g. np.asarray(PIL image); torch warns on read-only memory
+        image = image.copy()
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
 
 
