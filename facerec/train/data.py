@@ -1,0 +1,129 @@
+"""Driver-side data preparation for a training run: read the crops folder, split it
+identity-disjointly, label the training identities, check the config against the split, and
+build the Ray Data datasets the workers read their shards from."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from facerec.train.batches import mix_seed
+from facerec.train.config import TrainConfig
+
+TRAIN_COLUMNS = ["crop_path", "identity", "label", "shard"]
+VAL_COLUMNS = ["crop_path", "identity", "shard"]
+
+
+@dataclass
+class TrainData:
+    """What the driver hands to the workers (besides the config)."""
+
+    train: pd.DataFrame          # crop_path, identity, label (0..C-1), shard (worker rank owning the identity)
+    val: pd.DataFrame            # crop_path, identity, shard (worker rank that embeds the row)
+    num_classes: int
+    data_version: str
+    crop_size: int | None
+    split: dict = field(default_factory=dict)   # how assign_splits was called, recorded in checkpoints
+    counts: dict = field(default_factory=dict)
+
+    def meta(self) -> dict:
+        return {"num_classes": self.num_classes, "data_version": self.data_version, "crop_size": self.crop_size,
+                "split": self.split, "counts": self.counts}
+
+    def datasets(self) -> dict:
+        """``{"train", "val"}`` Ray Datasets of crop paths. Not split by Ray: each worker keeps the
+        rows whose ``shard`` is its rank, so an identity never straddles two workers (P x K
+        batches need all of an identity's images in one place) and no row is dropped to even
+        out shards."""
+        import ray.data
+
+        return {"train": ray.data.from_pandas(self.train[TRAIN_COLUMNS]),
+                "val": ray.data.from_pandas(self.val[VAL_COLUMNS])}
+
+
+def _cap_val(val: pd.DataFrame, max_images: int | None, seed: int) -> pd.DataFrame:
+    """Keep whole identities, in a seeded random order, while they fit under ``max_images``."""
+    if max_images is None or len(val) <= max_images:
+        return val
+    ids = np.array(sorted(val["identity"].unique()))
+    rng = np.random.default_rng(mix_seed(seed, 11))
+    sizes = val.groupby("identity").size()
+    keep, total = [], 0
+    for ident in rng.permutation(ids):
+        n = int(sizes[ident])
+        if total + n <= max_images:
+            keep.append(ident)
+            total += n
+    return val[val["identity"].isin(keep)]
+
+
+def prepare_data(cfg: TrainConfig) -> TrainData:
+    """Load ``cfg.data_dir``, split identity-disjointly (facerec.data.splits.assign_splits),
+    and run :meth:`TrainConfig.check_data`. Raises before any Ray worker starts."""
+    from facerec.data.schema import load_crops
+    from facerec.data.splits import assign_splits
+
+    df, meta = load_crops(cfg.data_dir)
+    split_args = {"mode": cfg.split_mode, "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction,
+                  "seed": cfg.split_seed}
+    df = assign_splits(df, **split_args)
+    train = df[df["split"] == "train"].copy()
+    val = df[df["split"] == "val"].copy()
+    val = val[val.groupby("identity")["identity"].transform("size") >= 2]  # a query needs a match
+    val = _cap_val(val, cfg.val_max_images, cfg.seed)
+    cfg.check_data(train["identity"].to_numpy(), len(val))
+
+    identities = np.array(sorted(train["identity"].unique()))
+    label_of = {int(ident): i for i, ident in enumerate(identities)}
+    train["label"] = train["identity"].map(label_of).astype(np.int64)
+    # Identities go to workers round-robin in a seeded order, so shards are balanced in identities.
+    order = np.random.default_rng(mix_seed(cfg.seed, 3)).permutation(len(identities))
+    shard_of = {int(identities[j]): pos % cfg.num_workers for pos, j in enumerate(order)}
+    train["shard"] = train["identity"].map(shard_of).astype(np.int64)
+    train = train.sort_values(["label", "crop_path"]).reset_index(drop=True)
+    val = val.sort_values(["identity", "crop_path"]).reset_index(drop=True)
+    val["shard"] = np.arange(len(val), dtype=np.int64) % cfg.num_workers
+
+    counts = {"train_images": int(len(train)), "train_identities": int(len(identities)),
+              "val_images": int(len(val)), "val_identities": int(val["identity"].nunique()),
+              "test_images": int((df["split"] == "test").sum())}
+    return TrainData(
+        train=train[TRAIN_COLUMNS].astype({"identity": np.int64}),
+        val=val[VAL_COLUMNS].astype({"identity": np.int64}),
+        num_classes=int(len(identities)),
+        data_version=str(meta.get("data_version", "unknown")),
+        crop_size=meta.get("crop_size"),
+        split=split_args,
+        counts=counts,
+    )
+
+
+def resolve_data(data: str | None, crops: str | None = None, progress: bool = True) -> Path:
+    """A preprocessed folder for ``--data``: used as is if it holds crops.parquet, otherwise a
+    CelebA-layout photo folder preprocessed (``facerec.data.preprocess``) into ``crops``
+    (default ``~/.cache/facerec/crops/<name>-<hash of its path>``; re-runs reuse it). No
+    ``data``: the embedded synthetic set (``facerec.data.synth.ensure_synthetic``)."""
+    from facerec.data.schema import CROPS_TABLE
+
+    if data is None:
+        from facerec.data.synth import ensure_synthetic
+
+        source = Path(ensure_synthetic())
+    else:
+        source = Path(data)
+        if (source / CROPS_TABLE).is_file():
+            return source
+    key = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:8]
+    out = Path(crops) if crops else Path.home() / ".cache" / "facerec" / "crops" / f"{source.name}-{key}"
+    if not (out / CROPS_TABLE).is_file():
+        from facerec.data.preprocess import PreprocessConfig, preprocess
+
+        print(f"preprocessing {source} -> {out}", flush=True)
+        summary = preprocess(source, out, PreprocessConfig(), progress=progress)
+        print(f"preprocess: kept {summary['kept']} of {summary['listed']} images, "
+              f"{summary['identities']} identities, {summary['seconds']} s", flush=True)
+    return out

@@ -1,0 +1,289 @@
+"""The per-worker training function run by Ray Train (:func:`train_loop_per_worker`).
+
+Each worker: reads its rows from the ``train``/``val`` dataset shards, decodes its crops once
+(:class:`~facerec.train.batches.ImageCache`), builds ``build_embedder`` + ``build_loss`` wrapped in
+one module (so a single DDP wrapper synchronises the classifier weights of the softmax-family
+losses too), trains with Adam, and every epoch reports loss, seconds, images/s and validation
+precision@1 / mAP@R (leave-one-out retrieval among held-out validation identities). Rank 0
+writes the checkpoint (model.pt + model.json via ``facerec.models.save_checkpoint``, plus the
+optimizer/loss/epoch state); a restarted worker group resumes from ``ray.train.get_checkpoint()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from facerec.train.batches import BATCH_PLANS, ImageCache, mix_seed
+from facerec.train.config import TrainConfig
+
+STATE_FILE = "train_state.pt"
+HISTORY_FILE = "history.json"
+
+
+class TrainModule(nn.Module):
+    """Embedder + loss as one module: ``forward(images, labels, triplets)`` -> scalar loss.
+
+    With ``triplets`` the batch is anchors, positives, negatives stacked (3B rows) and the loss's
+    ``forward_triplets`` is used; otherwise ``loss(embeddings, labels)`` (P x K batches)."""
+
+    def __init__(self, embedder: nn.Module, loss: nn.Module):
+        super().__init__()
+        self.embedder = embedder
+        self.loss = loss
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, triplets: bool = False) -> torch.Tensor:
+        emb = self.embedder(images)
+        if triplets:
+            b = emb.shape[0] // 3
+            return self.loss.forward_triplets(emb[:b], emb[b : 2 * b], emb[2 * b :])
+        return self.loss(emb, labels)
+
+
+def leave_one_out_metrics(embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Precision@1 and MAP@R of leave-one-out retrieval among ``embeddings`` (L2 distance).
+
+    MAP@R (Musgrave, Belongie, Lim 2020, "A Metric Learning Reality Check", Sec. 3.2): for a
+    query with R other images of its identity, ``MAP@R = 1/R * sum_{i<=R} P(i)``, where ``P(i)``
+    is the precision at rank i when the i-th neighbour is a match and 0 otherwise. Queries
+    without any match are skipped. Uses ``facerec.eval.metrics`` when it is available.
+    """
+    x = np.asarray(embeddings, dtype=np.float64)
+    labels = np.asarray(labels)
+    sq = (x * x).sum(1)
+    dist = sq[:, None] + sq[None, :] - 2.0 * x @ x.T
+    np.fill_diagonal(dist, np.inf)
+    order = np.argsort(dist, axis=1, kind="stable")[:, :-1]  # drop self (inf, last)
+    match = labels[order] == labels[:, None]
+    r = match.sum(1)
+    ok = r > 0
+    if not ok.any():
+        return {"precision_at_1": float("nan"), "map_at_r": float("nan")}
+    match, r = match[ok], r[ok]
+    p_at_1 = float(match[:, 0].mean())
+    maxr = int(r.max())
+    m = match[:, :maxr].astype(np.float64)
+    precision = np.cumsum(m, 1) / np.arange(1, maxr + 1)
+    within = np.arange(1, maxr + 1)[None, :] <= r[:, None]
+    ap = (precision * m * within).sum(1) / r
+    return {"precision_at_1": p_at_1, "map_at_r": float(ap.mean())}
+
+
+def _shard_rows(name: str) -> pd.DataFrame:
+    import ray.train
+
+    shard = ray.train.get_dataset_shard(name)
+    parts = [b for b in shard.iter_batches(batch_size=8192, batch_format="pandas")]
+    rows = pd.concat(parts, ignore_index=True)
+    # Ray Data need not preserve block order; every rank must see the same row order.
+    return rows.sort_values("crop_path", kind="stable").reset_index(drop=True)
+
+
+def make_batch(cache: ImageCache, rows: np.ndarray, transform: Callable) -> torch.Tensor:
+    return torch.stack([transform(cache.images[r]) for r in rows])
+
+
+def run_steps(module: nn.Module, optimizer: torch.optim.Optimizer, batches: Sequence[tuple[np.ndarray, np.ndarray]],
+              cache: ImageCache, transform: Callable, device: torch.device, triplets: bool,
+              on_step: Callable[[int], None] | None = None) -> tuple[float, int]:
+    """One pass over ``batches``: transform, forward, backward, Adam step. Returns
+    (mean loss, images seen). Shared by the Ray Train worker and the bare-PyTorch benchmark so
+    the two measure the same work."""
+    module.train()
+    total, seen = 0.0, 0
+    for step, (rows, labels) in enumerate(batches):
+        x = make_batch(cache, rows, transform).to(device, non_blocking=True)
+        y = torch.from_numpy(labels).to(device, non_blocking=True)
+        loss = module(x, y, triplets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach())
+        seen += len(rows)
+        if on_step is not None:
+            on_step(step)
+    return total / max(1, len(batches)), seen
+
+
+@torch.no_grad()
+def embed_rows(embedder: nn.Module, cache: ImageCache, rows: np.ndarray, transform: Callable, device: torch.device,
+               batch_size: int = 128) -> np.ndarray:
+    was_training = embedder.training
+    embedder.eval()
+    out = []
+    for start in range(0, len(rows), batch_size):
+        x = make_batch(cache, rows[start : start + batch_size], transform).to(device)
+        out.append(embedder(x).float().cpu().numpy())
+    embedder.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+
+
+def _unwrap(module: nn.Module) -> TrainModule:
+    return module.module if hasattr(module, "module") and isinstance(module.module, TrainModule) else module
+
+
+def _load_state(ckpt_dir: Path, module: TrainModule) -> dict[str, Any]:
+    weights = torch.load(ckpt_dir / "model.pt", map_location="cpu", weights_only=True)
+    module.embedder.load_state_dict(weights, strict=True)
+    state = torch.load(ckpt_dir / STATE_FILE, map_location="cpu", weights_only=False)
+    module.loss.load_state_dict(state["loss"])
+    module.embedder.metadata["init"] = state.get("init", module.embedder.metadata.get("init"))
+    return state
+
+
+def _save(ckpt_dir: Path, module: TrainModule, optimizer, cfg: TrainConfig, meta: dict, epoch: int,
+          history: list, extra: dict) -> None:
+    from facerec.models import save_checkpoint
+
+    metrics = history[-1]
+    save_checkpoint(ckpt_dir, module.embedder, {
+        "image_size": cfg.image_size, "data_version": meta["data_version"], "loss": cfg.loss, "epoch": epoch,
+        "loss_params": cfg.loss_params, "trial": meta.get("trial_name", cfg.trial_name()), "lr": cfg.lr,
+        "split": meta["split"], "crop_size": meta.get("crop_size"),
+        "val_precision_at_1": metrics["val_precision_at_1"], "val_map_at_r": metrics["val_map_at_r"],
+        "train_config": cfg.to_dict(),
+    })
+    torch.save({"optimizer": optimizer.state_dict(), "loss": module.loss.state_dict(), "epoch": epoch,
+                "init": module.embedder.metadata.get("init"), **extra}, ckpt_dir / STATE_FILE)
+    (ckpt_dir / HISTORY_FILE).write_text(json.dumps(history, indent=1))
+
+
+def _all_gather(obj, world: int) -> list:
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _min_over_ranks(n: int, world: int) -> int:
+    return min(_all_gather(int(n), world))
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train worker entry point. ``config = {"train": TrainConfig.to_dict(), "meta": TrainData.meta()
+    + {"trial_name"}}``."""
+    import ray.train
+    import ray.train.torch
+
+    from facerec.data.transforms import test_transform, train_transform
+    from facerec.losses import build_loss
+    from facerec.models import build_embedder
+
+    cfg = TrainConfig.from_dict(config["train"])
+    meta = config["meta"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        # Ray pins OMP_NUM_THREADS to the worker's CPUs; make torch agree explicitly.
+        torch.set_num_threads(cfg.cpus_per_worker)
+    torch.manual_seed(mix_seed(cfg.seed, rank, 1))
+
+    # --- data: this worker's identities and validation rows, decoded once
+    t0 = time.perf_counter()
+    train_rows = _shard_rows("train")
+    val_rows = _shard_rows("val")
+    local = train_rows[train_rows["shard"] == rank].reset_index(drop=True)
+    cache = ImageCache(cfg.data_dir, cfg.image_size, threads=max(2, cfg.cpus_per_worker))
+    if cfg.sampling == "pk":
+        cache.add(local["crop_path"], progress=rank == 0)
+    my_val = val_rows[val_rows["shard"] == rank]
+    cache.add(my_val["crop_path"])
+    val_cache_rows = cache.rows(list(my_val["crop_path"]))
+    plan = BATCH_PLANS.get(cfg.sampling)(cache, local, train_rows, cfg, rank, world)
+    data_seconds = time.perf_counter() - t0
+
+    # --- model, loss, optimizer; resume if Ray Train hands us a checkpoint
+    embedder = build_embedder(cfg.backbone, cfg.embedding_dim, cfg.freeze, cfg.weights)
+    loss_fn = build_loss(cfg.loss, cfg.embedding_dim, meta["num_classes"], **cfg.loss_params)
+    module = TrainModule(embedder, loss_fn)
+    state: dict[str, Any] = {}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = _load_state(Path(d), module)
+    start_epoch = int(state.get("epoch", 0))  # epochs completed
+    history: list[dict] = list(state.get("history", []))
+    best_score = state.get("best_score", float("-inf"))
+    bad_epochs = int(state.get("bad_epochs", 0))
+    stopped = bool(state.get("stopped", False))
+
+    module = ray.train.torch.prepare_model(module)
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if "optimizer" in state:
+        optimizer.load_state_dict(state["optimizer"])
+    train_tf, test_tf = train_transform(cfg.image_size), test_transform(cfg.image_size)
+    inner = _unwrap(module)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        if stopped:
+            break
+        batches = plan.batches(epoch)
+        steps = _min_over_ranks(len(batches), world)  # DDP needs every rank to take the same steps
+        if cfg.steps_per_epoch is not None:
+            steps = min(steps, cfg.steps_per_epoch)
+        batches = batches[:steps]
+
+        def maybe_die(step: int, epoch=epoch, steps=steps) -> None:
+            # Test hook: a hard crash mid-epoch of a run that has not resumed yet.
+            if (cfg.kill_at_epoch == epoch + 1 and rank == 0 and checkpoint is None
+                    and step == max(0, steps // 2 - 1)):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        t_epoch = time.perf_counter()
+        mean_loss, seen = run_steps(module, optimizer, batches, cache, train_tf, device, plan.triplets, maybe_die)
+        train_seconds = time.perf_counter() - t_epoch
+
+        t_val = time.perf_counter()
+        emb = embed_rows(inner.embedder, cache, val_cache_rows, test_tf, device)
+        gathered = _all_gather((my_val.index.to_numpy(), emb), world)
+        order = np.concatenate([g[0] for g in gathered])
+        all_emb = np.concatenate([g[1] for g in gathered])[np.argsort(order)]
+        scores = leave_one_out_metrics(all_emb, val_rows["identity"].to_numpy())
+        val_seconds = time.perf_counter() - t_val
+
+        score = scores["map_at_r"] if cfg.score_attribute == "val_map_at_r" else scores["precision_at_1"]
+        if np.isfinite(score) and score > best_score:
+            best_score, bad_epochs = float(score), 0
+        else:
+            bad_epochs += 1
+        stopped = cfg.patience is not None and bad_epochs >= cfg.patience
+        metrics = {
+            "epoch": epoch + 1,
+            "loss": mean_loss,
+            "epoch_seconds": train_seconds,
+            "images_per_second": seen * world / train_seconds if train_seconds > 0 else float("nan"),
+            "steps": steps,
+            "val_precision_at_1": scores["precision_at_1"],
+            "val_map_at_r": scores["map_at_r"],
+            "val_seconds": val_seconds,
+            "best_score": best_score,
+            "early_stopped": stopped,
+            "resumed_from_epoch": start_epoch,
+            "data_seconds": data_seconds if epoch == start_epoch else 0.0,
+            "world_size": world,
+            "pid": os.getpid(),
+        }
+        history.append(metrics)
+        if rank == 0:
+            with tempfile.TemporaryDirectory(prefix="facerec-ckpt-") as tmp:
+                _save(Path(tmp), inner, optimizer, cfg, meta, epoch + 1, history,
+                      {"history": history, "best_score": best_score, "bad_epochs": bad_epochs, "stopped": stopped})
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                                 checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
+        else:
+            ray.train.report(metrics)
