@@ -1,0 +1,91 @@
+"""Safe image decoding: every way a photo can be bad becomes an ``ImageDecodeError`` with a
+drop-manifest reason, never a crash or an out-of-memory kill."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from facerec.errors import ImageDecodeError
+
+# 40 MP covers any camera photo; a decompression bomb (a tiny file declaring a huge canvas) is
+# refused from its header, before a single pixel is allocated.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "image") -> np.ndarray:
+    """Decode JPEG/PNG/... bytes to an H x W x 3 uint8 RGB array.
+
+    Handles grayscale, palette, RGBA/LA (composited over white), 16-bit (scaled to 8 bits),
+    CMYK (converted) and EXIF orientation. Raises ``ImageDecodeError`` with ``reason``
+    ``"unreadable"`` (empty, truncated, not an image) or ``"too_large"`` (over ``max_pixels``).
+    """
+    if not data:
+        raise ImageDecodeError("unreadable", f"{source}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError("too_large", f"{source}: {e}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ImageDecodeError("unreadable", f"{source}: not a recognised image ({type(e).__name__}: {e})") from None
+    w, h = im.size
+    if w * h > max_pixels:
+        raise ImageDecodeError(
+            "too_large", f"{source}: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} (decompression bomb guard)"
+        )
+    if w == 0 or h == 0:
+        raise ImageDecodeError("unreadable", f"{source}: image has zero size ({w}x{h})")
+    try:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+    except Exception as e:  # PIL raises OSError/SyntaxError/ValueError/struct.error on damaged data
+        raise ImageDecodeError("unreadable", f"{source}: damaged or truncated image data ({type(e).__name__}: {e})") from None
+    return _to_rgb8(im)
+
+
+def _to_rgb8(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im).astype(np.float32)
+        # PNG 16-bit gray arrives as 0..65535; scale to 8 bits instead of clipping at 255.
+        scale = 257.0 if a.max(initial=0) > 255 else 1.0
+        g = np.clip(a / scale + 0.5, 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(g[..., None], 3, axis=2))
+    if mode == "F":
+        a = np.asarray(im)
+        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        g = ((a - lo) / (hi - lo + 1e-12) * 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(g[..., None], 3, axis=2))
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(bg, rgba).convert("RGB"))
+    if mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im)
+
+
+def read_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read and decode a file; a missing file is ``ImageDecodeError('missing', ...)``."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ImageDecodeError("missing", f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ImageDecodeError("unreadable", f"{path}: is a directory") from None
+    return decode_image(data, max_pixels=max_pixels, source=str(path))
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()

@@ -1,0 +1,270 @@
+"""Photos -> face crops + Parquet table + drop manifest, as a Ray Data pipeline.
+
+Each block of listed images goes through one actor of a pool (the cascade is loaded once per
+actor): read -> decode -> detect (two Haar passes) -> crop -> write. Every finished batch writes
+a small part file, so re-running over the same output skips finished work and an interrupted
+run resumes where it stopped. The driver then joins the parts with the listing and writes
+``crops.parquet``, ``dropped.parquet`` and ``summary.json`` (layout: ``facerec.data.schema``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from facerec.data.celeba import find_image_dir, load_celeba
+from facerec.data.schema import (ATTRIBUTE_NAMES, CROP_COLUMNS, CROPS_TABLE, DROP_REASONS, DROPPED_TABLE,
+                                 SUMMARY_FILE)
+from facerec.errors import ConfigError, ImageDecodeError
+from facerec.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_parquet
+
+PARTS_DIR = "_parts"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class PreprocessConfig:
+    """Settings of the cropping stage; validated on construction, before any worker starts."""
+
+    crop_size: int = 218           # the study's model input size
+    margin: float = 0.2            # of the face box side, on every side
+    scale_factor: float = 1.1      # Haar scan step of pass 1 (pass 2 halves it)
+    min_neighbors: int = 5
+    min_face: int = 24             # smallest face side scanned, pixels
+    detect_max_side: int = 640
+    max_pixels: int = 40_000_000   # decompression-bomb guard
+    min_images_per_identity: int = 2
+    batch_size: int = 16
+    num_workers: int | None = None  # actors; default: every CPU of the cluster
+    jpeg_quality: int = 95
+    engine: str = "ray"            # "ray" or "local" (a plain single-process loop)
+
+    def __post_init__(self):
+        checks = {
+            "crop_size": (self.crop_size >= 16, "an integer >= 16, e.g. 218"),
+            "margin": (0 <= self.margin <= 2, "a fraction in [0, 2], e.g. 0.2"),
+            "scale_factor": (1.0 < self.scale_factor <= 2.0, "a number in (1, 2], e.g. 1.1"),
+            "min_neighbors": (self.min_neighbors >= 0, "an integer >= 0"),
+            "min_face": (self.min_face >= 1, "a positive number of pixels"),
+            "detect_max_side": (self.detect_max_side >= 64, "at least 64"),
+            "max_pixels": (self.max_pixels >= 64 * 64, "at least 4096"),
+            "min_images_per_identity": (self.min_images_per_identity >= 1, "an integer >= 1 (2 for retrieval)"),
+            "batch_size": (self.batch_size >= 1, "an integer >= 1"),
+            "num_workers": (self.num_workers is None or self.num_workers >= 1, "None (all CPUs) or an integer >= 1"),
+            "jpeg_quality": (1 <= self.jpeg_quality <= 100, "an integer in [1, 100]"),
+            "engine": (self.engine in ("ray", "local"), "'ray' or 'local'"),
+        }
+        for name, (ok, expected) in checks.items():
+            if not ok:
+                raise ConfigError(name, getattr(self, name), expected)
+
+    def fingerprint(self) -> str:
+        """What decides a crop's bytes; a resumed run must use the same settings."""
+        keys = ("crop_size", "margin", "scale_factor", "min_neighbors", "min_face", "detect_max_side", "max_pixels",
+                "jpeg_quality")
+        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+RESULT_COLUMNS = ["image_id", "status", "reason", "detail", "box_x", "box_y", "box_w", "box_h", "haar_pass",
+                  "orig_w", "orig_h", "faces_pass1", "faces_pass2"]
+
+
+class CropBatch:
+    """Callable class for ``Dataset.map_batches``: one cascade per actor; crops one batch."""
+
+    def __init__(self, image_dir: str, out_dir: str, config: dict):
+        import cv2
+
+        from facerec.data.haar import HaarDetector
+
+        # One image per core is the parallelism; OpenCV's own threads would oversubscribe.
+        cv2.setNumThreads(1)
+        self.cfg = PreprocessConfig(**config)
+        self.image_dir = Path(image_dir)
+        self.out_dir = Path(out_dir)
+        self.detector = HaarDetector(self.cfg.scale_factor, self.cfg.min_neighbors, self.cfg.min_face,
+                                     self.cfg.detect_max_side)
+        (self.out_dir / "crops").mkdir(parents=True, exist_ok=True)
+        (self.out_dir / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+
+    def one(self, image_id: str) -> dict:
+        from facerec.data.haar import crop_face
+        from facerec.data.images import encode_jpeg, read_image
+
+        row = {"image_id": image_id, "status": "dropped", "reason": "", "detail": "", "box_x": -1, "box_y": -1,
+               "box_w": -1, "box_h": -1, "haar_pass": 0, "orig_w": -1, "orig_h": -1, "faces_pass1": -1, "faces_pass2": -1}
+        try:
+            rgb = read_image(self.image_dir / image_id, max_pixels=self.cfg.max_pixels)
+        except ImageDecodeError as e:
+            row.update(reason=e.reason, detail=str(e))
+            return row
+        row["orig_h"], row["orig_w"] = int(rgb.shape[0]), int(rgb.shape[1])
+        det = self.detector.detect(rgb)
+        row["faces_pass1"], row["faces_pass2"], row["haar_pass"] = det.faces_pass1, det.faces_pass2, det.pass_used
+        if det.reason is not None:
+            row.update(reason=det.reason, detail=f"pass 1 found {det.faces_pass1} faces, pass 2 found {det.faces_pass2}")
+            return row
+        x, y, w, h = (int(v) for v in det.boxes[0])
+        crop = crop_face(rgb, (x, y, w, h), margin=self.cfg.margin, size=self.cfg.crop_size)
+        atomic_write_bytes(self.out_dir / "crops" / image_id, encode_jpeg(crop, self.cfg.jpeg_quality))
+        row.update(status="kept", box_x=x, box_y=y, box_w=w, box_h=h)
+        return row
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        rows = pd.DataFrame([self.one(i) for i in batch["image_id"]], columns=RESULT_COLUMNS)
+        # The part file is the resume record: written only after every crop of the batch is on disk.
+        name = hashlib.sha1("\n".join(batch["image_id"]).encode()).hexdigest()[:20]
+        atomic_write_parquet(self.out_dir / PARTS_DIR / f"part-{name}.parquet", rows)
+        return rows
+
+
+def _read_parts(out_dir: Path) -> pd.DataFrame:
+    parts = sorted((out_dir / PARTS_DIR).glob("part-*.parquet"))
+    if not parts:
+        return pd.DataFrame(columns=RESULT_COLUMNS)
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True).drop_duplicates("image_id", keep="last")
+
+
+def _check_resume(out_dir: Path, config: PreprocessConfig, overwrite: bool) -> None:
+    parts = out_dir / PARTS_DIR
+    marker = parts / "config.json"
+    if overwrite:
+        for sub in (PARTS_DIR, "crops"):
+            shutil.rmtree(out_dir / sub, ignore_errors=True)
+    if marker.is_file():
+        old = json.loads(marker.read_text())
+        if old.get("fingerprint") != config.fingerprint():
+            raise ConfigError(
+                "out", str(out_dir),
+                f"a folder made with the same crop settings: it holds crops made with {old.get('settings')}; "
+                "use a new --out, the same settings, or --overwrite",
+            )
+    parts.mkdir(parents=True, exist_ok=True)
+    keys = ("crop_size", "margin", "scale_factor", "min_neighbors", "min_face", "detect_max_side", "max_pixels", "jpeg_quality")
+    atomic_write_json(marker, {"fingerprint": config.fingerprint(), "settings": {k: getattr(config, k) for k in keys}})
+
+
+def _run_ray(todo: list[str], image_dir: Path, out_dir: Path, config: PreprocessConfig) -> None:
+    import ray
+
+    from facerec.ray_utils import cluster_cpus, init_ray
+
+    init_ray()
+    workers = config.num_workers or cluster_cpus()
+    # One block per batch so the actor pool can spread them; a single block would go to one actor.
+    blocks = [pd.DataFrame({"image_id": todo[i:i + config.batch_size]}) for i in range(0, len(todo), config.batch_size)]
+    ds = ray.data.from_pandas(blocks).map_batches(
+        CropBatch,
+        fn_constructor_kwargs={"image_dir": str(image_dir), "out_dir": str(out_dir), "config": asdict(config)},
+        batch_size=config.batch_size, batch_format="pandas", concurrency=workers, num_cpus=1,
+    )
+    for _ in ds.iter_batches(batch_size=None, batch_format="pandas"):
+        pass  # results are in the part files; iterating drives the pipeline and its progress bar
+
+
+def _run_local(todo: list[str], image_dir: Path, out_dir: Path, config: PreprocessConfig, progress: bool) -> None:
+    from tqdm import tqdm
+
+    fn = CropBatch(str(image_dir), str(out_dir), asdict(config))
+    with tqdm(total=len(todo), desc="crop (local)", unit="img", disable=not progress) as bar:
+        for i in range(0, len(todo), config.batch_size):
+            fn(pd.DataFrame({"image_id": todo[i:i + config.batch_size]}))
+            bar.update(min(config.batch_size, len(todo) - i))
+
+
+def data_version(kept: pd.DataFrame, config: PreprocessConfig) -> str:
+    h = hashlib.sha256(config.fingerprint().encode())
+    h.update("\n".join(f"{a} {b}" for a, b in zip(kept["image_id"], kept["identity"])).encode())
+    return h.hexdigest()[:16]
+
+
+def preprocess(data_dir: str | Path, out_dir: str | Path, config: PreprocessConfig | None = None,
+               overwrite: bool = False, progress: bool = True) -> dict:
+    """Crop every listed image of a CelebA-layout folder; returns (and writes) the summary.
+
+    Invariant: ``kept + sum(dropped.values()) == listed`` where ``listed`` counts the lines of
+    ``identity_CelebA.txt``. Images in the folder but not listed are not processed; their number
+    is ``summary["unlisted"]`` and their names are in ``unlisted.txt``.
+    """
+    config = config or PreprocessConfig()
+    t0 = time.perf_counter()
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    listing = load_celeba(data_dir)
+    image_dir = find_image_dir(data_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_resume(out_dir, config, overwrite)
+
+    dup = listing["image_id"].duplicated(keep="first").to_numpy()
+    unique_ids = listing.loc[~dup, "image_id"].tolist()
+    done = set(_read_parts(out_dir)["image_id"])
+    todo = [i for i in unique_ids if i not in done]
+    if todo:
+        if config.engine == "ray":
+            _run_ray(todo, image_dir, out_dir, config)
+        else:
+            _run_local(todo, image_dir, out_dir, config, progress)
+    results = _read_parts(out_dir)
+    results = results[results["image_id"].isin(set(unique_ids))]
+
+    table = listing.copy()
+    table["_row"] = np.arange(len(table))
+    table = table.merge(results, on="image_id", how="left")
+    if table["status"].isna().any() and (~dup).any():
+        missing = table.loc[table["status"].isna() & ~dup[table["_row"]], "image_id"].tolist()
+        if missing:
+            raise RuntimeError(f"{len(missing)} images were not processed (e.g. {missing[:3]}); re-run to resume")
+    table.loc[dup[table["_row"].to_numpy()], ["status", "reason", "detail"]] = ["dropped", "duplicate",
+                                                                              "listed again; the first line is kept"]
+    kept_mask = table["status"] == "kept"
+    counts = table.loc[kept_mask, "identity"].value_counts()
+    small = kept_mask & table["identity"].map(counts).lt(config.min_images_per_identity).fillna(False)
+    n_small = table.loc[small, "identity"].map(counts)
+    table.loc[small, "status"] = "dropped"
+    table.loc[small, "reason"] = "identity_too_small"
+    table.loc[small, "detail"] = [f"identity has {n} usable image(s), fewer than {config.min_images_per_identity}"
+                                  for n in n_small]
+
+    kept = table[table["status"] == "kept"].copy()
+    kept["crop_path"] = "crops/" + kept["image_id"]
+    for col in ("box_x", "box_y", "box_w", "box_h", "orig_w", "orig_h"):
+        kept[col] = kept[col].astype(np.int32)
+    kept["haar_pass"] = kept["haar_pass"].astype(np.int8)
+    extra = [c for c in listing.columns if c.startswith("celeba_")]
+    kept = kept[list(CROP_COLUMNS) + list(ATTRIBUTE_NAMES) + extra].reset_index(drop=True)
+    dropped = table[table["status"] == "dropped"][["image_id", "identity", "reason", "detail"]].reset_index(drop=True)
+
+    listed_names = set(listing["image_id"])
+    unlisted = sorted(p.name for p in image_dir.iterdir()
+                      if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in listed_names)
+    if unlisted:
+        atomic_write_bytes(out_dir / "unlisted.txt", ("\n".join(unlisted) + "\n").encode())
+    version = data_version(kept, config)
+    meta = {"data_version": version, "crop_size": config.crop_size, "margin": config.margin,
+            "attribute_names": list(ATTRIBUTE_NAMES), "source": str(data_dir.resolve()),
+            "has_attributes": bool(listing.attrs["found"].get("attributes")),
+            "has_partition": bool(listing.attrs["found"].get("partition")), "settings_fingerprint": config.fingerprint()}
+    atomic_write_parquet(out_dir / CROPS_TABLE, kept, metadata=meta)
+    atomic_write_parquet(out_dir / DROPPED_TABLE, dropped, metadata={"data_version": version})
+    reasons = dropped["reason"].value_counts()
+    summary = {
+        "listed": int(len(listing)), "kept": int(len(kept)),
+        "dropped": {r: int(reasons.get(r, 0)) for r in DROP_REASONS if reasons.get(r, 0)},
+        "identities": int(kept["identity"].nunique()), "unlisted": len(unlisted),
+        "kept_fraction": round(len(kept) / max(1, len(listing)), 4),
+        "haar_pass2": int((kept["haar_pass"] == 2).sum()),
+        "processed_now": len(todo), "resumed": len(unique_ids) - len(todo),
+        "seconds": round(time.perf_counter() - t0, 2), "engine": config.engine,
+        "data_version": version, "data": str(data_dir), "out": str(out_dir),
+    }
+    if summary["kept"] + sum(summary["dropped"].values()) != summary["listed"]:
+        raise RuntimeError(f"internal error: kept + dropped != listed in {summary}")
+    atomic_write_json(out_dir / SUMMARY_FILE, summary)
+    return summary

@@ -1,0 +1,82 @@
+"""Identity-disjoint splits and the study's retrieval protocol (query / gallery)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from facerec.errors import ConfigError
+
+SPLITS = ("train", "val", "test")
+_OFFICIAL = {0: "train", 1: "val", 2: "test"}
+
+
+def assign_splits(df: pd.DataFrame, mode: str = "random", val_fraction: float = 0.1, test_fraction: float = 0.2,
+                  seed: int = 0) -> pd.DataFrame:
+    """Add a ``split`` column ("train" / "val" / "test") so that no identity is in two splits.
+
+    ``mode="random"``: identities are shuffled with ``seed`` and cut by the fractions (default
+    70/10/20 of identities; ``val_fraction=0`` gives the study's 80/20 after moving val to train).
+    ``mode="official"``: CelebA's ``list_eval_partition.txt`` (0/1/2), which is identity-disjoint;
+    an identity that the file puts in two partitions is an error.
+    """
+    if "identity" not in df.columns:
+        raise ConfigError("df", list(df.columns)[:5], "a table with an 'identity' column (crops.parquet)")
+    if mode == "official":
+        if "partition" not in df.columns or (df["partition"] < 0).any():
+            n = int((df.get("partition", pd.Series([-1])) < 0).sum())
+            raise ConfigError("split mode", mode, f"a partition for every image; {n} images have none "
+                              "(no list_eval_partition.txt?) — use mode='random'")
+        per_id = df.groupby("identity")["partition"].nunique()
+        if (per_id > 1).any():
+            ident = int(per_id[per_id > 1].index[0])
+            raise ConfigError("split mode", mode, f"an identity-disjoint partition file; identity {ident} is in several "
+                              "partitions — use mode='random'")
+        out = df.copy()
+        out["split"] = out["partition"].map(_OFFICIAL)
+        return out
+    if mode != "random":
+        raise ConfigError("split mode", mode, "'random' or 'official'")
+    for name, v in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= v < 1:
+            raise ConfigError(name, v, "a fraction in [0, 1)")
+    if val_fraction + test_fraction >= 1:
+        raise ConfigError("val_fraction + test_fraction", val_fraction + test_fraction, "less than 1 (training needs identities)")
+    ids = np.sort(df["identity"].unique())
+    rng = np.random.default_rng(seed)
+    rng.shuffle(ids)
+    n = len(ids)
+    n_test = int(round(n * test_fraction))
+    n_val = int(round(n * val_fraction))
+    if n - n_test - n_val < 1:
+        raise ConfigError("identities", n, f"enough identities for the split fractions ({val_fraction}, {test_fraction})")
+    label = {int(i): "test" for i in ids[:n_test]}
+    label.update({int(i): "val" for i in ids[n_test:n_test + n_val]})
+    label.update({int(i): "train" for i in ids[n_test + n_val:]})
+    out = df.copy()
+    out["split"] = out["identity"].map(label)
+    return out
+
+
+def query_gallery(df: pd.DataFrame, seed: int = 0, distractors: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The study's retrieval protocol: for each identity one (seeded) query image, the rest of its
+    images into the gallery; ``distractors`` (images of other identities, none shared with the
+    queries) optionally extend the gallery. Identities with a single image cannot be queried and
+    go to the gallery only."""
+    if len(df) == 0:
+        raise ConfigError("df", "empty table", "at least one identity with two images")
+    rng = np.random.default_rng(seed)
+    counts = df["identity"].map(df["identity"].value_counts())
+    eligible = df[counts >= 2]
+    keys = rng.random(len(eligible))
+    order = eligible.assign(_key=keys).sort_values(["identity", "_key"])
+    q_index = order.groupby("identity", sort=True).head(1).index
+    query = df.loc[q_index].sort_values("identity").reset_index(drop=True)
+    gallery = df.drop(index=q_index)
+    if distractors is not None and len(distractors):
+        shared = set(distractors["identity"]) & set(query["identity"])
+        if shared:
+            raise ConfigError("distractors", f"{len(shared)} shared identities (e.g. {sorted(shared)[:3]})",
+                              "images of identities that are not queried")
+        gallery = pd.concat([gallery, distractors], ignore_index=True)
+    return query, gallery.reset_index(drop=True)
