@@ -1,0 +1,178 @@
+// facerec web page: upload or camera -> POST v1/search -> draw face boxes, 3x3 grid of the top 9.
+"use strict";
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const state = { image: null, faces: [], active: 0, stream: null };
+
+  function setStatus(text, isError) {
+    const s = $("status");
+    s.textContent = text;
+    s.classList.toggle("error", !!isError);
+  }
+
+  async function loadModels() {
+    try {
+      const r = await fetch("v1/models");
+      const info = await r.json();
+      const sel = $("model");
+      sel.innerHTML = "";
+      for (const m of info.models) {
+        const o = document.createElement("option");
+        o.value = m.name;
+        o.textContent = `${m.name} (${m.backbone}, d=${m.embedding_dim}, ${m.index_kind})`;
+        if (m.default) o.selected = true;
+        sel.appendChild(o);
+      }
+      $("gallery-info").textContent = `gallery: ${info.gallery_rows} faces (version ${info.gallery_version})`;
+    } catch (e) {
+      setStatus("Could not load the model list: " + e, true);
+    }
+  }
+
+  function drawPreview() {
+    const c = $("preview");
+    if (!state.image) return;
+    const img = state.image;
+    c.width = img.naturalWidth || img.width;
+    c.height = img.naturalHeight || img.height;
+    const ctx = c.getContext("2d");
+    ctx.drawImage(img, 0, 0);
+    ctx.lineWidth = Math.max(2, c.width / 150);
+    state.faces.forEach((f, i) => {
+      ctx.strokeStyle = i === state.active ? "#00e676" : "#ffab00";
+      ctx.strokeRect(f.box.x, f.box.y, f.box.w, f.box.h);
+    });
+  }
+
+  function renderFaceTabs() {
+    const tabs = $("face-tabs");
+    tabs.innerHTML = "";
+    if (state.faces.length < 2) return;
+    state.faces.forEach((f, i) => {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = `face ${i + 1}`;
+      b.className = i === state.active ? "active" : "";
+      b.onclick = () => { state.active = i; renderFaceTabs(); drawPreview(); renderResults(); };
+      tabs.appendChild(b);
+    });
+  }
+
+  function renderResults() {
+    const list = $("results");
+    list.innerHTML = "";
+    const face = state.faces[state.active];
+    if (!face) return;
+    const tpl = $("result-tpl");
+    for (const h of face.results.slice(0, 9)) {
+      const li = tpl.content.firstElementChild.cloneNode(true);
+      li.dataset.rank = h.rank;
+      li.dataset.imageId = h.image_id;
+      li.dataset.distance = h.distance;
+      li.querySelector("img").src = h.thumbnail_url;
+      li.querySelector("img").alt = `gallery face ${h.image_id}`;
+      li.querySelector(".rank").textContent = `#${h.rank}`;
+      li.querySelector(".identity").textContent = `id ${h.identity}`;
+      li.querySelector(".distance").textContent = `d=${h.distance.toFixed(3)}`;
+      li.querySelector(".agreement").textContent =
+        h.attribute_agreement === null ? "" : `attr. agree ${(100 * h.attribute_agreement).toFixed(0)}%`;
+      const attrs = li.querySelector(".attrs");
+      const on = Object.entries(h.attributes).filter(([, v]) => v === 1).map(([k]) => k);
+      for (const a of on) {
+        const s = document.createElement("span");
+        s.textContent = a.replace(/_/g, " ");
+        attrs.appendChild(s);
+      }
+      if (!on.length) attrs.textContent = "(no attribute labels)";
+      list.appendChild(li);
+    }
+  }
+
+  async function search(blob, name) {
+    state.faces = [];
+    renderResults();
+    renderFaceTabs();
+    const url = URL.createObjectURL(blob);
+    const img = new Image();
+    await new Promise((ok, bad) => { img.onload = ok; img.onerror = () => bad(new Error("not an image")); img.src = url; })
+      .catch(() => null);
+    state.image = img.naturalWidth ? img : null;
+    drawPreview();
+    setStatus("Searching…");
+    const form = new FormData();
+    form.append("image", blob, name || "photo.jpg");
+    form.append("k", "9");
+    form.append("model", $("model").value);
+    form.append("faces", $("faces").value);
+    let r, body;
+    try {
+      r = await fetch("v1/search", { method: "POST", body: form });
+      body = await r.json();
+    } catch (e) {
+      setStatus("Request failed: " + e, true);
+      return;
+    }
+    if (!r.ok) {
+      setStatus(`Error ${r.status}: ${body.detail || JSON.stringify(body)}`, true);
+      return;
+    }
+    state.faces = body.faces;
+    state.active = 0;
+    drawPreview();
+    renderFaceTabs();
+    renderResults();
+    setStatus(`${body.faces.length} face(s) found; top ${Math.min(9, body.k)} matches with ${body.model} ` +
+      `in ${body.timing_ms.total.toFixed(0)} ms.`);
+  }
+
+  $("file").addEventListener("change", (ev) => {
+    const f = ev.target.files[0];
+    if (f) search(f, f.name);
+    ev.target.value = "";
+  });
+
+  async function startCamera() {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      setStatus("This browser has no camera access (getUserMedia); it needs https or localhost.", true);
+      return;
+    }
+    try {
+      state.stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: false });
+    } catch (e) {
+      setStatus("Camera not available: " + e.message, true);
+      return;
+    }
+    const v = $("video");
+    v.srcObject = state.stream;
+    v.hidden = false;
+    $("preview").hidden = true;
+    $("camera-shoot").hidden = false;
+    $("camera-stop").hidden = false;
+    setStatus("Camera on: press “Take photo”.");
+  }
+
+  function stopCamera() {
+    if (state.stream) state.stream.getTracks().forEach((t) => t.stop());
+    state.stream = null;
+    $("video").hidden = true;
+    $("preview").hidden = false;
+    $("camera-shoot").hidden = true;
+    $("camera-stop").hidden = true;
+  }
+
+  function shoot() {
+    const v = $("video");
+    const c = document.createElement("canvas");
+    c.width = v.videoWidth;
+    c.height = v.videoHeight;
+    c.getContext("2d").drawImage(v, 0, 0);
+    stopCamera();
+    c.toBlob((blob) => search(blob, "camera.jpg"), "image/jpeg", 0.92);
+  }
+
+  $("camera-start").onclick = startCamera;
+  $("camera-stop").onclick = stopCamera;
+  $("camera-shoot").onclick = shoot;
+  $("model").onchange = () => setStatus("Model changed: upload again to search with it.");
+  loadModels();
+})();

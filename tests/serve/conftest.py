@@ -1,0 +1,165 @@
+"""Fixtures of the serve tests: a tiny real gallery (synthetic photos -> Haar crops -> two small
+untrained CNNs, batch norms recalibrated) and, for the HTTP/browser tests, one real Serve app on
+a local 2-CPU Ray cluster shared by the whole session and shut down at its end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+import zlib
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+IMAGE_SIZE = 64
+EMBED_DIM = 32
+BACKBONES = {"mnv3": "mobilenet_v3_small", "r18": "resnet18"}
+TOKEN = "test-token-0123456789"
+MAX_UPLOAD = 300_000
+
+
+def _synthetic_photos(root: Path) -> Path:
+    """6 synthetic people x 4 photos in the CelebA layout."""
+    from facerec.data import synth
+
+    if hasattr(synth, "generate_synthetic"):
+        return Path(synth.generate_synthetic(root, n_identities=6, images_per_identity=4, seed=3))
+    # Until generate_synthetic lands: the same drawing functions, written in the CelebA layout.
+    from facerec.data.schema import ATTRIBUTE_NAMES
+
+    rng = np.random.default_rng(3)
+    (root / "img_celeba").mkdir(parents=True, exist_ok=True)
+    ids, attrs, n = [], [], 0
+    for label in range(1, 7):
+        person = synth.sample_identity(rng, label)
+        for _ in range(4):
+            n += 1
+            shot = synth.sample_shot(rng, person)
+            name = f"{n:06d}.jpg"
+            (root / "img_celeba" / name).write_bytes(synth.encode_jpeg(synth.render(person, shot, (178, 218), rng), 92))
+            a = synth.shot_attributes(person, shot)
+            ids.append(f"{name} {label}")
+            attrs.append(name + " " + " ".join(str(a.get(k, -1)) for k in ATTRIBUTE_NAMES))
+    (root / "identity_CelebA.txt").write_text("\n".join(ids) + "\n")
+    (root / "list_attr_celeba.txt").write_text(f"{n}\n" + " ".join(ATTRIBUTE_NAMES) + "\n" + "\n".join(attrs) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def serve_artifacts(tmp_path_factory):
+    """dict(photos, crops, checkpoints {name: dir}, gallery (pristine copy), model_ids)."""
+    import torch
+
+    from facerec.data.preprocess import PreprocessConfig, preprocess
+    from facerec.models import read_checkpoint_metadata
+    from facerec.serve.defaults import make_default_checkpoint
+    from facerec.serve.gallery import build_gallery
+
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("serve")
+    photos = _synthetic_photos(base / "photos")
+    crops = base / "crops"
+    preprocess(photos, crops, PreprocessConfig(engine="local"), progress=False)
+    checkpoints = {}
+    for name, backbone in BACKBONES.items():
+        make_default_checkpoint(backbone, base / "ckpt" / name, crops, image_size=IMAGE_SIZE, embedding_dim=EMBED_DIM)
+        checkpoints[name] = str(base / "ckpt" / name)
+    gallery = base / "gallery"
+    build_gallery(crops, gallery, checkpoints, index_kind="kdtree")
+    return {
+        "base": base,
+        "photos": photos,
+        "crops": crops,
+        "checkpoints": checkpoints,
+        "gallery": gallery,
+        "model_ids": {n: read_checkpoint_metadata(p)["model_id"] for n, p in checkpoints.items()},
+    }
+
+
+@pytest.fixture
+def gallery_copy(serve_artifacts, tmp_path) -> Path:
+    """A private, writable copy of the test gallery."""
+    dst = tmp_path / "gallery"
+    shutil.copytree(serve_artifacts["gallery"], dst)
+    return dst
+
+
+def _blank_jpeg(w: int = 160, h: int = 120) -> bytes:
+    from facerec.data.images import encode_jpeg
+
+    return encode_jpeg(np.full((h, w, 3), 128, dtype=np.uint8), quality=90)
+
+
+def _png_bomb(side: int = 10_000) -> bytes:
+    """A real, valid 1-bit PNG of side x side pixels (100 M for 10 000) in about 12 KB: what a
+    decompression bomb looks like. Decoding it must be refused from the header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\x00" + b"\x00" * ((side + 7) // 8)
+    comp = zlib.compressobj(9)
+    body = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="session")
+def photos(serve_artifacts) -> list[tuple[str, bytes]]:
+    """(file name, JPEG bytes) of the synthetic photos the gallery was cropped from."""
+    files = sorted((serve_artifacts["photos"] / "img_celeba").iterdir())
+    return [(p.name, p.read_bytes()) for p in files]
+
+
+@pytest.fixture(scope="session")
+def bad_images() -> dict[str, tuple[bytes, int, str]]:
+    """name -> (body, expected HTTP status, regex the message must match)."""
+    return {
+        "not_an_image": (b"hello, this is text", 400, "not a recognised image"),
+        "truncated_jpeg": (_blank_jpeg()[:200], 400, "damaged or truncated|not a recognised"),
+        "empty": (b"", 400, "empty"),
+        "decompression_bomb": (_png_bomb(), 413, "exceeds the limit|decompression|pixels"),
+        "no_face": (_blank_jpeg(), 422, "no face detected"),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def live_app(serve_artifacts, tmp_path_factory):
+    """A running Serve app (both models, token, small upload limit, fast reload polling) on a
+    private gallery copy. Yields dict(url, gallery, config)."""
+    import ray
+    from ray import serve
+
+    from facerec.serve.app import ServeConfig, build_app
+
+    gallery = tmp_path_factory.mktemp("live") / "gallery"
+    shutil.copytree(serve_artifacts["gallery"], gallery)
+    config = ServeConfig(
+        gallery_dir=str(gallery),
+        models=[{"name": n, "checkpoint": c, "num_cpus": 0.5, "max_batch_size": 8, "batch_wait_timeout_s": 0.05,
+                 "torch_threads": 1} for n, c in serve_artifacts["checkpoints"].items()],
+        default_model="mnv3",
+        gallery_token=TOKEN,
+        max_upload_bytes=MAX_UPLOAD,
+        reload_poll_s=0.5,
+        retriever_num_cpus=0.1,
+        ingress_num_cpus=0.1,
+    )
+    port = _free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(config), name="facerec", route_prefix="/")
+        yield {"url": f"http://127.0.0.1:{port}", "gallery": gallery, "config": config, "app_name": "facerec"}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
