@@ -1,0 +1,243 @@
+"""Retrieval metrics: identity-based (precision@k, recall@k, MAP@R) and the original study's
+attribute-based ones (top-k attribute accuracy, mean attribute distance), plus a seeded random
+ranking baseline for the latter.
+
+Conventions: a *query* has a label (identity) and an attribute vector; ``retrieved`` holds,
+per query, the gallery results best first, either as labels (identity metrics) or as row
+positions into ``gallery_attrs`` (attribute metrics). A gallery item is *relevant* to a query
+when it has the query's identity. The query itself must not be in the gallery (or must be
+removed from its own results) or every metric is inflated.
+
+Definitions used (all averaged uniformly over queries):
+
+* precision@k = |relevant among the top k| / k   (Manning, Raghavan & Schütze 2008,
+  *Introduction to Information Retrieval*, §8.4). precision@1 is the share of queries whose
+  first result has the query's identity (rank-1 identification rate).
+* recall@k, hit-rate form = share of queries with *at least one* relevant item in the top k,
+  as used in deep metric learning (Oh Song et al. 2016, "Deep Metric Learning via Lifted
+  Structured Feature Embedding", §6; Musgrave et al. 2020 call it "Recall@K" too). This is not
+  the IR recall |relevant in top k| / |relevant|. recall@1 == precision@1.
+* MAP@R (Musgrave, Belongie & Lim 2020, "A Metric Learning Reality Check", ECCV, §3.2):
+  R = number of gallery items relevant to the query, and
+  MAP@R = (1/R) * sum_{i=1..R} P(i), with P(i) = precision@i if the i-th result is relevant,
+  else 0. It rewards ranking *all* same-identity images first, not just one.
+* top-k attribute accuracy (original study): for each query and each of its top-k results,
+  the share of the 40 attributes on which the two agree; averaged over the k results and over
+  queries.
+* mean attribute distance (original study): the Hamming distance (number of differing
+  attributes) between query and result, averaged over the k results and over queries. With
+  A attributes and no missing values it equals A * (1 - attribute accuracy).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from facerec.errors import ConfigError
+
+DEFAULT_KS: tuple[int, ...] = (10, 20, 50, 100, 1000)
+_CHUNK = 256  # queries per block when gathering (n, k, A) attribute tensors
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_labels(query_labels: Any, retrieved_labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    q = np.asarray(query_labels)
+    r = np.asarray(retrieved_labels)
+    if q.ndim != 1:
+        raise ConfigError("query_labels", f"array of shape {q.shape}", "a 1-D array, one label per query")
+    if r.ndim != 2 or r.shape[0] != q.shape[0]:
+        raise ConfigError(
+            "retrieved_labels", f"array of shape {r.shape}", f"a 2-D array ({q.shape[0]} queries, k results) of labels"
+        )
+    if q.shape[0] == 0:
+        raise ConfigError("query_labels", "0 queries", "at least one query")
+    return q, r
+
+
+def _check_k(k: Any, available: int, name: str = "k") -> int:
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ConfigError(name, k, "an integer >= 1")
+    if k > available:
+        raise ConfigError(name, int(k), f"k <= {available}, the number of results retrieved per query (search with a larger k)")
+    return int(k)
+
+
+# --------------------------------------------------------------------------- identity metrics
+
+
+def precision_at_k(query_labels: Any, retrieved_labels: Any, k: int) -> float:
+    """Mean over queries of |same-identity results among the top k| / k (IR precision@k)."""
+    q, r = _check_labels(query_labels, retrieved_labels)
+    k = _check_k(k, r.shape[1])
+    return float((r[:, :k] == q[:, None]).mean())
+
+
+def precision_at_1(query_labels: Any, retrieved_labels: Any) -> float:
+    """Share of queries whose first result has the query's identity (rank-1 accuracy)."""
+    return precision_at_k(query_labels, retrieved_labels, 1)
+
+
+def recall_at_k(query_labels: Any, retrieved_labels: Any, k: int) -> float:
+    """Hit-rate Recall@K (Oh Song et al. 2016): share of queries with at least one
+    same-identity result among the top k."""
+    q, r = _check_labels(query_labels, retrieved_labels)
+    k = _check_k(k, r.shape[1])
+    return float((r[:, :k] == q[:, None]).any(axis=1).mean())
+
+
+def relevant_counts(query_labels: Any, gallery_labels: Any) -> np.ndarray:
+    """R per query: how many gallery items share the query's label."""
+    q = np.asarray(query_labels)
+    g = np.asarray(gallery_labels)
+    if g.ndim != 1:
+        raise ConfigError("gallery_labels", f"array of shape {g.shape}", "a 1-D array, one label per gallery item")
+    if g.size == 0:
+        return np.zeros(q.shape[0], dtype=np.int64)
+    uniq, counts = np.unique(g, return_counts=True)
+    pos = np.clip(np.searchsorted(uniq, q), 0, len(uniq) - 1)
+    return np.where(uniq[pos] == q, counts[pos], 0).astype(np.int64)
+
+
+def map_at_r(query_labels: Any, retrieved_labels: Any, gallery_labels: Any) -> float:
+    """MAP@R of Musgrave et al. 2020 (ECCV, §3.2): (1/R) sum_{i<=R} P(i) * rel(i), averaged
+    over queries, where R = number of gallery items with the query's label.
+
+    ``retrieved_labels`` needs at least max(R) columns. Queries with R = 0 are an error (the
+    metric is undefined for them): drop them, or keep identities with >= 2 images.
+    """
+    q, r = _check_labels(query_labels, retrieved_labels)
+    R = relevant_counts(q, gallery_labels)
+    if (R == 0).any():
+        bad = np.flatnonzero(R == 0)
+        raise ConfigError(
+            "query_labels",
+            f"{bad.size} queries with no same-label gallery item (first: query {int(bad[0])}, label {q[bad[0]]!r})",
+            "every query label present in gallery_labels (MAP@R is undefined for R = 0; drop those queries)",
+        )
+    if R.max() > r.shape[1]:
+        i = int(R.argmax())
+        raise ConfigError(
+            "retrieved_labels",
+            f"{r.shape[1]} results per query",
+            f"at least max R = {int(R.max())} (query {i}); search with k >= {int(R.max())}",
+        )
+    kmax = int(R.max())
+    rel = r[:, :kmax] == q[:, None]
+    ranks = np.arange(1, kmax + 1)
+    prec = np.cumsum(rel, axis=1) / ranks
+    within = ranks[None, :] <= R[:, None]
+    ap = (prec * rel * within).sum(axis=1) / R
+    return float(ap.mean())
+
+
+# --------------------------------------------------------------------------- attribute metrics
+
+
+def _check_attrs(query_attrs: Any, gallery_attrs: Any, retrieved: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    qa = np.asarray(query_attrs)
+    ga = np.asarray(gallery_attrs)
+    rt = np.asarray(retrieved)
+    if qa.ndim != 2:
+        raise ConfigError("query_attrs", f"array of shape {qa.shape}", "a 2-D array (queries, attributes), e.g. (n, 40)")
+    if ga.ndim != 2 or ga.shape[1] != qa.shape[1]:
+        raise ConfigError(
+            "gallery_attrs", f"array of shape {ga.shape}", f"a 2-D array (gallery, {qa.shape[1]}) matching query_attrs"
+        )
+    if rt.ndim != 2 or rt.shape[0] != qa.shape[0]:
+        raise ConfigError(
+            "retrieved", f"array of shape {rt.shape}", f"a 2-D array ({qa.shape[0]} queries, k) of gallery row positions"
+        )
+    if rt.dtype.kind not in "iu":
+        raise ConfigError("retrieved", f"dtype {rt.dtype}", "integer gallery row positions (0-based rows of gallery_attrs)")
+    if rt.size and (rt.min() < 0 or rt.max() >= ga.shape[0]):
+        raise ConfigError(
+            "retrieved",
+            f"positions in [{rt.min()}, {rt.max()}]",
+            f"0-based rows of gallery_attrs, in [0, {ga.shape[0] - 1}] (map index ids to table rows first)",
+        )
+    return qa, ga, rt
+
+
+def _agreements(qa: np.ndarray, ga: np.ndarray, rt: np.ndarray, k: int) -> np.ndarray:
+    """(n, k) number of attributes on which query i and its j-th result agree."""
+    out = np.empty((qa.shape[0], k), dtype=np.int32)
+    for s in range(0, qa.shape[0], _CHUNK):
+        sel = ga[rt[s : s + _CHUNK, :k]]  # (m, k, A)
+        out[s : s + _CHUNK] = (sel == qa[s : s + _CHUNK, None, :]).sum(axis=2)
+    return out
+
+
+def attribute_topk_accuracy(query_attrs: Any, gallery_attrs: Any, retrieved: Any, k: int) -> float:
+    """The original study's top-k attribute accuracy: share of attributes on which query and
+    result agree, averaged over the top k results and over queries."""
+    qa, ga, rt = _check_attrs(query_attrs, gallery_attrs, retrieved)
+    k = _check_k(k, rt.shape[1])
+    return float(_agreements(qa, ga, rt, k).mean() / qa.shape[1])
+
+
+def mean_attribute_distance(query_attrs: Any, gallery_attrs: Any, retrieved: Any, k: int) -> float:
+    """The original study's mean attribute distance: Hamming distance (number of differing
+    attributes) between query and result, averaged over the top k results and over queries."""
+    qa, ga, rt = _check_attrs(query_attrs, gallery_attrs, retrieved)
+    k = _check_k(k, rt.shape[1])
+    return float(qa.shape[1] - _agreements(qa, ga, rt, k).mean())
+
+
+def effective_ks(ks: Iterable[int], gallery_size: int) -> list[int]:
+    """``ks`` clipped to the gallery size, duplicates removed, order kept."""
+    out: list[int] = []
+    for k in ks:
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError("ks", k, "integers >= 1, e.g. (10, 20, 50, 100, 1000)")
+        ke = min(int(k), gallery_size)
+        if ke not in out:
+            out.append(ke)
+    if not out:
+        raise ConfigError("ks", list(ks), "at least one k")
+    return out
+
+
+def attribute_metrics(
+    query_attrs: Any, gallery_attrs: Any, retrieved: Any, ks: Iterable[int] = DEFAULT_KS
+) -> pd.DataFrame:
+    """Both attribute metrics for each k of ``ks`` (clipped to the gallery size; the ``k``
+    column holds the value used). Columns: k, attribute_accuracy, mean_attribute_distance."""
+    qa, ga, rt = _check_attrs(query_attrs, gallery_attrs, retrieved)
+    kk = effective_ks(ks, ga.shape[0])
+    kmax = _check_k(max(kk), rt.shape[1], name="ks")
+    agree = _agreements(qa, ga, rt, kmax)
+    # Mean over the first k columns for every k at once via a cumulative sum over ranks.
+    csum = np.cumsum(agree.mean(axis=0, dtype=np.float64))
+    n_attr = qa.shape[1]
+    rows = []
+    for k in kk:
+        mean_agree = csum[k - 1] / k
+        rows.append({"k": k, "attribute_accuracy": mean_agree / n_attr, "mean_attribute_distance": n_attr - mean_agree})
+    return pd.DataFrame(rows, columns=["k", "attribute_accuracy", "mean_attribute_distance"])
+
+
+def random_ranking(n_queries: int, gallery_size: int, k: int, seed: int = 0) -> np.ndarray:
+    """(n_queries, k) gallery positions of a uniformly random ranking per query (no repeats
+    within a query), from ``numpy.random.default_rng(seed)``."""
+    k = min(k, gallery_size)
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.choice(gallery_size, size=k, replace=False) for _ in range(n_queries)]).astype(np.int64)
+
+
+def random_ranking_baseline(
+    query_attrs: Any, gallery_attrs: Any, ks: Iterable[int] = DEFAULT_KS, seed: int = 0
+) -> pd.DataFrame:
+    """:func:`attribute_metrics` of a seeded random ranking: the chance level the study
+    compares against. Its expectation is the mean query-gallery agreement over all pairs."""
+    qa = np.asarray(query_attrs)
+    ga = np.asarray(gallery_attrs)
+    if qa.ndim != 2 or ga.ndim != 2:
+        raise ConfigError("query_attrs/gallery_attrs", f"shapes {qa.shape}, {ga.shape}", "2-D arrays (n, attributes)")
+    kk = effective_ks(ks, ga.shape[0])
+    rt = random_ranking(qa.shape[0], ga.shape[0], max(kk), seed=seed)
+    return attribute_metrics(qa, ga, rt, kk)
