@@ -109,9 +109,26 @@ def _png_bomb(side: int = 10_000) -> bytes:
 
 @pytest.fixture(scope="session")
 def photos(serve_artifacts) -> list[tuple[str, bytes]]:
-    """(file name, JPEG bytes) of the synthetic photos the gallery was cropped from."""
-    files = sorted((serve_artifacts["photos"] / "img_celeba").iterdir())
-    return [(p.name, p.read_bytes()) for p in files]
+    """(file name, JPEG bytes) of synthetic photos whose gallery crop is exactly what serving
+    crops (the largest single-pass Haar box equals preprocess's box), so a query with the photo
+    finds its own crop first."""
+    import pandas as pd
+
+    from facerec.data.haar import HaarDetector
+    from facerec.data.images import decode_image
+
+    crops = pd.read_parquet(serve_artifacts["crops"] / "crops.parquet").set_index("image_id")
+    det = HaarDetector()
+    out = []
+    for p in sorted((serve_artifacts["photos"] / "img_celeba").iterdir()):
+        if p.name not in crops.index:
+            continue
+        boxes = det.detect_all(decode_image(p.read_bytes()))
+        row = crops.loc[p.name]
+        if len(boxes) and list(map(int, boxes[0])) == [int(row.box_x), int(row.box_y), int(row.box_w), int(row.box_h)]:
+            out.append((p.name, p.read_bytes()))
+    assert len(out) >= 12, f"only {len(out)} usable synthetic photos; the Haar cascade misses the drawing"
+    return out
 
 
 @pytest.fixture(scope="session")
