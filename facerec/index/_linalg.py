@@ -49,10 +49,12 @@ def topk_from_candidates(Q: np.ndarray, XT: np.ndarray, cand: np.ndarray, k: int
     return np.sqrt(np.maximum(d2, 0.0, out=d2), out=d2), pos
 
 
-def brute_force_topk(Q: np.ndarray, XT: np.ndarray, x_sq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def brute_force_topk(Q: np.ndarray, XT: np.ndarray, x_half_sq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest gallery columns of ``XT`` (d x n) for each query row of ``Q`` (m x d).
 
-    ``k`` is clipped to n. Returns (distances (m, k) float32 ascending, positions (m, k) int64).
+    ``x_half_sq`` holds ||x||^2 / 2 per column: the ranking score ||x||^2/2 - q.x equals
+    (||q - x||^2 - ||q||^2) / 2, so one in-place pass after the matmul suffices. ``k`` is
+    clipped to n. Returns (distances (m, k) float32 ascending, positions (m, k) int64).
     """
     m = Q.shape[0]
     n = XT.shape[1]
@@ -63,8 +65,7 @@ def brute_force_topk(Q: np.ndarray, XT: np.ndarray, x_sq: np.ndarray, k: int) ->
     for s in range(0, m, rows):
         Qb = Q[s : s + rows]
         scores = Qb @ XT  # (mb, n)
-        scores *= -2.0
-        scores += x_sq
+        np.subtract(x_half_sq, scores, out=scores)
         if k < n:
             cand = np.argpartition(scores, k - 1, axis=1)[:, :k]
         else:
@@ -86,7 +87,7 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.n
 
 
 class GalleryStore:
-    """Growable dimension-major float32 storage (d x capacity) with squared norms and ids.
+    """Growable dimension-major float32 storage (d x capacity) with half squared norms and ids.
 
     Appends amortise to O(new rows): capacity grows by half when full, so adding one image at
     a time to a 1M gallery does not copy 512 MB per call. ``XT`` is a (d x n) view whose row
@@ -115,7 +116,7 @@ class GalleryStore:
             idb[: self.n] = self._ids[: self.n]
             self._xt, self._sq, self._ids = xt, sq, idb
         self._xt[:, self.n : need] = x.T
-        self._sq[self.n : need] = np.einsum("ij,ij->i", x, x)
+        self._sq[self.n : need] = 0.5 * np.einsum("ij,ij->i", x, x)
         self._ids[self.n : need] = ids
         self.n = need
 
@@ -124,7 +125,8 @@ class GalleryStore:
         return self._xt[:, : self.n]
 
     @property
-    def sq(self) -> np.ndarray:
+    def half_sq(self) -> np.ndarray:
+        """||x||^2 / 2 per stored row."""
         return self._sq[: self.n]
 
     @property

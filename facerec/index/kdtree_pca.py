@@ -142,7 +142,7 @@ class KDTreePCAIndex(_DeltaTreeIndex):
                 if hits.size > nt // 4:
                     # The reduced space barely prunes for this query: a brute-force pass over
                     # the tree rows is cheaper than gathering a huge candidate set.
-                    dr, pr = brute_force_topk(q[r : r + 1], self._store.XT[:, :nt], self._store.sq[:nt], kt)
+                    dr, pr = brute_force_topk(q[r : r + 1], self._store.XT[:, :nt], self._store.half_sq[:nt], kt)
                 else:
                     dr, pr = topk_from_candidates(q[r : r + 1], self._store.XT, hits[None, :], kt)
                 d[r], pos[r] = dr[0], pr[0]
