@@ -1,0 +1,75 @@
+"""Command-line front ends of the data stage (``facerec data synth``, ``facerec preprocess``);
+``pipelines/preprocess.py`` calls the same ``preprocess_main``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+
+from facerec.errors import FacerecError
+
+
+def add_preprocess_arguments(ap: argparse.ArgumentParser) -> None:
+    from facerec.data.preprocess import PreprocessConfig
+
+    ap.add_argument("--data", help="CelebA-layout photo folder (default: the embedded synthetic dataset)")
+    ap.add_argument("--out", required=True, help="output folder: crops/, crops.parquet, dropped.parquet, summary.json")
+    ap.add_argument("--overwrite", action="store_true", help="discard earlier results in --out instead of resuming")
+    defaults = PreprocessConfig()
+    for f in fields(PreprocessConfig):
+        default = getattr(defaults, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "engine":
+            ap.add_argument(flag, choices=["ray", "local"], default=default,
+                            help="ray: Ray Data actor pool over the cluster; local: one process (baseline)")
+        else:
+            kind = float if isinstance(default, float) else int
+            ap.add_argument(flag, type=kind, default=default, help=f"(default {default})")
+
+
+def preprocess_main(argv=None) -> int:
+    from facerec.data.preprocess import PreprocessConfig, preprocess
+
+    ap = argparse.ArgumentParser(prog="facerec preprocess",
+                                 description="Crop faces (Haar cascade, two passes) on Ray Data and write the crops table.")
+    add_preprocess_arguments(ap)
+    args = ap.parse_args(argv)
+    try:
+        config = PreprocessConfig(**{f.name: getattr(args, f.name) for f in fields(PreprocessConfig)})
+        data = args.data
+        if data is None:
+            from facerec.data.synth import ensure_synthetic
+
+            data = ensure_synthetic()
+        summary = preprocess(data, args.out, config, overwrite=args.overwrite)
+    except FacerecError as e:
+        print(f"facerec preprocess: error: {e}", file=sys.stderr)
+        return 2
+    print("preprocess summary: " + json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def synth_main(argv=None) -> int:
+    from facerec.data.synth import default_synthetic_dir, generate_synthetic
+
+    ap = argparse.ArgumentParser(prog="facerec data synth",
+                                 description="Generate the embedded synthetic dataset in the CelebA layout.")
+    ap.add_argument("--out", help=f"folder (default: {default_synthetic_dir()})")
+    ap.add_argument("--identities", type=int, default=None, help="number of identities")
+    ap.add_argument("--images-per-identity", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    kwargs = {"seed": args.seed}
+    if args.identities is not None:
+        kwargs["n_identities"] = args.identities
+    if args.images_per_identity is not None:
+        kwargs["images_per_identity"] = args.images_per_identity
+    try:
+        root = generate_synthetic(args.out or default_synthetic_dir(), **kwargs)
+    except FacerecError as e:
+        print(f"facerec data synth: error: {e}", file=sys.stderr)
+        return 2
+    print(f"synthetic dataset: {root}")
+    return 0
