@@ -1,0 +1,119 @@
+"""The web page at / in a real headless Chromium (Debian's, driven by Playwright) against the
+real Serve app: upload a photo, see the box drawn and the 3x3 grid of the top 9; a photo
+without a face shows the error; the camera path (getUserMedia, fed a face video) works."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+
+def _y4m(rgb: np.ndarray, frames: int = 3) -> bytes:
+    """A tiny Y4M video (what Chromium's fake camera plays) showing ``rgb`` centred in 640x480."""
+    import cv2
+
+    canvas = np.full((480, 640, 3), 110, dtype=np.uint8)
+    h = 480
+    w = int(round(rgb.shape[1] * h / rgb.shape[0]))
+    canvas[:, (640 - w) // 2:(640 - w) // 2 + w] = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)
+    yuv = cv2.cvtColor(canvas, cv2.COLOR_RGB2YUV_I420).tobytes()
+    return b"YUV4MPEG2 W640 H480 F10:1 Ip A1:1 C420jpeg\n" + b"".join(b"FRAME\n" + yuv for _ in range(frames))
+
+
+@pytest.fixture(scope="module")
+def browser(photos, tmp_path_factory):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium not found at /usr/bin/chromium (`apt-get install -y chromium`; .ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    from facerec.data.images import decode_image
+
+    video = tmp_path_factory.mktemp("cam") / "face.y4m"
+    video.write_bytes(_y4m(decode_image(photos[1][1])))
+    fake_camera = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                   f"--use-file-for-fake-video-capture={video}"]
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS + fake_camera)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser, live_app):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = ctx.new_page()
+    pg.goto(live_app["url"] + "/")
+    pg.wait_for_function("document.querySelectorAll('#model option').length === 2", timeout=60_000)
+    yield pg
+    ctx.close()
+
+
+def _read_grid(page) -> list[dict]:
+    page.wait_for_function("document.querySelectorAll('#results .result').length === 9", timeout=120_000)
+    page.wait_for_function(
+        "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)", timeout=60_000)
+    return page.evaluate("""[...document.querySelectorAll('#results .result')].map(li => ({
+        rank: +li.dataset.rank, image_id: li.dataset.imageId, distance: +li.dataset.distance,
+        text: li.innerText, top: li.getBoundingClientRect().top, left: li.getBoundingClientRect().left}))""")
+
+
+@pytest.mark.parametrize("model", ["mnv3", "r18"])
+def test_upload_shows_box_and_top9(page, live_app, photos, model):
+    name, data = photos[0]
+    page.select_option("#model", model)
+    page.set_input_files("#file", files=[{"name": "query.jpg", "mimeType": "image/jpeg", "buffer": data}])
+    grid = _read_grid(page)
+    api = httpx.post(live_app["url"] + "/v1/search", files={"image": ("q.jpg", data, "image/jpeg")},
+                     data={"k": "9", "model": model}, timeout=120).json()
+    hits = api["faces"][0]["results"]
+    assert [g["rank"] for g in grid] == list(range(1, 10))
+    assert [g["image_id"] for g in grid] == [h["image_id"] for h in hits]
+    np.testing.assert_allclose([g["distance"] for g in grid], [h["distance"] for h in hits], rtol=1e-6)
+    assert grid[0]["image_id"] == name
+    assert "#1" in grid[0]["text"] and f"d={hits[0]['distance']:.3f}" in grid[0]["text"]
+    # a 3 x 3 grid: three distinct rows and columns
+    assert len({round(g["top"]) for g in grid}) == 3 and len({round(g["left"]) for g in grid}) == 3
+    status = page.inner_text("#status")
+    assert "1 face(s) found" in status and model in status
+    # the face box is drawn in green on the preview, at the box the API reports
+    box = api["faces"][0]["box"]
+    px = page.evaluate(f"""(() => {{ const c = document.getElementById('preview');
+        return [c.width, c.height, ...c.getContext('2d').getImageData({box['x']}, {box['y'] + box['h'] // 2}, 1, 1).data]; }})()""")
+    assert px[:2] == [api["image"]["width"], api["image"]["height"]]
+    assert px[3] > 200 and px[2] < 60 and px[4] < 160  # (0, 230, 118): the active-face stroke
+
+
+def test_no_face_shows_error(page, bad_images):
+    page.set_input_files("#file", files=[{"name": "wall.jpg", "mimeType": "image/jpeg", "buffer": bad_images["no_face"][0]}])
+    page.wait_for_function("document.getElementById('status').classList.contains('error')", timeout=120_000)
+    assert "Error 422: no face detected" in page.inner_text("#status")
+    assert page.evaluate("document.querySelectorAll('#results .result').length") == 0
+
+
+def test_camera_capture(page, photos):
+    page.click("#camera-start")
+    page.wait_for_function("document.getElementById('video').videoWidth === 640", timeout=60_000)
+    with page.expect_response(lambda r: r.url.endswith("/v1/search")) as resp:
+        page.click("#camera-shoot")
+    assert resp.value.status == 200, resp.value.text()
+    body = resp.value.json()
+    grid = _read_grid(page)
+    # the page shows exactly the answer to the captured frame ...
+    assert [g["image_id"] for g in grid] == [h["image_id"] for h in body["faces"][0]["results"]]
+    # ... a full 640x480 camera frame, whose face (drawn in the middle third) was detected
+    assert body["image"] == {"width": 640, "height": 480}
+    box = body["faces"][0]["box"]
+    assert 124 <= box["x"] and box["x"] + box["w"] <= 516 and box["w"] >= 80
+    assert page.evaluate("document.getElementById('preview').width") == 640
+    assert page.evaluate("document.getElementById('video').hidden") is True
