@@ -55,6 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--patience", type=int, help="early stopping: epochs without improvement")
     ap.add_argument("--val-max-images", type=int)
     ap.add_argument("--split-mode", choices=["random", "official"])
+    ap.add_argument("--val-fraction", type=float)
     ap.add_argument("--seed", type=int)
     ap.add_argument("--max-concurrent", type=int, help="trials at once (default: from cluster resources)")
     ap.add_argument("--storage", help="Ray Train/Tune storage path (shared on multi-node clusters; default RUN/_ray)")
@@ -71,6 +72,7 @@ def main(argv=None) -> int:
         "freeze": args.freeze, "weights": args.weights, "num_workers": args.num_workers,
         "cpus_per_worker": args.cpus_per_worker, "use_gpu": args.use_gpu, "max_failures": args.max_failures,
         "patience": args.patience, "val_max_images": args.val_max_images, "split_mode": args.split_mode,
+        "val_fraction": args.val_fraction,
         "seed": args.seed,
     }
     sweep = build_sweep(args.preset, str(data), out, train_overrides,

@@ -37,7 +37,7 @@ def _load_resized(path: str, size: int) -> np.ndarray:
     rgb = read_image(path)
     if rgb.shape[0] == size and rgb.shape[1] == size:
         return np.ascontiguousarray(rgb)
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+    x = torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1)  # PIL arrays are read-only
     # Same op and arguments as facerec.data.transforms.ToNormalizedTensor on a uint8 tensor.
     x = TF.resize(x, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
     return x.permute(1, 2, 0).contiguous().numpy()
@@ -95,14 +95,24 @@ class PKPlan:
         self.rank = rank
 
     def batches(self, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """[(cache rows, labels)] for one epoch (epoch is 0-based)."""
+        """[(cache rows, labels)] for one epoch (0-based): as many P x K batches as it takes to
+        show about as many images as this worker holds (one PKSampler pass visits each identity
+        once, i.e. only K images of it, so an epoch chains several seeded passes)."""
         from facerec.data.triplets import PKSampler
 
-        sampler = PKSampler(self.labels, self.cfg.p, self.cfg.k, seed=mix_seed(self.cfg.seed, epoch, self.rank))
-        out = []
-        for idx in sampler:
-            idx = np.asarray(idx, dtype=np.int64)
-            out.append((self.crop_rows[idx], self.labels[idx]))
+        batch = self.cfg.p * self.cfg.k
+        want = max(1, -(-len(self.labels) // batch))
+        out: list[tuple[np.ndarray, np.ndarray]] = []
+        rounds = 0
+        while len(out) < want:
+            sampler = PKSampler(self.labels, self.cfg.p, self.cfg.k, seed=mix_seed(self.cfg.seed, self.rank, rounds))
+            sampler.set_epoch(epoch)
+            for idx in sampler:
+                idx = np.asarray(idx, dtype=np.int64)
+                out.append((self.crop_rows[idx], self.labels[idx]))
+                if len(out) == want:
+                    break
+            rounds += 1
         return out
 
 
@@ -124,7 +134,8 @@ class FixedTripletPlan:
     def batches(self, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
         from facerec.data.triplets import triplet_dataset
 
-        table = triplet_dataset(self.train_df, epoch, self.cfg.seed).to_pandas()
+        table = triplet_dataset(self.train_df, epoch, self.cfg.seed,
+                                per_identity=self.cfg.triplets_per_identity).to_pandas()
         table = table.iloc[self.rank :: self.world]
         cols = triplet_columns(table)
         self.cache.add([p for c in cols for p in table[c]])
@@ -138,13 +149,12 @@ class FixedTripletPlan:
 
 
 def triplet_columns(table) -> tuple[str, str, str]:
-    """Names of the anchor/positive/negative crop-path columns of a triplet table."""
-    for names in (("anchor", "positive", "negative"),
-                  ("anchor_path", "positive_path", "negative_path"),
-                  ("anchor_crop_path", "positive_crop_path", "negative_crop_path")):
-        if all(n in table.columns for n in names):
-            return names
-    raise KeyError(f"triplet table has no anchor/positive/negative path columns: {list(table.columns)}")
+    """The anchor/positive/negative crop-path columns of a ``triplet_dataset`` table."""
+    names = ("anchor", "positive", "negative")
+    missing = [n for n in names if n not in table.columns]
+    if missing:
+        raise KeyError(f"triplet table lacks the columns {missing}; it has {list(table.columns)}")
+    return names
 
 
 BATCH_PLANS: Registry[type] = Registry("sampling")

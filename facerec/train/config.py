@@ -67,6 +67,7 @@ class TrainConfig:
     p: int = 8                         # identities per P x K batch
     k: int = 4                         # images per identity in a P x K batch
     triplet_batch: int = 32            # triplets per step with sampling="fixed_triplets"
+    triplets_per_identity: int = 1     # triplets drawn per training identity per epoch (fixed_triplets)
     steps_per_epoch: int | None = None  # cap on optimizer steps per epoch (None: one pass over the data)
     split_mode: str = "random"         # facerec.data.splits.assign_splits mode
     val_fraction: float = 0.1
@@ -122,6 +123,7 @@ class TrainConfig:
             "p": None,
             "k": None,
             "triplet_batch": "a positive number of triplets per step, e.g. 32",
+            "triplets_per_identity": "a positive number of triplets per identity per epoch",
             "num_workers": "a positive number of Ray Train workers",
             "cpus_per_worker": "a positive number of CPUs per worker",
             "num_to_keep": "a positive number of checkpoints to keep",

@@ -239,9 +239,12 @@ def train_loop_per_worker(config: dict) -> None:
         batches = batches[:steps]
 
         def maybe_die(step: int, epoch=epoch, steps=steps) -> None:
-            # Test hook: a hard crash mid-epoch of a run that has not resumed yet.
+            # Test hook: a hard crash mid-epoch of a run that has not resumed yet. The controller
+            # collects reports by polling, so wait until the last checkpoint is registered:
+            # the crash is then "after the last checkpoint", as a real one minutes later would be.
             if (cfg.kill_at_epoch == epoch + 1 and rank == 0 and checkpoint is None
                     and step == max(0, steps // 2 - 1)):
+                ray.train.get_all_reported_checkpoints()
                 os.kill(os.getpid(), signal.SIGKILL)
 
         t_epoch = time.perf_counter()

@@ -73,8 +73,11 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, tiny_crops, tmp_p
 
 
 def test_fixed_triplets_sampling(ray_local, tiny_crops, tmp_path):
-    cfg = tiny_cfg(tiny_crops, loss="triplet", sampling="fixed_triplets", triplet_batch=4, epochs=1)
+    cfg = tiny_cfg(tiny_crops, loss="triplet", sampling="fixed_triplets", triplet_batch=4, triplets_per_identity=2,
+                   epochs=1, steps_per_epoch=None)
     row = train(cfg, tmp_path)
     history = json.loads((tmp_path / "triplet-mobilenet_v3_small" / "history.json").read_text())
-    assert len(history) == 1 and history[0]["steps"] == 3
+    n_ids = prepare_data(cfg).counts["train_identities"]
+    # one fresh draw of 2 triplets per training identity, in full steps of 4 triplets (12 images)
+    assert len(history) == 1 and history[0]["steps"] == (2 * n_ids) // 4
     assert row["status"] == "ok" and (tmp_path / "triplet-mobilenet_v3_small" / "best" / "model.pt").is_file()
