@@ -35,7 +35,9 @@ def head_node():
                                              "dashboard-agent-listen-port", "runtime-env-agent-port",
                                              "metrics-export-port")}
     temp_dir = Path(tempfile.gettempdir()) / f"rt{uuid.uuid4().hex[:6]}"  # short: socket paths are length-limited
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # Token auth is on by default for local clusters; this node listens on 127.0.0.1 only and must
+    # not touch the shared ~/.ray/auth_token other local clusters use, so it opts out.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     cmd = [RAY, "start", "--head", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true",
            "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}", "--disable-usage-stats",
