@@ -31,7 +31,13 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, source: str 
             im = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
         raise ImageDecodeError("too_large", f"{source}: {e}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except UnidentifiedImageError:
+        # PIL's own message only names the in-memory buffer ("<_io.BytesIO object at 0x...>"), which
+        # made the drop manifest differ from run to run; the first bytes say what the file is.
+        raise ImageDecodeError(
+            "unreadable", f"{source}: not a recognised image format (file starts with {data[:8]!r})"
+        ) from None
+    except (OSError, ValueError) as e:
         raise ImageDecodeError("unreadable", f"{source}: not a recognised image ({type(e).__name__}: {e})") from None
     w, h = im.size
     if w * h > max_pixels:

@@ -65,6 +65,9 @@ def query_gallery(df: pd.DataFrame, seed: int = 0, distractors: pd.DataFrame | N
     go to the gallery only."""
     if len(df) == 0:
         raise ConfigError("df", "empty table", "at least one identity with two images")
+    # Rows are picked by index label below: a table concatenated without ignore_index has repeated
+    # labels, which made one pick select (and drop) several rows. Positional labels avoid that.
+    df = df.reset_index(drop=True)
     rng = np.random.default_rng(seed)
     counts = df["identity"].map(df["identity"].value_counts())
     eligible = df[counts >= 2]
