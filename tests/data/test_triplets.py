@@ -93,6 +93,7 @@ def test_too_few_identities_refused():
         draw_triplets(_train({1: 5, 2: 1}), epoch=0)
 
 
+@pytest.mark.slow
 def test_triplet_dataset_is_a_ray_dataset(ray_cluster):
     import ray
 
