@@ -67,7 +67,11 @@ class PKSampler:
             raise ConfigError("P", p, f"at most {len(usable)}, the number of training identities with 2+ images "
                               f"(P x K = {p}x{k} is larger than the data)")
         self.p, self.k, self.seed, self.epoch = int(p), int(k), int(seed), 0
-        self.groups = {u: np.flatnonzero(labels == u) for u in usable}
+        # One stable sort instead of a scan of every label per identity (10k identities in CelebA).
+        order = np.argsort(labels, kind="stable")
+        starts = np.searchsorted(labels[order], uniq)
+        members = np.split(order, starts[1:])
+        self.groups = {u: m for u, m, c in zip(uniq, members, counts) if c >= 2}
         self.identities = usable
 
     def set_epoch(self, epoch: int) -> None:
