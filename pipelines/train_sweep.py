@@ -58,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--val-fraction", type=float)
     ap.add_argument("--seed", type=int)
     ap.add_argument("--max-concurrent", type=int, help="trials at once (default: from cluster resources)")
+    ap.add_argument("--address", help="Ray to use: 'local' (a new local Ray), 'auto', or HOST:PORT; default: "
+                    "RAY_ADDRESS (ray job submit), else the cluster of the last `ray start`, else local")
     ap.add_argument("--storage", help="Ray Train/Tune storage path (shared on multi-node clusters; default RUN/_ray)")
     return ap.parse_args(argv)
 
@@ -65,6 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = args.out or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from facerec.train.trainer import connect_ray
+
+    connect_ray(args.address)  # before preprocessing, whose Ray Data pipeline would otherwise pick a Ray itself
     data = resolve_data(args.data, args.crops)
     train_overrides = {
         "epochs": args.epochs, "image_size": args.image_size, "embedding_dim": args.embedding_dim, "lr": args.lr,
@@ -81,7 +86,7 @@ def main(argv=None) -> int:
                         storage_path=args.storage)
     from facerec.train.sweep import run_sweep
 
-    df = run_sweep(sweep)
+    df = run_sweep(sweep, address=args.address)
     print(Path(out, "sweep_summary.md").read_text(), flush=True)
     return 0 if (df["status"] == "ok").all() else 1
 

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import traceback
 from pathlib import Path
-from typing import Any
 
 from facerec.io import atomic_write_json
 from facerec.train.config import SweepConfig, TrainConfig
@@ -61,42 +59,63 @@ def resolve_concurrency(trials: list[tuple[str, TrainConfig]], use_gpu: bool, ma
     return max(1, min(n, len(trials)))
 
 
-def _trial_driver(config: dict, datasets: dict[str, TrainData]) -> None:
+def _trial_driver(config: dict, trials: dict[str, dict], datasets: dict[str, TrainData]) -> None:
     """Tune function of one trial: run its TorchTrainer, export the best checkpoint and history,
-    and forward every epoch's metrics to Tune (TuneReportCallback)."""
-    import ray.tune
+    and forward every epoch's metrics to Tune (TuneReportCallback). ``config["trial_name"]``
+    picks the trial's settings from ``trials`` (kept out of Tune's config so the status table
+    shows names, not dicts)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from facerec.train.trainer import build_trainer
 
-    config = config.get("trial", config)  # Tune's param space wraps the grid point in "trial"
     name = config["trial_name"]
-    cfg = TrainConfig.from_dict(config["train"])
-    out_dir = Path(config["out_dir"])
+    spec = trials[name]
+    cfg = TrainConfig.from_dict(spec["train"])
+    out_dir = Path(spec["out_dir"])
     data = datasets[_data_key(cfg)]
-    t0 = time.time()
     try:
-        trainer = build_trainer(cfg, data, name=f"{name}-{cfg.fingerprint()}", storage_path=config["storage_path"],
-                                use_gpu=config["use_gpu"], callbacks=[TuneReportCallback()], trial_name=name)
+        trainer = build_trainer(cfg, data, name=f"{name}-{cfg.fingerprint()}", storage_path=spec["storage_path"],
+                                use_gpu=spec["use_gpu"], callbacks=[TuneReportCallback()], trial_name=name)
         result = trainer.fit()
-        row = export_result(result, cfg, out_dir / name, name, counts=data.counts)
+        export_result(result, cfg, out_dir / name, name, counts=data.counts)
     except Exception as exc:
         row = summarize(name, cfg, [], None, status="error", error=f"{type(exc).__name__}: {exc}")
         atomic_write_json(out_dir / name / "result.json",
                           {**row, "config": cfg.to_dict(), "traceback": traceback.format_exc()})
-        print(one_line(row), flush=True)
         raise
-    print(f"{one_line(row)} [{time.time() - t0:.0f} s wall]", flush=True)
 
 
-def run_sweep(sweep: SweepConfig) -> "object":
+def _trial_lines_callback(out_dir: Path, started: float):
+    """A Tune callback for the sweep's driver: one summary line per finished trial (from the
+    trial folder's result.json), printed where the user is looking, not in a worker's log."""
+    from ray.tune import Callback
+
+    class TrialLines(Callback):
+        def _line(self, trial, failed: bool) -> None:
+            name = trial.config.get("trial_name", str(trial))
+            path = out_dir / name / "result.json"
+            row = json.loads(path.read_text()) if path.is_file() else None
+            text = one_line(row) if row else f"[{name}] error: no result ({'failed' if failed else 'stopped'})"
+            print(f"{text} [{time.time() - started:.0f} s into the sweep]", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._line(trial, failed=False)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._line(trial, failed=True)
+
+    return TrialLines()
+
+
+def run_sweep(sweep: SweepConfig, address: str | None = None) -> "object":
     """Run the grid; write RUN/<trial>/{best,history.json,result.json}, RUN/sweep_summary.{md,csv},
-    RUN/plots/<trial>.png. Returns the summary table (pandas DataFrame)."""
+    RUN/plots/<trial>.png. Returns the summary table (pandas DataFrame). ``address``: see
+    :func:`facerec.train.trainer.connect_ray`."""
     import ray.tune
 
     trials = sweep.trial_configs()
     datasets = prepare_sweep_data(trials)          # all checks before Ray starts anything
-    connect_ray()
+    connect_ray(address)
     out_dir = Path(sweep.out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     storage = sweep.storage_path or str(out_dir / "_ray")
@@ -109,20 +128,21 @@ def run_sweep(sweep: SweepConfig) -> "object":
     print(f"sweep: {len(trials)} trials ({', '.join(n for n, _ in trials)}), {concurrency} at a time, "
           f"{'GPU' if use_gpu else 'CPU'}; data {first.counts}; out {out_dir}", flush=True)
 
-    space = [{"trial_name": n, "train": c.to_dict(), "out_dir": str(out_dir), "storage_path": storage,
-              "use_gpu": use_gpu} for n, c in trials]
-    driver = ray.tune.with_resources(ray.tune.with_parameters(_trial_driver, datasets=datasets),
+    specs = {n: {"train": c.to_dict(), "out_dir": str(out_dir), "storage_path": storage, "use_gpu": use_gpu}
+             for n, c in trials}
+    driver = ray.tune.with_resources(ray.tune.with_parameters(_trial_driver, trials=specs, datasets=datasets),
                                      DRIVER_RESOURCES)
+    t0 = time.time()
     tuner = ray.tune.Tuner(
         driver,
-        param_space={"trial": ray.tune.grid_search(space)},
+        param_space={"trial_name": ray.tune.grid_search([n for n, _ in trials])},
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency,
-                                        trial_name_creator=lambda t: t.config["trial"]["trial_name"],
-                                        trial_dirname_creator=lambda t: t.config["trial"]["trial_name"]),
+                                        trial_name_creator=lambda t: t.config["trial_name"],
+                                        trial_dirname_creator=lambda t: t.config["trial_name"]),
         run_config=ray.tune.RunConfig(name="tune", storage_path=storage, verbose=1,
-                                      failure_config=ray.tune.FailureConfig(max_failures=0)),
+                                      failure_config=ray.tune.FailureConfig(max_failures=0),
+                                      callbacks=[_trial_lines_callback(out_dir, t0)]),
     )
-    t0 = time.time()
     tuner.fit()
     rows = []
     for name, cfg in trials:

@@ -43,20 +43,35 @@ def resolve_use_gpu(cfg: TrainConfig) -> bool:
     return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
 
 
-def connect_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster of ``RAY_ADDRESS`` (set by ``ray job submit``) or a running local
-    ``ray start`` node; start a local Ray otherwise. No-op when already connected."""
+def connect_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect the driver to Ray; no-op when already connected.
+
+    ``address`` None: the cluster of ``RAY_ADDRESS`` (set by ``ray job submit``), else the one
+    the last ``ray start`` on this machine registered (``/tmp/ray/ray_current_cluster``), else a
+    new local Ray. ``"local"`` always starts a new local Ray; anything else is passed to
+    ``ray.init(address=...)`` (e.g. ``"auto"``, ``"ray://head:10001"``, ``"10.0.0.1:6379"``).
+    Unlike ``"auto"``, the default never joins some other Ray found by scanning processes.
+    """
     import ray
 
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+    if address == "local":
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
         return
-    try:
-        ray.init(address="auto", log_to_driver=True)
-    except ConnectionError:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        from ray._common.utils import get_ray_address_file
+
+        registered = Path(get_ray_address_file(None))
+        if not registered.is_file():
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+            return
+        try:
+            ray.init(address=registered.read_text().strip(), log_to_driver=True)
+        except ConnectionError:  # a stale registration of a cluster that is gone
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        return
+    ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=True)
 
 
 def default_storage(out_dir: str | os.PathLike) -> str:
