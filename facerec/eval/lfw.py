@@ -1,0 +1,210 @@
+"""LFW face verification end to end: pairs file -> Haar crops -> embeddings -> cosine scores ->
+k-fold accuracy (Huang et al. 2007, "Labeled Faces in the Wild", UMass TR 07-49, View 2
+protocol; :func:`facerec.eval.verification.kfold_verification_accuracy`).
+
+Cropping follows the training data: the study's two-pass Haar detector
+(:class:`facerec.data.haar.HaarDetector`) and :func:`facerec.data.haar.crop_face` with the
+crops folder's margin and size, written as JPEG like ``preprocess`` does. Deep-funneled LFW
+images are aligned so the named person is at the centre; hence
+
+* several faces found: the box whose centre is nearest the image centre is used;
+* no face found: a centred square box of side :data:`CENTRE_BOX_FRACTION` of the shorter
+  image side (the median Haar box on deep-funneled LFW, 117 px of 250) is used and counted
+  (``centre_fallback``), never silently.
+
+The score of a pair is the cosine similarity of the two L2-normalised embeddings; the
+threshold is fit on the other folds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from facerec.errors import ConfigError, DataNotFoundError, ImageDecodeError
+
+CENTRE_BOX_FRACTION = 0.47
+CROPS_TABLE = "lfw_crops.parquet"
+CROP_METHODS = ("haar", "haar_nearest_centre", "centre")
+
+
+@dataclass
+class LFWCropConfig:
+    crop_size: int = 218
+    margin: float = 0.2
+    jpeg_quality: int = 95
+    batch_size: int = 32
+    num_workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.crop_size, int) or self.crop_size < 16:
+            raise ConfigError("crop_size", self.crop_size, "an integer >= 16 (the crops folder's crop_size, e.g. 218)")
+        if not isinstance(self.margin, (int, float)) or not 0 <= self.margin <= 2:
+            raise ConfigError("margin", self.margin, "a fraction in [0, 2] (the crops folder's margin, e.g. 0.2)")
+        if not isinstance(self.jpeg_quality, int) or not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError("jpeg_quality", self.jpeg_quality, "an integer in [1, 100]")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError("batch_size", self.batch_size, "an integer >= 1")
+        if self.num_workers is not None and (not isinstance(self.num_workers, int) or self.num_workers < 1):
+            raise ConfigError("num_workers", self.num_workers, "None (every CPU) or an integer >= 1")
+
+    def fingerprint(self) -> str:
+        blob = json.dumps({"crop_size": self.crop_size, "margin": float(self.margin), "q": self.jpeg_quality,
+                           "centre": CENTRE_BOX_FRACTION, "haar": "default-2pass"}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def centre_box(height: int, width: int) -> tuple[int, int, int, int]:
+    """The fallback face box (x, y, w, h): a centred square of CENTRE_BOX_FRACTION x the shorter side."""
+    side = max(1, int(round(CENTRE_BOX_FRACTION * min(height, width))))
+    return (width - side) // 2, (height - side) // 2, side, side
+
+
+def choose_box(boxes: np.ndarray, height: int, width: int) -> tuple[tuple[int, int, int, int], str]:
+    """(box, method) for one deep-funneled image given Haar's boxes (see module docstring)."""
+    boxes = np.asarray(boxes).reshape(-1, 4)
+    if len(boxes) == 1:
+        return tuple(int(v) for v in boxes[0]), "haar"
+    if len(boxes) > 1:
+        centres = boxes[:, :2] + boxes[:, 2:] / 2.0
+        d = np.hypot(centres[:, 0] - width / 2.0, centres[:, 1] - height / 2.0)
+        return tuple(int(v) for v in boxes[int(np.argmin(d))]), "haar_nearest_centre"
+    return centre_box(height, width), "centre"
+
+
+class LFWCropBatch:
+    """Actor of the crop stage: one Haar cascade per actor; crops and writes one batch."""
+
+    def __init__(self, root: str, out_dir: str, config: dict):
+        import cv2
+
+        from facerec.data.haar import HaarDetector
+
+        cv2.setNumThreads(1)  # one image per core is the parallelism
+        self.root, self.out = Path(root), Path(out_dir)
+        self.cfg = LFWCropConfig(**config)
+        self.detector = HaarDetector()
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        from facerec.data.haar import crop_face
+        from facerec.data.images import encode_jpeg, read_image
+        from facerec.io import atomic_write_bytes
+
+        rows = []
+        for rel in batch["image"]:
+            rgb = read_image(self.root / rel)
+            det = self.detector.detect(rgb)
+            box, method = choose_box(det.boxes, rgb.shape[0], rgb.shape[1])
+            crop = crop_face(rgb, box, margin=self.cfg.margin, size=self.cfg.crop_size)
+            crop_rel = f"crops/{rel}"
+            atomic_write_bytes(self.out / crop_rel, encode_jpeg(crop, self.cfg.jpeg_quality))
+            rows.append({"image": rel, "crop_path": crop_rel, "method": method,
+                         "box_x": box[0], "box_y": box[1], "box_w": box[2], "box_h": box[3]})
+        return pd.DataFrame(rows, columns=["image", "crop_path", "method", "box_x", "box_y", "box_w", "box_h"])
+
+
+def crop_lfw_images(lfw_root: str | os.PathLike, images: list[str], out_dir: str | os.PathLike,
+                    config: LFWCropConfig | None = None) -> pd.DataFrame:
+    """Haar-crop ``images`` (paths relative to ``lfw_root``) into ``out_dir/crops/`` on a Ray
+    Data actor pool; crops already listed in ``out_dir/lfw_crops.parquet`` with the same
+    settings are reused. Returns one row per image: image, crop_path, method, box_*."""
+    import ray
+
+    from facerec.io import atomic_write_parquet, read_parquet_metadata
+    from facerec.ray_utils import cluster_cpus, init_ray
+
+    cfg = config or LFWCropConfig()
+    root, out = Path(lfw_root), Path(out_dir)
+    images = list(dict.fromkeys(images))
+    missing = [p for p in images if not (root / p).is_file()]
+    if missing:
+        raise DataNotFoundError(
+            f"{len(missing)} of the {len(images)} images named by the pairs file are missing under {root} "
+            f"(first: {root / missing[0]}); pass the LFW root that holds lfw-deepfunneled/ as --lfw"
+        )
+    table_path = out / CROPS_TABLE
+    done = pd.DataFrame(columns=["image", "crop_path", "method", "box_x", "box_y", "box_w", "box_h"])
+    if table_path.is_file() and read_parquet_metadata(table_path).get("fingerprint") == cfg.fingerprint():
+        done = pd.read_parquet(table_path)
+        done = done[[(out / p).is_file() for p in done["crop_path"]]]
+    todo = [p for p in images if p not in set(done["image"])]
+    t0 = time.perf_counter()
+    if todo:
+        init_ray()
+        workers = cfg.num_workers or cluster_cpus()
+        blocks = [pd.DataFrame({"image": todo[i:i + cfg.batch_size]}) for i in range(0, len(todo), cfg.batch_size)]
+        ds = ray.data.from_pandas(blocks).map_batches(
+            LFWCropBatch, fn_constructor_kwargs={"root": str(root), "out_dir": str(out), "config": asdict(cfg)},
+            batch_size=cfg.batch_size, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=min(workers, len(blocks))),
+            num_cpus=1,
+        )
+        new = [b for b in ds.iter_batches(batch_size=None, batch_format="pandas")]
+        done = pd.concat([done, *new], ignore_index=True) if new else done
+        atomic_write_parquet(table_path, done, metadata={"fingerprint": cfg.fingerprint(), "root": str(root.resolve())})
+    seconds = time.perf_counter() - t0
+    result = done.set_index("image").loc[images].reset_index()
+    counts = result["method"].value_counts().to_dict()
+    print(f"lfw crops: {len(images)} images ({len(todo)} cropped now in {seconds:.1f} s): "
+          + ", ".join(f"{m} {counts.get(m, 0)}" for m in CROP_METHODS), flush=True)
+    return result
+
+
+def default_crop_dir(lfw_root: str | os.PathLike, config: LFWCropConfig) -> Path:
+    key = hashlib.sha256(f"{Path(lfw_root).resolve()}|{config.fingerprint()}".encode()).hexdigest()[:10]
+    return Path.home() / ".cache" / "facerec" / "lfw-crops" / f"{Path(lfw_root).name}-{key}"
+
+
+def lfw_verification(lfw_root: str | os.PathLike, model: Any, pairs_path: str | os.PathLike | None = None,
+                     crop_dir: str | os.PathLike | None = None, crop_config: LFWCropConfig | None = None,
+                     batch_size: int = 64, num_actors: int | None = None, use_gpu: bool | None = None,
+                     max_pairs_per_fold: int | None = None) -> dict[str, Any]:
+    """Verification accuracy of ``model`` (checkpoint folder or Embedder) on LFW pairs.
+
+    ``pairs_path`` defaults to ``lfw_root/pairs.txt`` (any number of folds).
+    ``max_pairs_per_fold`` keeps the first n matched and n mismatched pairs of each fold (for
+    quick checks; None = all). Returns {mean, std, per_fold (DataFrame: fold, threshold,
+    accuracy, n_pairs), folds, pairs, images, crop_methods {method: n}, centre_fallback,
+    model_id, seconds}.
+    """
+    from facerec.eval.embed import EmbedConfig, embed_crops_with_stats
+    from facerec.eval.verification import kfold_verification_accuracy, read_pairs
+
+    t0 = time.perf_counter()
+    root = Path(lfw_root)
+    if not root.is_dir():
+        raise DataNotFoundError(f"LFW folder {root} not found; pass the folder holding pairs.txt and lfw-deepfunneled/")
+    pairs = read_pairs(pairs_path or root / "pairs.txt")
+    if max_pairs_per_fold is not None:
+        if not isinstance(max_pairs_per_fold, int) or max_pairs_per_fold < 1:
+            raise ConfigError("max_pairs_per_fold", max_pairs_per_fold, "None or an integer >= 1")
+        pairs = pairs.groupby(["fold", "same"], sort=False).head(max_pairs_per_fold).reset_index(drop=True)
+    cfg = crop_config or LFWCropConfig()
+    crop_dir = Path(crop_dir) if crop_dir else default_crop_dir(root, cfg)
+    images = list(dict.fromkeys(pairs["path1"].tolist() + pairs["path2"].tolist()))
+    crops = crop_lfw_images(root, images, crop_dir, cfg)
+    emb, stats = embed_crops_with_stats(crops, crop_dir, model, EmbedConfig(batch_size=batch_size, num_actors=num_actors,
+                                                                           use_gpu=use_gpu))
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
+    pos = {img: i for i, img in enumerate(crops["image"])}
+    i1 = pairs["path1"].map(pos).to_numpy()
+    i2 = pairs["path2"].map(pos).to_numpy()
+    scores = np.einsum("ij,ij->i", emb[i1], emb[i2]).astype(np.float64)
+    mean, std, per_fold = kfold_verification_accuracy(scores, pairs["same"].to_numpy(), pairs["fold"].to_numpy())
+    methods = crops["method"].value_counts().to_dict()
+    out = {
+        "mean": mean, "std": std, "per_fold": per_fold, "folds": int(pairs["fold"].nunique()), "pairs": int(len(pairs)),
+        "images": int(len(crops)), "crop_methods": {m: int(methods.get(m, 0)) for m in CROP_METHODS},
+        "centre_fallback": int(methods.get("centre", 0)), "model_id": stats.get("model_id"),
+        "seconds": time.perf_counter() - t0, "scores": scores, "same": pairs["same"].to_numpy(),
+    }
+    print(f"lfw: accuracy {mean * 100:.2f} +- {std * 100:.2f} % over {out['folds']} folds ({out['pairs']} pairs, "
+          f"{out['centre_fallback']} centre-crop fallbacks of {out['images']} images), model {out['model_id']}", flush=True)
+    return out

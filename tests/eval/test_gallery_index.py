@@ -1,0 +1,122 @@
+"""pipelines/build_index.py: embeddings + indexes with their metadata, readable by serving,
+refused when reloaded for another model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from facerec.errors import ArtifactMismatchError, ConfigError
+from facerec.eval.gallery_index import GalleryBuildConfig, load_gallery_embeddings, load_gallery_index
+
+PIPELINE = Path(__file__).resolve().parents[2] / "pipelines" / "build_index.py"
+
+
+def _pipeline():
+    spec = importlib.util.spec_from_file_location("build_index_pipeline", PIPELINE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def gallery(ray_local, tiny_crops, tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gallery") / "g"
+    rc = _pipeline().main(["--crops", str(tiny_crops), "--checkpoint", str(tiny_checkpoint), "--out", str(out),
+                           "--kinds", "kdtree,exact", "--num-actors", "1", "--batch-size", "8"])
+    assert rc == 0
+    return out
+
+
+@pytest.mark.slow
+def test_writes_embeddings_and_indexes_with_metadata(gallery, tiny_crops, tiny_checkpoint, helpers):
+    from facerec.data.schema import load_crops
+    from facerec.models import read_checkpoint_metadata
+
+    model_id = read_checkpoint_metadata(tiny_checkpoint)["model_id"]
+    manifest = json.loads((gallery / "gallery.json").read_text())
+    entry = manifest["models"]["resnet18"]
+    assert manifest["rows"] == 32 and manifest["data_version"] == helpers.DATA_VERSION
+    assert entry["model_id"] == model_id and entry["index_kind"] == "kdtree"
+    assert set(entry["extra_indexes"]) == {"exact"}
+
+    table, emb, meta = load_gallery_embeddings(gallery, expected_model_id=model_id)
+    assert meta["model_id"] == model_id and meta["embedding_dim"] == 16
+    assert meta["data_version"] == helpers.DATA_VERSION
+    schema = pq.read_schema(gallery / entry["path"] / "embeddings.parquet")
+    assert str(schema.field("embedding").type) == "list<element: float>"
+    assert {"row_id", "image_id", "identity", "crop_path", "Smiling", "Young"} <= set(schema.names)
+
+    df, _ = load_crops(tiny_crops)
+    assert list(table["image_id"]) == list(df["image_id"]) and list(table["row_id"]) == list(range(32))
+    ref = helpers.reference_embeddings(tiny_checkpoint, [tiny_crops / p for p in df["crop_path"]])
+    np.testing.assert_allclose(emb, ref, atol=1e-5)
+    np.testing.assert_array_equal(np.load(gallery / entry["path"] / "embeddings.npy"), emb)
+    assert all((gallery / p).is_file() for p in table["crop_path"])
+
+    for kind in ("kdtree", "exact"):
+        index = load_gallery_index(gallery, kind=kind, expected_model_id=model_id, expected_dim=16)
+        d, ids = index.search(emb[[5, 17]], 3)
+        assert list(ids[:, 0]) == [5, 17]
+        np.testing.assert_allclose(d[:, 0], 0.0, atol=1e-3)
+        brute = np.sort(np.linalg.norm(emb[5] - emb, axis=1))[:3]
+        np.testing.assert_allclose(d[0], brute, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_reloading_for_another_model_fails_clearly(gallery, tiny_checkpoint):
+    from facerec.serve.gallery import GallerySnapshot
+
+    with pytest.raises(ArtifactMismatchError, match="embedded by model_id .* but model_id 0123456789ab was expected"):
+        load_gallery_index(gallery, expected_model_id="0123456789ab")
+    with pytest.raises(ArtifactMismatchError, match="but model_id 0123456789ab was expected"):
+        load_gallery_embeddings(gallery, expected_model_id="0123456789ab")
+    with pytest.raises(ArtifactMismatchError, match="embedding_dim 16 but 128 was expected"):
+        load_gallery_index(gallery, expected_dim=128)
+    with pytest.raises(ArtifactMismatchError, match="has indexes \\['kdtree', 'exact'\\], not 'hnsw'"):
+        load_gallery_index(gallery, kind="hnsw")
+    # Serving reads the same folder and applies the same rule.
+    snap = GallerySnapshot.load(gallery)
+    hits = snap.search("resnet18", np.load(next(gallery.glob("indexes/resnet18/v*/embeddings.npy")))[:1], 2)
+    assert hits[0][0]["row_id"] == 0
+    with pytest.raises(ArtifactMismatchError, match="served checkpoint is 0123456789ab"):
+        GallerySnapshot.load(gallery, expected_model_ids={"resnet18": "0123456789ab"})
+
+
+@pytest.mark.slow
+def test_existing_gallery_needs_overwrite(gallery, tiny_crops, tiny_checkpoint):
+    with pytest.raises(ConfigError, match="overwrite"):
+        _pipeline().main(["--crops", str(tiny_crops), "--checkpoint", str(tiny_checkpoint), "--out", str(gallery)])
+
+
+def test_test_split_refuses_checkpoint_of_other_crops(tiny_crops, tiny_checkpoint, tmp_path):
+    from facerec.eval.gallery_index import build_gallery_index
+
+    other = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, other)
+    meta = json.loads((other / "model.json").read_text())
+    meta["data_version"] = "elsewhere"
+    (other / "model.json").write_text(json.dumps(meta))
+    cfg = GalleryBuildConfig(crops_dir=str(tiny_crops), out_dir=str(tmp_path / "g"), checkpoints={"r": str(other)},
+                             split="test")
+    with pytest.raises(ArtifactMismatchError, match="data_version elsewhere but the crops folder has data_version"):
+        build_gallery_index(cfg)
+    assert not (tmp_path / "g" / "gallery.json").exists()
+
+
+def test_config_is_validated(tiny_crops, tmp_path):
+    base = {"crops_dir": str(tiny_crops), "out_dir": str(tmp_path)}
+    with pytest.raises(ConfigError, match="at least one --checkpoint"):
+        GalleryBuildConfig(**base)
+    with pytest.raises(ConfigError, match="index kind='annoy'"):
+        GalleryBuildConfig(initial=["resnet18"], kinds=["annoy"], **base)
+    with pytest.raises(ConfigError, match="split='val'"):
+        GalleryBuildConfig(initial=["resnet18"], split="val", **base)
+    with pytest.raises(ConfigError, match="--initial=True"):
+        _pipeline().main(["--crops", str(tiny_crops), "--initial", "--out", str(tmp_path / "x")])
