@@ -3,8 +3,8 @@
 via hnswlib.
 
 ``M`` is the number of graph links per node (2M on the bottom layer), ``ef_construction`` the
-candidate-list size while inserting, ``ef`` the candidate-list size while searching (raised
-to k when k is larger): higher values trade speed for recall.
+candidate-list size while inserting, ``ef`` the candidate-list size while searching (hnswlib
+uses max(ef, k)): higher values trade speed for recall.
 
 ``add`` inserts into the existing graph (``resize_index`` grows capacity by half when full):
 no rebuild. hnswlib labels are internal row numbers 0..n-1; the int64 row ids live in a
@@ -93,10 +93,8 @@ class HNSWIndex(Index):
         self._threads = int(n)
 
     def _search(self, q: np.ndarray, k: int):
-        # ef below k cannot return k results; raise it for this call only.
-        self._graph.set_ef(max(self.params.ef, k))
+        # hnswlib searches with max(ef, k) itself, so k > ef needs no (thread-unsafe) set_ef.
         labels, d2 = self._graph.knn_query(q, k=k, num_threads=self._threads)
-        self._graph.set_ef(self.params.ef)
         # hnswlib's "l2" space returns squared distances.
         return np.sqrt(np.maximum(d2, 0.0)).astype(np.float32), self._ids[labels.astype(np.int64)]
 

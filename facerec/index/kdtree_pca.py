@@ -48,8 +48,11 @@ class KDTreePCAParams:
     ``exact_fallback``: make every answer exact via the lower-bound radius query."""
 
     n_components: int = 16
-    # 400 x k: recall@10 >= 0.99 vs exact on 100k clustered 128-d embeddings with a 1/j
-    # eigenspectrum (facerec.index.synthetic); see benchmarks/bench_index.py for other sizes.
+    # 400 x k: recall@10 vs exact on clustered 128-d embeddings with a 1/j eigenspectrum
+    # (facerec.index.synthetic) is 1.000 at 10k and 0.991 at 100k gallery vectors, but 0.887
+    # at 1M: the reduced space keeps ~59% of the variance, so the number of points whose
+    # reduced distance undercuts the true 10th neighbour grows with n and a fixed k' falls
+    # behind (benchmarks/bench_index.py). Use exact_fallback, exact or hnsw beyond ~100k.
     candidate_factor: float = 400.0
     leaf_size: int = 40
     rebuild_fraction: float = 0.1

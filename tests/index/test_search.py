@@ -173,3 +173,13 @@ def test_single_vector_query_and_k_equal_count(kind):
     d, i = index.search(x[3], 12)
     assert d.shape == (1, 12) and i[0, 0] == 3
     assert sorted(i[0].tolist()) == list(range(12))
+
+
+def test_hnsw_k_larger_than_ef_still_returns_k_exact_neighbours():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2000, 16)).astype(np.float32)
+    index = build_index("hnsw", x, ef=5, num_threads=1)
+    _, got = index.search(x[:10], 200)
+    ref = np.argsort(cdist(x[:10], x), axis=1)[:, :200]
+    assert got.shape == (10, 200)
+    assert recall_vs_exact(got, ref) >= 0.99
