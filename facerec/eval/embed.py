@@ -116,8 +116,6 @@ def resolve_model_source(model: Any, image_size: int | None = None) -> ModelSour
 
 
 def _load_model(source: ModelSource, device: str):
-    import torch
-
     if source.checkpoint_dir is not None:
         from facerec.models import load_embedder
 

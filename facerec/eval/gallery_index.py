@@ -228,7 +228,7 @@ def build_gallery_index(config: GalleryBuildConfig) -> dict[str, Any]:
     from facerec.eval.embed import EmbedConfig, embed_crops_with_stats
     from facerec.index import build_index
     from facerec.models import read_checkpoint_metadata
-    from facerec.serve.gallery import CROPS, GALLERY_FORMAT, INDEXES, MANIFEST, TABLE
+    from facerec.serve.gallery import GALLERY_FORMAT, INDEXES, MANIFEST, TABLE
 
     cfg = config
     t0 = time.perf_counter()

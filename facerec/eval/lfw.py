@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from facerec.errors import ConfigError, DataNotFoundError, ImageDecodeError
+from facerec.errors import ConfigError, DataNotFoundError
 
 CENTRE_BOX_FRACTION = 0.47
 CROPS_TABLE = "lfw_crops.parquet"
