@@ -9,73 +9,12 @@ facerec.eval.gallery_index. ``--split test`` keeps only the identities held out 
 (the split recorded in the checkpoint; the checkpoint's data_version must match the crops).
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from facerec.errors import ConfigError  # noqa: E402
-
-
-def parse_checkpoints(items: list[str]) -> dict[str, str]:
-    """``NAME=DIR`` or a bare ``DIR`` (named after its backbone) -> {name: dir}."""
-    from facerec.models import read_checkpoint_metadata
-
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep:
-            path, name = item, read_checkpoint_metadata(item)["backbone"]
-        if not name or not path:
-            raise ConfigError("--checkpoint", item, "NAME=CHECKPOINT_DIR or CHECKPOINT_DIR")
-        if name in out:
-            raise ConfigError("--checkpoint", item, f"each model name once ({name!r} appears twice)")
-        out[name] = path
-    return out
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--crops", required=True, help="preprocess output folder (crops.parquet + crops/)")
-    ap.add_argument("--checkpoint", action="append", default=[], metavar="[NAME=]DIR",
-                    help="checkpoint folder (RUN/<trial>/best); repeat for several models")
-    ap.add_argument("--backbone", action="append", default=[], help="backbone for --initial (repeatable)")
-    ap.add_argument("--initial", action="store_true", help="embed with the --backbone's initial weights (before fine-tuning)")
-    ap.add_argument("--out", required=True, help="gallery folder to write")
-    ap.add_argument("--split", default="all", choices=["all", "test"])
-    ap.add_argument("--kinds", default="kdtree", help="comma list of index kinds (first = served): exact,kdtree,kdtree_pca,hnsw")
-    ap.add_argument("--image-size", type=int, help="input size of --initial models (default: the crop size)")
-    ap.add_argument("--embedding-dim", type=int, default=128, help="embedding size of --initial models")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--num-actors", type=int)
-    gpu = ap.add_mutually_exclusive_group()
-    gpu.add_argument("--gpu", dest="use_gpu", action="store_const", const=True)
-    gpu.add_argument("--no-gpu", dest="use_gpu", action="store_const", const=False)
-    ap.add_argument("--seed", type=int, default=0, help="seed of random-init --initial heads")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing gallery at --out")
-    return ap.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    from facerec.eval.gallery_index import GalleryBuildConfig, build_gallery_index
-
-    args = parse_args(argv)
-    if args.backbone and not args.initial:
-        raise ConfigError("--backbone", args.backbone, "used with --initial (a checkpoint names its own backbone)")
-    if args.initial and not args.backbone:
-        raise ConfigError("--initial", True, "one or more --backbone NAME")
-    cfg = GalleryBuildConfig(
-        crops_dir=args.crops, out_dir=args.out, checkpoints=parse_checkpoints(args.checkpoint),
-        initial=list(args.backbone), split=args.split, kinds=[k for k in args.kinds.split(",") if k.strip()],
-        image_size=args.image_size, embedding_dim=args.embedding_dim, seed=args.seed, batch_size=args.batch_size,
-        num_actors=args.num_actors, use_gpu=args.use_gpu, overwrite=args.overwrite,
-    )
-    build_gallery_index(cfg)
-    return 0
-
+from facerec.eval.build_index_cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,111 @@
+"""The original study's retrieval tables (3.1 before / 3.2 after fine-tuning) and LFW verification.
+
+    python pipelines/evaluate.py                     # synthetic data + the latest runs/smoke-* sweep (if any)
+    python pipelines/evaluate.py --crops out/celeba-sample-crops --run runs/cpu-sweep \\
+        --backbones resnet18,mobilenet_v2 --lfw /work/shared/data/lfw-sample --out results/cpu-sweep
+    python pipelines/evaluate.py --crops CROPS --checkpoint RUN/<trial>/best --out results/x   # explicit checkpoints
+    python pipelines/evaluate.py --crops CROPS --backbones resnet18 --before-only --out results/initial
+
+Per backbone the best trial of --run by validation MAP@R is evaluated on the identity-disjoint test
+split recorded in its checkpoint; see facerec.eval.tables for the protocol. Outputs in --out:
+results.md, tables.csv, table_3_1.csv, table_3_2.csv, summary.csv, results.json, grids/*.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from facerec.errors import ConfigError
+
+# Relative to where the command runs, like the other stages' default folders.
+RUNS_ROOT = Path(".")
+
+
+def latest_smoke_run(root: Path = RUNS_ROOT / "runs") -> Path | None:
+    """The newest ``runs/smoke-*`` folder with a sweep summary (the default sweep's output)."""
+    runs = sorted((p for p in root.glob("smoke-*") if (p / "sweep_summary.csv").is_file()), key=lambda p: p.stat().st_mtime)
+    return runs[-1] if runs else None
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--crops", help="preprocessed folder the models were trained on (default: the synthetic set)")
+    ap.add_argument("--run", help="sweep run folder (RUN/<trial>/best, RUN/sweep_summary.csv)")
+    ap.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
+                    help="explicit checkpoint folder instead of --run (repeatable; one per backbone)")
+    ap.add_argument("--backbones", help="comma list (default: the backbones of the run/checkpoints)")
+    ap.add_argument("--before-only", action="store_true", help="Table 3.1 only (initial weights)")
+    ap.add_argument("--no-before", action="store_true", help="skip Table 3.1")
+    ap.add_argument("--out", help="results folder (default: results/evaluate-<time>)")
+    ap.add_argument("--ks", default="10,20,50,100,1000")
+    ap.add_argument("--index-kind", default="kdtree", help="exact, kdtree (the study's), kdtree_pca, hnsw")
+    ap.add_argument("--lfw", help="LFW folder (pairs.txt + lfw-deepfunneled/) for verification accuracy")
+    ap.add_argument("--lfw-pairs", help="pairs file (default: LFW/pairs.txt)")
+    ap.add_argument("--lfw-crops", help="cache folder of the LFW Haar crops (default: ~/.cache/facerec/lfw-crops/...)")
+    ap.add_argument("--lfw-max-pairs-per-fold", type=int, help="quick check: first n matched + n mismatched per fold")
+    ap.add_argument("--initial-image-size", type=int, help="input size of initial models without a checkpoint")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--num-actors", type=int)
+    gpu = ap.add_mutually_exclusive_group()
+    gpu.add_argument("--gpu", dest="use_gpu", action="store_const", const=True)
+    gpu.add_argument("--no-gpu", dest="use_gpu", action="store_const", const=False)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the query choice, the random ranking and random-init heads")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from facerec.eval.tables import TablesConfig, best_checkpoints, evaluate_tables
+    from facerec.models import read_checkpoint_metadata
+
+    args = parse_args(argv)
+    if args.run and args.checkpoint:
+        raise ConfigError("--checkpoint", args.checkpoint, "either --run or --checkpoint, not both")
+    if args.before_only and args.no_before:
+        raise ConfigError("--before-only/--no-before", True, "at most one of them")
+    backbones = [b for b in (args.backbones or "").split(",") if b.strip()] or None
+    crops = args.crops
+    run = args.run
+    if crops is None:
+        from facerec.train.data import resolve_data
+
+        crops = str(resolve_data(None))
+        if run is None and not args.checkpoint:
+            found = latest_smoke_run()
+            run = str(found) if found else None
+            print(f"evaluate: default data {crops}; sweep {run or '(none found: Table 3.1 only)'}", flush=True)
+    checkpoints: dict[str, str] = {}
+    if not args.before_only:
+        if run:
+            checkpoints = best_checkpoints(run, backbones)
+        for item in args.checkpoint:
+            b = read_checkpoint_metadata(item)["backbone"]
+            if b in checkpoints:
+                raise ConfigError("--checkpoint", item, f"one checkpoint per backbone ({b} given twice)")
+            checkpoints[b] = item
+    if backbones is None:
+        if checkpoints:
+            backbones = list(checkpoints)
+        else:
+            from facerec.train.presets import smoke
+
+            backbones = smoke()["backbones"]
+    checkpoints = {b: c for b, c in checkpoints.items() if b in backbones}
+    cfg = TablesConfig(
+        crops_dir=crops, out_dir=args.out or str(RUNS_ROOT / "results" / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}"),
+        backbones=backbones, checkpoints=checkpoints, initial=not args.no_before,
+        ks=[int(k) for k in args.ks.split(",") if k.strip()], index_kind=args.index_kind,
+        query_seed=args.seed, random_seed=args.seed, seed=args.seed, initial_image_size=args.initial_image_size,
+        batch_size=args.batch_size, num_actors=args.num_actors, use_gpu=args.use_gpu,
+        lfw_root=args.lfw, lfw_pairs=args.lfw_pairs, lfw_crop_dir=args.lfw_crops,
+        lfw_max_pairs_per_fold=args.lfw_max_pairs_per_fold,
+    )
+    result = evaluate_tables(cfg)
+    print(Path(result["files"]["results.md"]).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
