@@ -9,87 +9,12 @@ which is preprocessed first into ``--crops`` (default: a cache folder keyed by t
 Outputs: RUN/<trial>/best (model.pt + model.json), RUN/sweep_summary.{md,csv}, RUN/plots/*.png.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from facerec.train.data import resolve_data  # noqa: E402
-from facerec.train.presets import PRESETS, build_sweep  # noqa: E402
-
-
-def _list(text: str | None, cast=str):
-    return None if text is None else [cast(v) for v in text.split(",") if v.strip()]
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="smoke", choices=PRESETS.names())
-    ap.add_argument("--data", help="preprocessed folder or CelebA-layout photo folder (default: synthetic data)")
-    ap.add_argument("--crops", help="where to preprocess --data photos (default: ~/.cache/facerec/crops/...)")
-    ap.add_argument("--out", help="run folder (default: runs/<preset>-<time>)")
-    ap.add_argument("--losses", help="comma list, e.g. triplet,arcface")
-    ap.add_argument("--backbones", help="comma list, e.g. resnet18,mobilenet_v2")
-    ap.add_argument("--lrs", help="comma list of learning rates to sweep")
-    ap.add_argument("--margins", help="comma list of margins to sweep (losses with a margin)")
-    ap.add_argument("--epochs", type=int)
-    ap.add_argument("--image-size", type=int)
-    ap.add_argument("--embedding-dim", type=int)
-    ap.add_argument("--lr", type=float)
-    ap.add_argument("--p", type=int, help="identities per P x K batch")
-    ap.add_argument("--k", type=int, help="images per identity in a P x K batch")
-    ap.add_argument("--steps-per-epoch", type=int)
-    ap.add_argument("--sampling", choices=["pk", "fixed_triplets"])
-    ap.add_argument("--freeze", choices=["none", "seed"])
-    ap.add_argument("--weights", help="ImageNet state dict of the backbone (single-backbone sweeps)")
-    ap.add_argument("--num-workers", type=int, help="Ray Train workers per trial")
-    ap.add_argument("--cpus-per-worker", type=int)
-    gpu = ap.add_mutually_exclusive_group()
-    gpu.add_argument("--gpu", dest="use_gpu", action="store_const", const=True, help="train on GPUs")
-    gpu.add_argument("--no-gpu", dest="use_gpu", action="store_const", const=False, help="train on CPUs")
-    ap.add_argument("--max-failures", type=int)
-    ap.add_argument("--patience", type=int, help="early stopping: epochs without improvement")
-    ap.add_argument("--val-max-images", type=int)
-    ap.add_argument("--split-mode", choices=["random", "official"])
-    ap.add_argument("--val-fraction", type=float)
-    ap.add_argument("--seed", type=int)
-    ap.add_argument("--max-concurrent", type=int, help="trials at once (default: from cluster resources)")
-    ap.add_argument("--address", help="Ray to use: 'local' (a new local Ray), 'auto', or HOST:PORT; default: "
-                    "RAY_ADDRESS (ray job submit), else the cluster of the last `ray start`, else local")
-    ap.add_argument("--storage", help="Ray Train/Tune storage path (shared on multi-node clusters; default RUN/_ray)")
-    return ap.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    out = args.out or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    from facerec.train.trainer import connect_ray
-
-    connect_ray(args.address)  # before preprocessing, whose Ray Data pipeline would otherwise pick a Ray itself
-    data = resolve_data(args.data, args.crops)
-    train_overrides = {
-        "epochs": args.epochs, "image_size": args.image_size, "embedding_dim": args.embedding_dim, "lr": args.lr,
-        "p": args.p, "k": args.k, "steps_per_epoch": args.steps_per_epoch, "sampling": args.sampling,
-        "freeze": args.freeze, "weights": args.weights, "num_workers": args.num_workers,
-        "cpus_per_worker": args.cpus_per_worker, "use_gpu": args.use_gpu, "max_failures": args.max_failures,
-        "patience": args.patience, "val_max_images": args.val_max_images, "split_mode": args.split_mode,
-        "val_fraction": args.val_fraction,
-        "seed": args.seed,
-    }
-    sweep = build_sweep(args.preset, str(data), out, train_overrides,
-                        losses=_list(args.losses), backbones=_list(args.backbones), lrs=_list(args.lrs, float),
-                        margins=_list(args.margins, float), max_concurrent=args.max_concurrent,
-                        storage_path=args.storage)
-    from facerec.train.sweep import run_sweep
-
-    df = run_sweep(sweep, address=args.address)
-    print(Path(out, "sweep_summary.md").read_text(), flush=True)
-    return 0 if (df["status"] == "ok").all() else 1
-
+from facerec.train.cli import main, parse_args  # noqa: E402,F401  (parse_args: the cluster manifests' tests)
 
 if __name__ == "__main__":
     sys.exit(main())
