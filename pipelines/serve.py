@@ -16,90 +16,11 @@ it matches; --rebuild forces a new gallery.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
 import time
 from pathlib import Path
-
-from facerec.errors import ConfigError
-
-DEFAULT_BACKBONES = ("resnet50", "mobilenet_v2")
-
-
-def parse_checkpoints(items: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep:
-            # A bare folder: name it after its backbone (model.json says which).
-            from facerec.models import read_checkpoint_metadata
-
-            path, name = item, read_checkpoint_metadata(item)["backbone"]
-        if not name or not path:
-            raise ConfigError("--checkpoint", item, "NAME=CHECKPOINT_DIR (or just CHECKPOINT_DIR)")
-        if name in out:
-            raise ConfigError("--checkpoint", item, f"a model name used once ({name!r} appears twice)")
-        out[name] = path
-    return out
-
-
-def ensure_crops(args, workdir: Path) -> Path:
-    """A preprocess output: --crops as given, else --data (or the synthetic set) cropped once."""
-    from facerec.data.preprocess import PreprocessConfig, preprocess
-
-    if args.crops:
-        return Path(args.crops)
-    if args.data:
-        data = Path(args.data)
-    else:
-        from facerec.data.synth import ensure_synthetic
-
-        data = Path(ensure_synthetic())
-    key = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:10]
-    out = workdir / f"crops-{data.name}-{key}"
-    if not (out / "crops.parquet").is_file():
-        summary = preprocess(data, out, PreprocessConfig(engine=args.preprocess_engine))
-        print(f"preprocess: {summary.get('kept')} of {summary.get('listed')} images kept -> {out}")
-    return out
-
-
-def ensure_gallery(args, workdir: Path) -> tuple[Path, dict[str, str]]:
-    """The gallery to serve and its checkpoints (name -> folder)."""
-    from facerec.models import read_checkpoint_metadata
-    from facerec.serve.defaults import make_default_checkpoint
-    from facerec.serve.gallery import build_gallery, read_manifest
-
-    checkpoints = parse_checkpoints(args.checkpoint)
-    gallery = Path(args.gallery) if args.gallery else None
-    if gallery is not None and (gallery / "gallery.json").is_file() and not args.rebuild:
-        manifest = read_manifest(gallery)
-        if not checkpoints:
-            checkpoints = {n: e["checkpoint"] for n, e in manifest["models"].items()}
-        stale = [n for n, p in checkpoints.items()
-                 if n not in manifest["models"] or manifest["models"][n]["model_id"] != read_checkpoint_metadata(p)["model_id"]]
-        if not stale:
-            return gallery, checkpoints
-        if not (args.crops or args.data):
-            raise ConfigError("--checkpoint", stale, f"models indexed in {gallery}, or --rebuild with --crops/--data")
-    crops = ensure_crops(args, workdir)
-    if not checkpoints:
-        for backbone in DEFAULT_BACKBONES:
-            folder = workdir / "checkpoints" / f"{backbone}-{crops.name}-s{args.image_size}"
-            if not (folder / "model.json").is_file():
-                t0 = time.perf_counter()
-                meta = make_default_checkpoint(backbone, folder, crops, image_size=args.image_size)
-                print(f"default model {backbone}: untrained, batch norms recalibrated, model_id {meta['model_id']} "
-                      f"({time.perf_counter() - t0:.1f}s)")
-            checkpoints[backbone] = str(folder)
-    if gallery is None:
-        ids = "-".join(f"{n}:{read_checkpoint_metadata(p)['model_id']}" for n, p in sorted(checkpoints.items()))
-        key = hashlib.sha256(f"{crops.resolve()}|{ids}|{args.index_kind}".encode()).hexdigest()[:10]
-        gallery = workdir / f"gallery-{key}"
-    if args.rebuild or not (gallery / "gallery.json").is_file():
-        build_gallery(crops, gallery, checkpoints, index_kind=args.index_kind, overwrite=True)
-    return gallery, checkpoints
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,12 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from facerec.ray_utils import init_ray
-    from facerec.serve.app import ServeConfig, build_app
+    from facerec.serve.app import ServeConfig, build_app, check_fits
+    from facerec.serve.local import parse_checkpoints, prepare_gallery
 
     workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     init_ray(num_cpus=args.num_cpus)
-    gallery, checkpoints = ensure_gallery(args, workdir)
+    gallery, checkpoints = prepare_gallery(
+        workdir, gallery=args.gallery, crops=args.crops, data=args.data, checkpoints=parse_checkpoints(args.checkpoint),
+        index_kind=args.index_kind, image_size=args.image_size, rebuild=args.rebuild, preprocess_engine=args.preprocess_engine)
     cpus = float(ray.cluster_resources().get("CPU", 1))
     model_cpus = args.model_cpus if args.model_cpus is not None else max(0.1, (cpus - 0.5) / (len(checkpoints) * args.replicas))
     config = ServeConfig(
@@ -149,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         index_kind=args.serve_index_kind,
         gallery_token=args.token,
     )
+    check_fits(config, ray.cluster_resources())
     application = build_app(config)  # artifacts checked here, before any replica starts
     serve.start(http_options={"host": args.host, "port": args.port})
     t0 = time.perf_counter()

@@ -15,10 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from facerec.errors import ArtifactMismatchError
+from facerec.errors import ArtifactMismatchError, ConfigError
 from facerec.serve.config import ModelConfig, ServeConfig
 
-__all__ = ["ModelConfig", "ServeConfig", "app_builder", "build_app", "check_artifacts"]
+__all__ = ["ModelConfig", "ServeConfig", "app_builder", "build_app", "check_artifacts", "check_fits", "required_resources"]
 
 
 def check_artifacts(config: ServeConfig) -> dict[str, Any]:
@@ -45,6 +45,31 @@ def check_artifacts(config: ServeConfig) -> dict[str, Any]:
     return manifest
 
 
+def required_resources(config: ServeConfig) -> dict[str, float]:
+    """CPUs and GPUs the application reserves at its initial replica counts."""
+    cpu = config.retriever_replicas * config.retriever_num_cpus + config.ingress_replicas * config.ingress_num_cpus
+    gpu = 0.0
+    for m in config.models:
+        n = m.min_replicas if m.num_replicas == "auto" else int(m.num_replicas)
+        cpu += n * m.num_cpus
+        gpu += n * m.num_gpus
+    return {"CPU": cpu, "GPU": gpu}
+
+
+def check_fits(config: ServeConfig, available: dict[str, float]) -> None:
+    """Refuse a config a fixed-size cluster cannot place: Serve would otherwise wait forever
+    for replicas that never start."""
+    need = required_resources(config)
+    for key, amount in need.items():
+        have = float(available.get(key, 0.0))
+        if amount > have + 1e-9:
+            raise ConfigError(
+                f"resources.{key}", round(amount, 3),
+                f"at most the cluster's {have:g} {key}s: lower models[].num_cpus/num_gpus, replicas, "
+                f"ingress_num_cpus or retriever_num_cpus",
+            )
+
+
 def build_app(config: ServeConfig):
     """The bound application (``serve.run(build_app(cfg))``)."""
     from facerec.models import read_checkpoint_metadata
@@ -69,10 +94,12 @@ def build_app(config: ServeConfig):
         embedders[m.name] = Embedder.options(user_config=m.batching(), **m.deployment_options()).bind(model, crop)
     retriever = Retriever.options(
         num_replicas=config.retriever_replicas,
+        max_ongoing_requests=config.retriever_max_ongoing_requests,
         ray_actor_options={"num_cpus": float(config.retriever_num_cpus)},
     ).bind(str(Path(config.gallery_dir).resolve()), model_ids, config.index_kind, config.index_params, config.reload_poll_s)
     return Ingress.options(
         num_replicas=config.ingress_replicas,
+        max_ongoing_requests=config.ingress_max_ongoing_requests,
         ray_actor_options={"num_cpus": float(config.ingress_num_cpus)},
     ).bind(config.to_dict(), embedders, retriever)
 

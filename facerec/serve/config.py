@@ -58,6 +58,8 @@ class ModelConfig:
 
     ``checkpoint``: a folder written by ``facerec.models.save_checkpoint`` (model.pt + model.json).
     ``max_batch_size`` / ``batch_wait_timeout_s``: ``@serve.batch`` dynamic batching (1 = off).
+    ``prepare_threads``: threads decoding and Haar-scanning the images of one batch in
+    parallel (default: the reserved CPUs, at least 2).
     ``num_replicas``: an integer, or ``"auto"`` for Serve autoscaling between
     ``min_replicas`` and ``max_replicas`` aiming at ``target_ongoing_requests`` per replica.
     """
@@ -74,6 +76,7 @@ class ModelConfig:
     num_gpus: float = 0.0
     max_ongoing_requests: int = 64
     torch_threads: int | None = None
+    prepare_threads: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -98,6 +101,10 @@ class ModelConfig:
             raise ConfigError(f"{p}.max_ongoing_requests", self.max_ongoing_requests, f">= max_batch_size ({self.max_batch_size})")
         if self.torch_threads is not None:
             _check_int(f"{p}.torch_threads", self.torch_threads, 1, 256)
+        if self.prepare_threads is None:
+            # one decode/Haar thread per reserved CPU (at least 2: they mostly wait on C code)
+            self.prepare_threads = max(2, int(self.num_cpus + 0.5))
+        _check_int(f"{p}.prepare_threads", self.prepare_threads, 1, 256)
 
     def deployment_options(self) -> dict[str, Any]:
         """Keyword arguments for ``Deployment.options`` (replicas, autoscaling, resources)."""
@@ -153,6 +160,10 @@ class ServeConfig:
     retriever_num_cpus: float = 0.25
     ingress_replicas: int = 1
     ingress_num_cpus: float = 0.25
+    # Serve's default of 5 in-flight requests per replica would cap what reaches the Embedders
+    # at 5 per Ingress replica, so batches could never fill; these two only route and search.
+    ingress_max_ongoing_requests: int = 512
+    retriever_max_ongoing_requests: int = 512
     request_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
@@ -193,6 +204,8 @@ class ServeConfig:
         _check_num("retriever_num_cpus", self.retriever_num_cpus, 0.0)
         _check_int("ingress_replicas", self.ingress_replicas, 1, 1000)
         _check_num("ingress_num_cpus", self.ingress_num_cpus, 0.0)
+        _check_int("ingress_max_ongoing_requests", self.ingress_max_ongoing_requests, 1, 100_000)
+        _check_int("retriever_max_ongoing_requests", self.retriever_max_ongoing_requests, 1, 100_000)
         _check_num("request_timeout_s", self.request_timeout_s, 0.0, low_open=True)
 
     @classmethod

@@ -13,7 +13,10 @@ other requests of the batch get their embeddings.
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -49,7 +52,8 @@ class FaceEmbedderCore:
 
     def __init__(self, checkpoint: str, crop_size: int = 218, margin: float = 0.2, max_pixels: int = 40_000_000,
                  max_faces: int = 10, haar_scale_factor: float = 1.1, haar_min_neighbors: int = 5,
-                 haar_min_size: int = 24, device: str | None = None, torch_threads: int | None = None):
+                 haar_min_size: int = 24, device: str | None = None, torch_threads: int | None = None,
+                 prepare_threads: int = 1):
         import torch
 
         from facerec.data.haar import HaarDetector
@@ -66,8 +70,21 @@ class FaceEmbedderCore:
         self.margin = float(margin)
         self.max_pixels = int(max_pixels)
         self.max_faces = int(max_faces)
-        self.detector = HaarDetector(haar_scale_factor, haar_min_neighbors, haar_min_size)
+        self._haar_args = (haar_scale_factor, haar_min_neighbors, haar_min_size)
+        HaarDetector(*self._haar_args)  # validate now, in the constructor
+        self._local = threading.local()  # an OpenCV CascadeClassifier is not thread-safe: one per thread
         self.transform = test_transform(self.image_size)
+        # Decoding (PIL) and the Haar scan (OpenCV) release the GIL, so the items of one batch
+        # are prepared in parallel; an unbatched replica handles one image at a time.
+        self._pool = ThreadPoolExecutor(prepare_threads, thread_name_prefix="prepare") if prepare_threads > 1 else None
+
+    def _detector(self):
+        from facerec.data.haar import HaarDetector
+
+        det = getattr(self._local, "detector", None)
+        if det is None:
+            det = self._local.detector = HaarDetector(*self._haar_args)
+        return det
 
     def info(self) -> dict[str, Any]:
         return {
@@ -91,7 +108,7 @@ class FaceEmbedderCore:
         except ImageDecodeError as exc:
             reason = exc.reason if exc.reason in STATUS_OF_REASON else "unreadable"
             raise FaceError(reason, str(exc)) from None
-        boxes = np.asarray(self.detector.detect_all(rgb)).reshape(-1, 4)
+        boxes = np.asarray(self._detector().detect_all(rgb)).reshape(-1, 4)
         if len(boxes) == 0:
             h, w = rgb.shape[:2]
             raise FaceError("no_face", f"no face detected in the {w}x{h} image; upload a photo with a frontal face")
@@ -114,22 +131,25 @@ class FaceEmbedderCore:
             out = self.model(torch.stack(tensors).to(self.device))
         return out.float().cpu().numpy()
 
+    def _safe_prepare(self, item: tuple[bytes, str, bool]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        data, faces, return_crops = item
+        try:
+            return self.prepare(data, faces, return_crops), None
+        except FaceError as exc:
+            return None, exc.as_dict()
+        except Exception as exc:  # an unforeseen decoder failure is still this item's bad input
+            return None, FaceError("unreadable", f"the image could not be processed ({type(exc).__name__}: {exc})").as_dict()
+
     def embed_many(self, items: list[tuple[bytes, str, bool]]) -> list[dict[str, Any]]:
         """Embed a batch of (image bytes, faces mode, return_crops): per-item results, one
         forward pass for all faces. A failure of one item never touches the others."""
         t0 = time.perf_counter()
-        prepared: list[dict[str, Any] | None] = []
-        results: list[dict[str, Any]] = []
-        for data, faces, return_crops in items:
-            try:
-                prepared.append(self.prepare(data, faces, return_crops))
-                results.append({})
-            except FaceError as exc:
-                prepared.append(None)
-                results.append(exc.as_dict())
-            except Exception as exc:  # an unforeseen decoder failure is still this item's bad input
-                prepared.append(None)
-                results.append(FaceError("unreadable", f"the image could not be processed ({type(exc).__name__}: {exc})").as_dict())
+        if self._pool is not None and len(items) > 1:
+            outcomes = list(self._pool.map(self._safe_prepare, items))
+        else:
+            outcomes = [self._safe_prepare(item) for item in items]
+        prepared = [p for p, _ in outcomes]
+        results = [{} if err is None else err for _, err in outcomes]
         t1 = time.perf_counter()
         tensors = [t for p in prepared if p is not None for t in p["tensors"]]
         embeddings = self.forward(tensors)
@@ -166,8 +186,13 @@ class Embedder:
     """
 
     def __init__(self, model: dict[str, Any], crop: dict[str, Any]):
+        # The compute threads hold the GIL in the Python glue between C calls; with the default
+        # 5 ms switch interval the replica's event loop, which takes requests into the batch
+        # queue, waits that long per hand-off and batches stay small. 0.5 ms keeps intake flowing.
+        sys.setswitchinterval(0.0005)
         self.name = model["name"]
-        self.core = FaceEmbedderCore(model["checkpoint"], torch_threads=model.get("torch_threads"), **crop)
+        self.core = FaceEmbedderCore(model["checkpoint"], torch_threads=model.get("torch_threads"),
+                                     prepare_threads=model.get("prepare_threads") or 1, **crop)
         self.reconfigure({"max_batch_size": model["max_batch_size"], "batch_wait_timeout_s": model["batch_wait_timeout_s"]})
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:

@@ -24,29 +24,9 @@ MAX_UPLOAD = 300_000
 
 def _synthetic_photos(root: Path) -> Path:
     """6 synthetic people x 4 photos in the CelebA layout."""
-    from facerec.data import synth
+    from facerec.data.synth import generate_synthetic
 
-    if hasattr(synth, "generate_synthetic"):
-        return Path(synth.generate_synthetic(root, n_identities=6, images_per_identity=4, seed=3))
-    # Until generate_synthetic lands: the same drawing functions, written in the CelebA layout.
-    from facerec.data.schema import ATTRIBUTE_NAMES
-
-    rng = np.random.default_rng(3)
-    (root / "img_celeba").mkdir(parents=True, exist_ok=True)
-    ids, attrs, n = [], [], 0
-    for label in range(1, 7):
-        person = synth.sample_identity(rng, label)
-        for _ in range(4):
-            n += 1
-            shot = synth.sample_shot(rng, person)
-            name = f"{n:06d}.jpg"
-            (root / "img_celeba" / name).write_bytes(synth.encode_jpeg(synth.render(person, shot, (178, 218), rng), 92))
-            a = synth.shot_attributes(person, shot)
-            ids.append(f"{name} {label}")
-            attrs.append(name + " " + " ".join(str(a.get(k, -1)) for k in ATTRIBUTE_NAMES))
-    (root / "identity_CelebA.txt").write_text("\n".join(ids) + "\n")
-    (root / "list_attr_celeba.txt").write_text(f"{n}\n" + " ".join(ATTRIBUTE_NAMES) + "\n" + "\n".join(attrs) + "\n")
-    return root
+    return Path(generate_synthetic(root, n_identities=6, images_per_identity=4, seed=3))
 
 
 @pytest.fixture(scope="session")

@@ -101,3 +101,18 @@ def test_check_artifacts(serve_artifacts, tmp_path):
     missing = ServeConfig(str(tmp_path / "nope"), [{"name": "mnv3", "checkpoint": ck["mnv3"]}])
     with pytest.raises(DataNotFoundError, match=r"gallery.json not found: .* is not a served gallery"):
         check_artifacts(missing)
+
+
+def test_required_resources_and_fit():
+    from facerec.serve.app import check_fits, required_resources
+
+    cfg = _cfg(models=[{"name": "a", "checkpoint": "c", "num_cpus": 1.5, "num_replicas": 2},
+                       {"name": "b", "checkpoint": "c", "num_cpus": 0.5, "num_gpus": 1, "num_replicas": "auto", "min_replicas": 1}],
+               retriever_num_cpus=0.25, ingress_num_cpus=0.25, ingress_replicas=2)
+    # 2 x 1.5 + 1 x 0.5 + 0.25 + 2 x 0.25, by hand
+    assert required_resources(cfg) == {"CPU": 4.25, "GPU": 1.0}
+    check_fits(cfg, {"CPU": 8, "GPU": 1})
+    with pytest.raises(ConfigError, match=r"resources.CPU=4.25 is invalid: expected at most the cluster's 2 CPUs"):
+        check_fits(cfg, {"CPU": 2, "GPU": 1})
+    with pytest.raises(ConfigError, match=r"resources.GPU=1.0 .* 0 GPUs"):
+        check_fits(cfg, {"CPU": 8})

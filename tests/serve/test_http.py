@@ -70,6 +70,9 @@ def test_search_matches_exact_computation(client, live_app, serve_artifacts, pho
         r = _search(client, data, k=k, model=model)
         assert r.status_code == 200, r.text
         body = r.json()
+        from facerec.serve.ingress import SearchResponse
+
+        SearchResponse.model_validate(body)  # the documented schema, field by field
         assert body["model"] == model and body["model_id"] == serve_artifacts["model_ids"][model] and body["k"] == k
         assert len(body["faces"]) == 1
         hits = body["faces"][0]["results"]
@@ -110,7 +113,7 @@ def test_k_bounds(client, photos, serve_artifacts):
     assert len(all_hits) == rows and len({h["image_id"] for h in all_hits}) == rows
 
 
-def test_faces_all_on_two_faces(client, photos):
+def test_faces_all_on_two_faces(client, live_app, photos, serve_artifacts):
     from facerec.data.images import decode_image, encode_jpeg
 
     left, right = decode_image(photos[0][1]), decode_image(photos[5][1])
@@ -120,8 +123,25 @@ def test_faces_all_on_two_faces(client, photos):
     assert len(largest["faces"]) == 1 and len(every["faces"]) == 2
     xs = sorted(f["box"]["x"] for f in every["faces"])
     assert xs[0] < left.shape[1] <= xs[1]  # one face in each half
-    tops = {f["results"][0]["image_id"] for f in every["faces"]}
-    assert tops == {photos[0][0], photos[5][0]}
+    # each face's results are the exact neighbours of that face's own crop
+    import torch
+
+    from facerec.data.haar import crop_face
+    from facerec.data.transforms import test_transform
+    from facerec.models import load_embedder
+
+    ckpt = serve_artifacts["checkpoints"]["mnv3"]
+    gallery_emb, table = _reference_gallery(live_app["gallery"], ckpt)
+    model, meta = load_embedder(ckpt)
+    rgb = decode_image(both)
+    for face in every["faces"]:
+        b = face["box"]
+        with torch.inference_mode():
+            q = model(test_transform(int(meta["image_size"]))(crop_face(rgb, [b["x"], b["y"], b["w"], b["h"]], 0.2, 218))[None]).numpy()[0]
+        dist = np.sqrt(((gallery_emb - q) ** 2).sum(1))
+        order = np.argsort(dist)[:2]
+        np.testing.assert_allclose([h["distance"] for h in face["results"]], dist[order], atol=1e-4)
+        assert face["results"][0]["image_id"] == table["image_id"].iloc[order[0]]
 
 
 @pytest.mark.parametrize("case", ["not_an_image", "truncated_jpeg", "empty", "decompression_bomb", "no_face"])
