@@ -212,3 +212,23 @@ def test_loads_with_the_celeba_reader(small: Path):
     assert len(df) == N_IDS * PER_ID
     assert df["identity"].nunique() == N_IDS
     assert set(ATTRIBUTE_NAMES) <= set(df.columns)
+
+
+def test_concurrent_callers_share_one_generation(tmp_path: Path):
+    """Two processes asking for the same folder at once (say, parallel test workers reaching for
+    the default cache) both return a complete folder, identical to a lone run."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from facerec.data.synth import generate_synthetic; "
+        "generate_synthetic(sys.argv[1], 3, 2, seed=4, progress=False)"
+    )
+    shared = tmp_path / "shared"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(shared)], stderr=subprocess.PIPE) for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()
+    alone = generate_synthetic(tmp_path / "alone", 3, 2, seed=4, progress=False)
+    assert _digests(shared) == _digests(alone)
+    assert json.loads((shared / MARKER_FILE).read_text())["complete"] is True
