@@ -425,7 +425,11 @@ def add_to_gallery(
         manifest = read_manifest(gallery_dir)
         missing = sorted(set(manifest["models"]) - set(embeddings))
         if missing:
-            raise ConfigError("embeddings", sorted(embeddings), f"embeddings for every gallery model, also {missing}")
+            raise ConfigError(
+                "embeddings", sorted(embeddings),
+                f"embeddings for every gallery model, also {missing}: new images must enter every index, so serve "
+                f"all of the gallery's models {sorted(manifest['models'])} (or rebuild the gallery for the served ones)",
+            )
         table = pd.read_parquet(gallery_dir / TABLE)
         start = len(table)
         version = int(manifest["version"]) + 1

@@ -37,7 +37,6 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from facerec.data.schema import ATTRIBUTE_NAMES
-from facerec.errors import ArtifactMismatchError, ConfigError
 from facerec.serve.config import FACES_MODES, K_MAX
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -490,10 +489,9 @@ class Ingress:
         embeddings = {m: np.stack([res[j]["faces"][0]["embedding"] for res in per_image]) for j, m in enumerate(names)}
         crops = [res[0]["crops_jpeg"][0] for res in per_image]
         boxes = [res[0]["faces"][0]["box"] for res in per_image]
-        try:
-            out = await self._call(self.retriever.add.remote(embeddings, [identity] * len(images), crops, boxes), "retriever")
-        except (ConfigError, ArtifactMismatchError) as exc:
-            raise APIError(409, "gallery_conflict", f"cannot add to this gallery: {exc}") from None
+        out = await self._call(self.retriever.add.remote(embeddings, [identity] * len(images), crops, boxes), "retriever")
+        if not out["ok"]:
+            raise APIError(409, "gallery_conflict", f"cannot add to this gallery: {out['message']}")
         return GalleryAddResponse(added=len(images), identity=identity, image_ids=out["image_ids"], row_ids=out["row_ids"],
                                   gallery_version=out["version"], rows=out["rows"])
 

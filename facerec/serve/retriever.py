@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from facerec.errors import ArtifactMismatchError, ConfigError
 from facerec.serve.gallery import GallerySnapshot, add_to_gallery, manifest_fingerprint
 
 logger = logging.getLogger("ray.serve")
@@ -118,4 +119,11 @@ class Retriever:
 
     async def add(self, embeddings: dict[str, np.ndarray], identities: list[int], crops_jpeg: list[bytes],
                   boxes: list[list[int]] | None = None) -> dict[str, Any]:
-        return await asyncio.to_thread(self.core.add, embeddings, identities, crops_jpeg, boxes)
+        """{"ok": True, "version", "row_ids", "image_ids", "rows"} or, when the gallery cannot
+        take these embeddings, {"ok": False, "message"} (a conflict for the caller, not a crash:
+        an exception would reach the Ingress as an opaque RayTaskError)."""
+        try:
+            out = await asyncio.to_thread(self.core.add, embeddings, identities, crops_jpeg, boxes)
+        except (ConfigError, ArtifactMismatchError) as exc:
+            return {"ok": False, "message": str(exc)}
+        return {"ok": True, **out}

@@ -327,3 +327,32 @@ def test_models_health_docs(client, serve_artifacts):
     page = client.get("/")
     assert page.status_code == 200 and "<title>facerec" in page.text
     assert client.get("/static/app.js").status_code == 200
+
+
+def test_second_app_under_route_prefix(live_app, serve_artifacts, photos):
+    """A second application on the same gallery, serving only one of its two models, mounted at
+    /subset: links carry the prefix, and adding images is refused with 409 (they could not
+    enter the other model's index) instead of a 500."""
+    from ray import serve
+
+    from facerec.serve.app import ServeConfig, build_app
+
+    cfg = ServeConfig(gallery_dir=str(live_app["gallery"]),
+                      models=[{"name": "r18", "checkpoint": serve_artifacts["checkpoints"]["r18"], "num_cpus": 0.2,
+                               "max_batch_size": 4, "torch_threads": 1}],
+                      gallery_token=TOKEN, retriever_num_cpus=0.05, ingress_num_cpus=0.05)
+    serve.run(build_app(cfg), name="subset", route_prefix="/subset")
+    try:
+        with httpx.Client(base_url=live_app["url"] + "/subset", timeout=120) as c:
+            body = _search(c, photos[0][1], k=2).json()
+            assert body["model"] == "r18"
+            hit = body["faces"][0]["results"][0]
+            assert hit["thumbnail_url"] == f"/subset/v1/images/{hit['image_id']}"
+            assert httpx.get(live_app["url"] + hit["thumbnail_url"], timeout=60).status_code == 200
+            r = c.post("/v1/gallery", headers={"Authorization": f"Bearer {TOKEN}"}, data={"identity": "1"},
+                       files={"image": ("a.jpg", photos[0][1], "image/jpeg")})
+            assert r.status_code == 409, r.text
+            assert "serve all of the gallery's models ['mnv3', 'r18']" in r.json()["detail"]
+            assert c.get("/").status_code == 200 and c.get("/static/app.js").status_code == 200
+    finally:
+        serve.delete("subset")
