@@ -168,7 +168,8 @@ def _run_ray(todo: list[str], image_dir: Path, out_dir: Path, config: Preprocess
     ds = ray.data.from_pandas(blocks).map_batches(
         CropBatch,
         fn_constructor_kwargs={"image_dir": str(image_dir), "out_dir": str(out_dir), "config": asdict(config)},
-        batch_size=config.batch_size, batch_format="pandas", concurrency=workers, num_cpus=1,
+        batch_size=config.batch_size, batch_format="pandas", num_cpus=1,
+        compute=ray.data.ActorPoolStrategy(size=workers),
     )
     for _ in ds.iter_batches(batch_size=None, batch_format="pandas"):
         pass  # results are in the part files; iterating drives the pipeline and its progress bar
