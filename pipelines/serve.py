@@ -13,101 +13,12 @@ Everything derived is cached under --workdir (default ~/.cache/facerec/serve) an
 it matches; --rebuild forces a new gallery.
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import os
 import sys
-import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gallery", help="gallery folder to serve (built here when absent)")
-    p.add_argument("--crops", help="preprocess output (crops.parquet + crops/) to build the gallery from")
-    p.add_argument("--data", help="CelebA-layout photo folder to preprocess for the gallery (default: synthetic)")
-    p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=DIR",
-                   help="served model name and checkpoint folder; repeat per model (default: untrained resnet50 + mobilenet_v2)")
-    p.add_argument("--index-kind", default="kdtree", help="index kind of a gallery built here (exact, kdtree, kdtree_pca, hnsw)")
-    p.add_argument("--serve-index-kind", default=None, help="serve another index kind, rebuilt in memory from the stored embeddings")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--token", default=os.environ.get("FACEREC_GALLERY_TOKEN"),
-                   help="bearer token for POST /v1/gallery (default: $FACEREC_GALLERY_TOKEN; unset = writes disabled)")
-    p.add_argument("--max-batch-size", type=int, default=16)
-    p.add_argument("--batch-wait-ms", type=float, default=10.0)
-    p.add_argument("--replicas", type=int, default=1, help="Embedder replicas per model")
-    p.add_argument("--model-cpus", type=float, default=None, help="CPUs per Embedder replica (default: CPUs / models)")
-    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per Embedder replica")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
-    p.add_argument("--image-size", type=int, default=128, help="input size of the default untrained models")
-    p.add_argument("--preprocess-engine", default="ray", choices=("ray", "local"))
-    p.add_argument("--workdir", default=str(Path.home() / ".cache" / "facerec" / "serve"))
-    p.add_argument("--rebuild", action="store_true", help="rebuild the gallery even if a matching one exists")
-    p.add_argument("--smoke", action="store_true", help="start, answer one search from a gallery crop, stop (for CI)")
-    args = p.parse_args(argv)
-
-    import ray
-    from ray import serve
-
-    from facerec.ray_utils import init_ray
-    from facerec.serve.app import ServeConfig, build_app, check_fits
-    from facerec.serve.local import parse_checkpoints, prepare_gallery
-
-    workdir = Path(args.workdir)
-    init_ray(num_cpus=args.num_cpus)
-    gallery, checkpoints = prepare_gallery(
-        workdir, gallery=args.gallery, crops=args.crops, data=args.data, checkpoints=parse_checkpoints(args.checkpoint),
-        index_kind=args.index_kind, image_size=args.image_size, rebuild=args.rebuild, preprocess_engine=args.preprocess_engine)
-    cpus = float(ray.cluster_resources().get("CPU", 1))
-    model_cpus = args.model_cpus if args.model_cpus is not None else max(0.1, (cpus - 0.5) / (len(checkpoints) * args.replicas))
-    config = ServeConfig(
-        gallery_dir=str(gallery),
-        models=[{"name": n, "checkpoint": str(c), "max_batch_size": args.max_batch_size,
-                 "batch_wait_timeout_s": args.batch_wait_ms / 1000.0, "num_replicas": args.replicas,
-                 "num_cpus": model_cpus, "num_gpus": args.num_gpus, "max_ongoing_requests": max(64, 2 * args.max_batch_size)}
-                for n, c in checkpoints.items()],
-        index_kind=args.serve_index_kind,
-        gallery_token=args.token,
-    )
-    check_fits(config, ray.cluster_resources())
-    application = build_app(config)  # artifacts checked here, before any replica starts
-    serve.start(http_options={"host": args.host, "port": args.port})
-    t0 = time.perf_counter()
-    serve.run(application, name="facerec", route_prefix="/")
-    url = f"http://{args.host}:{args.port}/"
-    print(f"serve: {sorted(checkpoints)} on gallery {gallery} up in {time.perf_counter() - t0:.1f}s -> {url} (API docs {url}docs)")
-    try:
-        if args.smoke:
-            import urllib.request
-
-            from facerec.serve.gallery import read_manifest
-
-            table = __import__("pandas").read_parquet(gallery / "gallery.parquet")
-            data = (gallery / table["crop_path"].iloc[0]).read_bytes()
-            req = urllib.request.Request(url + "v1/search?k=3", data=data, headers={"Content-Type": "image/jpeg"})
-            try:
-                with urllib.request.urlopen(req, timeout=120) as r:
-                    body = json.loads(r.read())
-                top = body["faces"][0]["results"]
-                print(f"smoke: {r.status}, top-3 {[h['image_id'] for h in top]} (query {table['image_id'].iloc[0]}), "
-                      f"gallery v{read_manifest(gallery)['version']}")
-            except urllib.error.HTTPError as e:  # e.g. the crop of a synthetic face is too small for Haar
-                print(f"smoke: HTTP {e.code} {e.read()[:200]!r}")
-                return 1
-            return 0
-        print("Ctrl-C to stop.")
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-    return 0
-
+from facerec.serve.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())
