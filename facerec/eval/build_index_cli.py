@@ -16,23 +16,7 @@ import sys
 from pathlib import Path
 
 from facerec.errors import ConfigError
-
-
-def parse_checkpoints(items: list[str]) -> dict[str, str]:
-    """``NAME=DIR`` or a bare ``DIR`` (named after its backbone) -> {name: dir}."""
-    from facerec.models import read_checkpoint_metadata
-
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep:
-            path, name = item, read_checkpoint_metadata(item)["backbone"]
-        if not name or not path:
-            raise ConfigError("--checkpoint", item, "NAME=CHECKPOINT_DIR or CHECKPOINT_DIR")
-        if name in out:
-            raise ConfigError("--checkpoint", item, f"each model name once ({name!r} appears twice)")
-        out[name] = path
-    return out
+from facerec.serve.local import parse_checkpoints  # the same NAME=DIR convention as `facerec serve`
 
 
 def parse_args(argv=None) -> argparse.Namespace:
