@@ -183,3 +183,21 @@ def test_hnsw_k_larger_than_ef_still_returns_k_exact_neighbours():
     ref = np.argsort(cdist(x[:10], x), axis=1)[:, :200]
     assert got.shape == (10, 200)
     assert recall_vs_exact(got, ref) >= 0.99
+
+
+@pytest.mark.parametrize("k", [1, 10, 150])
+def test_exact_batch_path_over_many_gallery_chunks(k, monkeypatch):
+    # Batches score the gallery in column chunks; small chunks force the multi-chunk merge
+    # (and k > chunk width) on a small gallery.
+    from facerec.index import _linalg
+
+    monkeypatch.setattr(_linalg, "CHUNK_COLS", 64)
+    monkeypatch.setattr(_linalg, "CHUNK_BYTES", 64 * 4 * 3)  # 3 queries per row block
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1000, 12)).astype(np.float32)
+    q = rng.standard_normal((10, 12)).astype(np.float32)
+    d, i = build_index("exact", x).search(q, k)
+    ref = cdist(q, x)
+    pos = np.argsort(ref, axis=1)[:, :k]
+    np.testing.assert_array_equal(i, pos)
+    np.testing.assert_allclose(d, np.take_along_axis(ref, pos, 1), rtol=1e-5, atol=1e-5)
