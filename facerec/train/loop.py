@@ -247,9 +247,10 @@ def train_loop_per_worker(config: dict) -> None:
                 ray.train.get_all_reported_checkpoints()
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        t_epoch = time.perf_counter()
+        t_epoch, t_cpu = time.perf_counter(), time.process_time()
         mean_loss, seen = run_steps(module, optimizer, batches, cache, train_tf, device, plan.triplets, maybe_die)
         train_seconds = time.perf_counter() - t_epoch
+        cpu_seconds = time.process_time() - t_cpu  # all threads of this process, Ray's own included
 
         t_val = time.perf_counter()
         emb = embed_rows(inner.embedder, cache, val_cache_rows, test_tf, device)
@@ -271,6 +272,7 @@ def train_loop_per_worker(config: dict) -> None:
             "epoch_seconds": train_seconds,
             "images_per_second": seen * world / train_seconds if train_seconds > 0 else float("nan"),
             "steps": steps,
+            "cpu_seconds": cpu_seconds,
             "val_precision_at_1": scores["precision_at_1"],
             "val_map_at_r": scores["map_at_r"],
             "val_seconds": val_seconds,
