@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=9)
     p.add_argument("--model-cpus", type=float, default=None, help="CPUs reserved by the Embedder replica (default: all but 0.5)")
     p.add_argument("--torch-threads", type=int, default=None)
+    p.add_argument("--prepare-threads", type=int, default=None, help="decode/Haar threads per batch (default: ModelConfig's)")
     p.add_argument("--num-gpus", type=float, default=0.0)
     p.add_argument("--ingress-replicas", type=int, default=1)
     p.add_argument("--port", type=int, default=8431)
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     model_cpus = args.model_cpus if args.model_cpus is not None else max(0.5, cpus - 0.25 * (1 + args.ingress_replicas))
     base = {"name": args.model, "checkpoint": checkpoints[args.model], "num_cpus": model_cpus, "num_gpus": args.num_gpus,
             "batch_wait_timeout_s": args.batch_wait_ms / 1000.0, "torch_threads": args.torch_threads,
+            "prepare_threads": args.prepare_threads,
             "max_ongoing_requests": max(64, 2 * args.batch_size, 2 * max(args.concurrency))}
     settings = [("off", 1), ("on", args.batch_size)]
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})

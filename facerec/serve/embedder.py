@@ -13,7 +13,6 @@ other requests of the batch get their embeddings.
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -186,10 +185,6 @@ class Embedder:
     """
 
     def __init__(self, model: dict[str, Any], crop: dict[str, Any]):
-        # The compute threads hold the GIL in the Python glue between C calls; with the default
-        # 5 ms switch interval the replica's event loop, which takes requests into the batch
-        # queue, waits that long per hand-off and batches stay small. 0.5 ms keeps intake flowing.
-        sys.setswitchinterval(0.0005)
         self.name = model["name"]
         self.core = FaceEmbedderCore(model["checkpoint"], torch_threads=model.get("torch_threads"),
                                      prepare_threads=model.get("prepare_threads") or 1, **crop)
