@@ -4,10 +4,8 @@ a local 2-CPU Ray cluster shared by the whole session and shut down at its end."
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
-import time
 import zlib
 import struct
 from pathlib import Path
