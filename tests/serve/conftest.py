@@ -149,12 +149,18 @@ def live_app(serve_artifacts, tmp_path_factory):
         retriever_num_cpus=0.1,
         ingress_num_cpus=0.1,
     )
+    from facerec.serve.app import check_fits
+
     port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    started = not ray.is_initialized()  # another suite's session cluster is reused, not killed
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
+        check_fits(config, ray.available_resources())  # a clear error instead of Serve waiting forever
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(config), name="facerec", route_prefix="/")
         yield {"url": f"http://127.0.0.1:{port}", "gallery": gallery, "config": config, "app_name": "facerec"}
     finally:
         serve.shutdown()
-        ray.shutdown()
+        if started:
+            ray.shutdown()
