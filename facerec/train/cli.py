@@ -29,7 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--preset", default="smoke", choices=PRESETS.names())
     ap.add_argument("--data", help="preprocessed folder or CelebA-layout photo folder (default: synthetic data)")
     ap.add_argument("--crops", help="where to preprocess --data photos (default: ~/.cache/facerec/crops/...)")
-    ap.add_argument("--out", help="run folder (default: runs/<preset>-<time>)")
+    ap.add_argument("--out", help="run folder (default: runs/<preset>-<time>); with `ray job submit` give an absolute "
+                    "path (a relative one lands in the job's unpacked working dir), shared by all nodes on a cluster")
     ap.add_argument("--losses", help="comma list, e.g. triplet,arcface")
     ap.add_argument("--backbones", help="comma list, e.g. resnet18,mobilenet_v2")
     ap.add_argument("--lrs", help="comma list of learning rates to sweep")
