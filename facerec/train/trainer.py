@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from facerec.io import atomic_write_json
+from facerec.ray_utils import init_ray
 from facerec.train.config import TrainConfig
 from facerec.train.data import TrainData, prepare_data
 from facerec.train.loop import HISTORY_FILE, train_loop_per_worker
@@ -44,34 +45,8 @@ def resolve_use_gpu(cfg: TrainConfig) -> bool:
 
 
 def connect_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect the driver to Ray; no-op when already connected.
-
-    ``address`` None: the cluster of ``RAY_ADDRESS`` (set by ``ray job submit``), else the one
-    the last ``ray start`` on this machine registered (``/tmp/ray/ray_current_cluster``), else a
-    new local Ray. ``"local"`` always starts a new local Ray; anything else is passed to
-    ``ray.init(address=...)`` (e.g. ``"auto"``, ``"ray://head:10001"``, ``"10.0.0.1:6379"``).
-    Unlike ``"auto"``, the default never joins some other Ray found by scanning processes.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address == "local":
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
-        return
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        from ray._common.utils import get_ray_address_file
-
-        registered = Path(get_ray_address_file(None))
-        if not registered.is_file():
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
-            return
-        try:
-            ray.init(address=registered.read_text().strip(), log_to_driver=True)
-        except ConnectionError:  # a stale registration of a cluster that is gone
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
-        return
-    ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=True)
+    """Connect the driver to Ray: :func:`facerec.ray_utils.init_ray`."""
+    init_ray(address, num_cpus=num_cpus)
 
 
 def default_storage(out_dir: str | os.PathLike) -> str:

@@ -151,7 +151,7 @@ def local_run(dataset, tmp_path_factory) -> tuple[Path, dict]:
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

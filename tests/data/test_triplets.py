@@ -26,7 +26,7 @@ COUNTS = {10: 2, 11: 5, 12: 3, 13: 1, 14: 8, 15: 2, 16: 4}  # 13 has a single im
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -122,7 +122,7 @@ def ray_local():
 
     if ray.is_initialized():  # left over by another module: start from a known cluster
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -127,7 +127,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def live_app(serve_artifacts, tmp_path_factory):
     """A running Serve app (both models, token, small upload limit, fast reload polling) on a
     private gallery copy. Yields dict(url, gallery, config)."""
@@ -154,7 +154,7 @@ def live_app(serve_artifacts, tmp_path_factory):
     port = _free_port()
     started = not ray.is_initialized()  # another suite's session cluster is reused, not killed
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         check_fits(config, ray.available_resources())  # a clear error instead of Serve waiting forever
         serve.start(http_options={"host": "127.0.0.1", "port": port})

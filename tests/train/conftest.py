@@ -54,6 +54,6 @@ def ray_local():
     """A local Ray with 2 CPUs for the module's tests; shut down afterwards."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
     yield ray
     ray.shutdown()
