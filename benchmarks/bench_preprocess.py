@@ -36,7 +36,7 @@ def _subset(data: Path, limit: int | None, tmp: Path) -> Path:
     lines = (data / "identity_CelebA.txt").read_text().splitlines()[:limit]
     view = tmp / "subset"
     (view / "img").mkdir(parents=True)
-    src = find_image_dir(data)
+    src = find_image_dir(data).resolve()  # absolute: a relative --data would make dangling links
     for line in lines:
         name = line.split()[0]
         if (src / name).exists():
