@@ -96,7 +96,8 @@ class TrainConfig:
 
         _check("data_dir", self.data_dir, isinstance(self.data_dir, (str, Path)) and str(self.data_dir) != "",
                "the path of a preprocessed folder (crops.parquet + crops/)")
-        self.data_dir = str(self.data_dir)
+        # Absolute in the driver: Ray Train workers run in their own working directory.
+        self.data_dir = str(Path(self.data_dir).expanduser().absolute())
         table = Path(self.data_dir) / "crops.parquet"
         if not Path(self.data_dir).is_dir():
             raise DataNotFoundError(
@@ -257,7 +258,7 @@ class SweepConfig:
         _check("train", type(self.train).__name__, isinstance(self.train, TrainConfig), "a TrainConfig")
         _check("out_dir", self.out_dir, isinstance(self.out_dir, (str, Path)) and str(self.out_dir) != "",
                "a run folder path")
-        self.out_dir = str(self.out_dir)
+        self.out_dir = str(Path(self.out_dir).expanduser().absolute())
         for name, registry in (("losses", LOSSES), ("backbones", BACKBONES)):
             values = getattr(self, name)
             _check(name, values, isinstance(values, (list, tuple)) and len(values) >= 1 and len(set(values)) == len(values),

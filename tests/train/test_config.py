@@ -111,3 +111,12 @@ def test_sweep_grid_and_presets(tiny_crops, tmp_path):
     assert {(c.epochs, c.image_size) for _, c in cpu.trial_configs()} == {(2, 96)}
     with pytest.raises(ConfigError, match=r"preset='huge' is invalid: expected one of \['cpu', 'seed', 'smoke'\]"):
         build_sweep("huge", str(tiny_crops), str(tmp_path))
+
+
+def test_relative_paths_are_made_absolute_on_the_driver(tiny_crops, tmp_path, monkeypatch):
+    # Ray Train workers run in their own working directory: a relative path must not reach them.
+    monkeypatch.chdir(tiny_crops.parent)
+    cfg = TrainConfig(data_dir=tiny_crops.name)
+    assert cfg.data_dir == str(tiny_crops)
+    sweep = SweepConfig(train=cfg, out_dir="run", losses=["softmax"], backbones=["mobilenet_v3_small"])
+    assert sweep.out_dir == str(tiny_crops.parent / "run")
