@@ -134,7 +134,7 @@ def _grid(cfg: TablesConfig, stage: str, backbone: str, weights: str, query: pd.
     for r, d in zip(ranks, dist[qi, :GRID_RANKS]):
         agree = float((ga[r] == qa[qi]).mean()) * 100
         ident = int(gallery["identity"].iloc[r])
-        labels.append(f"id {ident}  d={d:.3f}\nattr agree {agree:.0f}%")
+        labels.append(f"id {ident}  d={d:.4g}\nattr agree {agree:.0f}%")
         matches.append(ident == q_ident)
     target = Path(cfg.out_dir) / "grids" / f"table_{TABLES[stage].replace('.', '_')}_{backbone}.png"
     retrieval_grid(
