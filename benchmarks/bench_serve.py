@@ -64,7 +64,8 @@ async def closed_loop(url: str, queries: list[bytes], concurrency: int, duration
                       model: str, k: int) -> dict:
     import httpx
 
-    stats = {"lat": [], "codes": {}, "errors": 0, "batch": [], "prepare": [], "forward": []}
+    stats = {"lat": [], "codes": {}, "errors": 0, "batch": [], "prepare": [], "forward": [], "embed_wait": [], "parse": [],
+             "server": []}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
         t_start = time.perf_counter()
@@ -100,6 +101,9 @@ async def closed_loop(url: str, queries: list[bytes], concurrency: int, duration
                             stats["batch"].append(timing["batch_size"])
                             stats["prepare"].append(timing["embed_prepare"])
                             stats["forward"].append(timing["embed_forward"])
+                            stats["embed_wait"].append(timing["embed"])
+                            stats["parse"].append(timing["parse"])
+                            stats["server"].append(timing["total"])
 
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
     lat = np.asarray(stats["lat"]) * 1e3
@@ -118,12 +122,17 @@ async def closed_loop(url: str, queries: list[bytes], concurrency: int, duration
         # per batch, as each request of a batch reports its batch's times
         "prepare_ms": float(np.mean(stats["prepare"])) if stats["prepare"] else float("nan"),
         "forward_ms": float(np.mean(stats["forward"])) if stats["forward"] else float("nan"),
+        # seen by the Ingress: its wait for the Embedder's answer (queueing included), multipart
+        # parsing, and its whole handling; latency minus ingress_total is proxy + client + network
+        "ingress_embed_ms": float(np.mean(stats["embed_wait"])) if stats["embed_wait"] else float("nan"),
+        "ingress_parse_ms": float(np.mean(stats["parse"])) if stats["parse"] else float("nan"),
+        "ingress_total_ms": float(np.mean(stats["server"])) if stats["server"] else float("nan"),
     }
 
 
 def markdown(rows: list[dict], header: str) -> str:
     cols = ["batching", "max_batch_size", "concurrency", "requests", "rps", "p50_ms", "p99_ms", "mean_batch",
-            "prepare_ms", "forward_ms",
+            "prepare_ms", "forward_ms", "ingress_parse_ms", "ingress_embed_ms", "ingress_total_ms",
             "ok_2xx", "err_4xx", "err_5xx", "conn_errors"]
     lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -200,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"batching": label, "max_batch_size": mbs, "concurrency": c, **res}
                 rows.append(row)
                 print(f"batching {label:3s} (max {mbs:2d}) c={c:3d}: {res['rps']:7.2f} req/s  p50 {res['p50_ms']:8.1f} ms  "
-                      f"p99 {res['p99_ms']:8.1f} ms  mean batch {res['mean_batch']:.1f}  2xx {res['ok_2xx']} 4xx {res['err_4xx']} "
+                      f"p99 {res['p99_ms']:8.1f} ms  mean batch {res['mean_batch']:.1f}  ingress embed-wait {res['ingress_embed_ms']:.0f} ms "
+                      f"total {res['ingress_total_ms']:.0f} ms  2xx {res['ok_2xx']} 4xx {res['err_4xx']} "
                       f"5xx {res['err_5xx']} conn-err {res['conn_errors']}", flush=True)
     finally:
         serve.shutdown()
