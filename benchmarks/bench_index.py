@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + f"; total {total:.0f} s.",
         "",
         f"Searches on one core (BLAS/OpenMP/hnswlib threads = 1). recall@{cfg.k} is measured on the batch queries "
-        "against exact search. `certified` (kdtree_pca): share of queries whose answer the PCA lower bound proves exact. "
+        f"against exact search by id; dist_recall@{cfg.k} counts a result as correct when it is no farther than the "
+        "exact k-th neighbour (ties). `certified` (kdtree_pca): share of queries whose answer the PCA lower bound proves exact. "
         f"The plain kdtree is capped at {cfg.kdtree_queries} queries on galleries >= {cfg.kdtree_queries_from:,} "
         f"(and single-query timing at {cfg.time_budget:.0f} s per index): see `single_queries`/`batch_queries`.",
         "",

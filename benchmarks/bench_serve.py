@@ -60,12 +60,25 @@ def load_queries(n: int, source: Path | None) -> tuple[list[bytes], str]:
     return out, str(source)
 
 
+# Result column -> key of the answer's ``timing_ms``. Embedder times are per batch (each request
+# of a batch reports its batch's); the ingress_* times are seen by the Ingress: its wait for the
+# Embedder's answer (queueing included), multipart parsing, and its whole handling (latency minus
+# ingress_total is proxy + client + network).
+TIMING_COLUMNS = {
+    "mean_batch": "batch_size",
+    "prepare_ms": "embed_prepare",
+    "forward_ms": "embed_forward",
+    "ingress_parse_ms": "parse",
+    "ingress_embed_ms": "embed",
+    "ingress_total_ms": "total",
+}
+
+
 async def closed_loop(url: str, queries: list[bytes], concurrency: int, duration: float, warmup: float,
                       model: str, k: int) -> dict:
     import httpx
 
-    stats = {"lat": [], "codes": {}, "errors": 0, "batch": [], "prepare": [], "forward": [], "embed_wait": [], "parse": [],
-             "server": []}
+    stats = {"lat": [], "codes": {}, "errors": 0, **{col: [] for col in TIMING_COLUMNS}}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
         t_start = time.perf_counter()
@@ -98,12 +111,8 @@ async def closed_loop(url: str, queries: list[bytes], concurrency: int, duration
                         stats["codes"][code] = stats["codes"].get(code, 0) + 1
                         stats["lat"].append(t1 - t0)
                         if timing:
-                            stats["batch"].append(timing["batch_size"])
-                            stats["prepare"].append(timing["embed_prepare"])
-                            stats["forward"].append(timing["embed_forward"])
-                            stats["embed_wait"].append(timing["embed"])
-                            stats["parse"].append(timing["parse"])
-                            stats["server"].append(timing["total"])
+                            for col, key in TIMING_COLUMNS.items():
+                                stats[col].append(timing[key])
 
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
     lat = np.asarray(stats["lat"]) * 1e3
@@ -118,15 +127,7 @@ async def closed_loop(url: str, queries: list[bytes], concurrency: int, duration
         "err_4xx": int(sum(v for c, v in codes.items() if 400 <= c < 500)),
         "err_5xx": int(sum(v for c, v in codes.items() if c >= 500)),
         "conn_errors": stats["errors"],
-        "mean_batch": float(np.mean(stats["batch"])) if stats["batch"] else float("nan"),
-        # per batch, as each request of a batch reports its batch's times
-        "prepare_ms": float(np.mean(stats["prepare"])) if stats["prepare"] else float("nan"),
-        "forward_ms": float(np.mean(stats["forward"])) if stats["forward"] else float("nan"),
-        # seen by the Ingress: its wait for the Embedder's answer (queueing included), multipart
-        # parsing, and its whole handling; latency minus ingress_total is proxy + client + network
-        "ingress_embed_ms": float(np.mean(stats["embed_wait"])) if stats["embed_wait"] else float("nan"),
-        "ingress_parse_ms": float(np.mean(stats["parse"])) if stats["parse"] else float("nan"),
-        "ingress_total_ms": float(np.mean(stats["server"])) if stats["server"] else float("nan"),
+        **{col: float(np.mean(stats[col])) if stats[col] else float("nan") for col in TIMING_COLUMNS},
     }
 
 

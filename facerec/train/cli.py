@@ -66,9 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = args.out or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    from facerec.train.trainer import connect_ray
+    from facerec.ray_utils import init_ray
 
-    connect_ray(args.address)  # before preprocessing, whose Ray Data pipeline would otherwise pick a Ray itself
+    init_ray(args.address)  # before preprocessing, whose Ray Data pipeline would otherwise pick a Ray itself
     data = resolve_data(args.data, args.crops)
     train_overrides = {
         "epochs": args.epochs, "image_size": args.image_size, "embedding_dim": args.embedding_dim, "lr": args.lr,

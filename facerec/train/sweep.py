@@ -16,10 +16,11 @@ import traceback
 from pathlib import Path
 
 from facerec.io import atomic_write_json
+from facerec.ray_utils import init_ray
 from facerec.train.config import SweepConfig, TrainConfig
 from facerec.train.data import TrainData, prepare_data
 from facerec.train.report import write_report
-from facerec.train.trainer import connect_ray, export_result, one_line, resolve_use_gpu, summarize
+from facerec.train.trainer import export_result, one_line, resolve_use_gpu, summarize
 
 # The Tune function only waits on its Train run (the Train V2 controller itself takes 0 CPUs),
 # so it reserves no CPU rather than Tune's default of a whole one (on a small machine a CPU per
@@ -110,12 +111,12 @@ def _trial_lines_callback(out_dir: Path, started: float):
 def run_sweep(sweep: SweepConfig, address: str | None = None) -> "object":
     """Run the grid; write RUN/<trial>/{best,history.json,result.json}, RUN/sweep_summary.{md,csv},
     RUN/plots/<trial>.png. Returns the summary table (pandas DataFrame). ``address``: see
-    :func:`facerec.train.trainer.connect_ray`."""
+    :func:`facerec.ray_utils.init_ray`."""
     import ray.tune
 
     trials = sweep.trial_configs()
     datasets = prepare_sweep_data(trials)          # all checks before Ray starts anything
-    connect_ray(address)
+    init_ray(address)
     out_dir = Path(sweep.out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     storage = sweep.storage_path or str(out_dir / "_ray")

@@ -44,11 +44,6 @@ def resolve_use_gpu(cfg: TrainConfig) -> bool:
     return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
 
 
-def connect_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect the driver to Ray: :func:`facerec.ray_utils.init_ray`."""
-    init_ray(address, num_cpus=num_cpus)
-
-
 def default_storage(out_dir: str | os.PathLike) -> str:
     return str(Path(out_dir).resolve() / "_ray")
 
@@ -175,11 +170,11 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, trial_name: str | Non
           storage_path: str | None = None, callbacks: list | None = None, data: TrainData | None = None) -> dict:
     """Validate, run one Ray Train run, export it into ``out_dir/<trial_name>``; return the summary row.
 
-    Connects to Ray if needed (:func:`connect_ray`: the cluster of ``RAY_ADDRESS`` /
+    Connects to Ray if needed (:func:`facerec.ray_utils.init_ray`: the cluster of ``RAY_ADDRESS`` /
     ``ray job submit`` when there is one, else a local one).
     """
     data = data or prepare_data(cfg)   # every check before a worker starts
-    connect_ray()
+    init_ray()
     trial_name = trial_name or cfg.trial_name()
     storage_path = storage_path or default_storage(out_dir)
     use_gpu = resolve_use_gpu(cfg)
