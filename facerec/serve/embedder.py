@@ -5,6 +5,8 @@ Per request: decode (``decode_image``, pixel-limited), Haar detection of every f
 margin and crop size, ``test_transform`` at the checkpoint's image size. The CNN forward pass of
 all faces of all requests that arrive within ``batch_wait_timeout_s`` runs as one batch
 (``@serve.batch``): on a CPU or GPU one forward of 16 crops costs far less than 16 forwards of 1.
+An :class:`~facerec.serve.batching.IdleGate` holds new requests while a batch computes, so the
+next batch takes all of them (Serve 2.60 alone would form one-request batches meanwhile).
 
 Errors are per item: a corrupt upload in a batch becomes that request's 4xx answer while the
 other requests of the batch get their embeddings.
@@ -22,6 +24,7 @@ import numpy as np
 from ray import serve
 
 from facerec.errors import ImageDecodeError
+from facerec.serve.batching import IdleGate
 
 # HTTP status of each failure reason; the Ingress turns them into the response.
 STATUS_OF_REASON = {
@@ -188,6 +191,7 @@ class Embedder:
         self.name = model["name"]
         self.core = FaceEmbedderCore(model["checkpoint"], torch_threads=model.get("torch_threads"),
                                      prepare_threads=model.get("prepare_threads") or 1, **crop)
+        self._gate = IdleGate()
         self.reconfigure({"max_batch_size": model["max_batch_size"], "batch_wait_timeout_s": model["batch_wait_timeout_s"]})
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -201,10 +205,12 @@ class Embedder:
                 "batch_wait_timeout_s": self._embed_batch._get_batch_wait_timeout_s()}
 
     async def embed(self, data: bytes, faces: str = "largest", return_crops: bool = False) -> dict[str, Any]:
+        await self._gate.wait()
         return await self._embed_batch((data, faces, return_crops))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _embed_batch(self, items: list[tuple[bytes, str, bool]]) -> list[dict[str, Any]]:
-        # In a worker thread: the replica's event loop keeps accepting requests, which
-        # queue up to form the next batch while this one computes.
-        return await asyncio.to_thread(self.core.embed_many, items)
+        # In a worker thread: the replica's event loop keeps accepting requests, which wait
+        # at the gate while this batch computes and then form the next batch together.
+        async with self._gate.busy():
+            return await asyncio.to_thread(self.core.embed_many, items)
