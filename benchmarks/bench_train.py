@@ -84,12 +84,15 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=15, help="timed steps per pass")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads / worker CPUs")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--worker-niceness", type=int, default=0,
+                    help="nice value of the Ray Train worker (TrainConfig.worker_niceness; Ray's default is 15)")
     args = ap.parse_args(argv)
 
     data_dir = resolve_data(args.data)
     cfg = TrainConfig(data_dir=str(data_dir), loss=args.loss, backbone=args.backbone, image_size=args.image_size,
                       p=args.p, k=args.k, epochs=2, steps_per_epoch=args.steps, cpus_per_worker=args.threads,
-                      num_workers=1, use_gpu=False, val_max_images=64, max_failures=0, num_to_keep=1)
+                      num_workers=1, use_gpu=False, val_max_images=64, max_failures=0, num_to_keep=1,
+                      worker_niceness=args.worker_niceness)
     data = prepare_data(cfg)
 
     import ray
@@ -119,6 +122,7 @@ def main(argv=None) -> int:
     result = {
         "backbone": args.backbone, "loss": args.loss, "image_size": args.image_size, "batch": args.p * args.k,
         "steps": args.steps, "threads": args.threads, "repeats": args.repeats, "data": str(data_dir),
+        "worker_niceness": args.worker_niceness,
         "bare_images_per_second": bare, "ray_images_per_second": rayw,
         "bare_median": b, "ray_median": r, "ratio": r / b, "target": 0.9, "meets_target": r / b >= 0.9,
         "bare_images_per_cpu_second": bare_cpu, "ray_images_per_cpu_second": ray_cpu,
@@ -129,7 +133,8 @@ def main(argv=None) -> int:
     atomic_write_json(out / "bench_train.json", result)
     md = (f"# Training throughput: Ray Train worker vs bare PyTorch\n\n"
           f"{args.backbone}, {args.loss}, {args.image_size} px, batch {args.p}x{args.k}, {args.steps} timed steps, "
-          f"{args.threads} threads, median of {args.repeats}\n\n"
+          f"{args.threads} threads, median of {args.repeats}; Ray worker at nice {args.worker_niceness}, "
+          f"bare loop at nice {os.nice(0)}\n\n"
           f"| loop | images/s (runs) | median |\n|---|---|---|\n"
           f"| bare PyTorch | {', '.join(f'{v:.1f}' for v in bare)} | {b:.1f} |\n"
           f"| Ray Train (1 worker) | {', '.join(f'{v:.1f}' for v in rayw)} | {r:.1f} |\n\n"

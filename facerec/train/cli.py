@@ -51,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     gpu.add_argument("--gpu", dest="use_gpu", action="store_const", const=True, help="train on GPUs")
     gpu.add_argument("--no-gpu", dest="use_gpu", action="store_const", const=False, help="train on CPUs")
     ap.add_argument("--max-failures", type=int)
+    ap.add_argument("--worker-niceness", type=int, help="Unix nice value of the training workers (default 0; "
+                    "Ray's own default, 15, lets any other process preempt the training threads)")
     ap.add_argument("--patience", type=int, help="early stopping: epochs without improvement")
     ap.add_argument("--val-max-images", type=int)
     ap.add_argument("--split-mode", choices=["random", "official"])
@@ -75,6 +77,7 @@ def main(argv=None) -> int:
         "p": args.p, "k": args.k, "steps_per_epoch": args.steps_per_epoch, "sampling": args.sampling,
         "freeze": args.freeze, "weights": args.weights, "num_workers": args.num_workers,
         "cpus_per_worker": args.cpus_per_worker, "use_gpu": args.use_gpu, "max_failures": args.max_failures,
+        "worker_niceness": args.worker_niceness,
         "patience": args.patience, "val_max_images": args.val_max_images, "split_mode": args.split_mode,
         "val_fraction": args.val_fraction,
         "seed": args.seed,

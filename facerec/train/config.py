@@ -78,6 +78,7 @@ class TrainConfig:
     num_workers: int = 1
     use_gpu: bool | None = None        # None: use GPUs when the cluster has them
     cpus_per_worker: int = 1           # also the worker's torch thread count on CPU
+    worker_niceness: int | None = 0    # Unix nice of the training workers; None: Ray's default (15), see trainer
     max_failures: int = 2              # Ray Train FailureConfig: worker-group restarts from the last checkpoint
     patience: int | None = None        # early stopping: epochs without a better score
     num_to_keep: int = 2               # checkpoints kept by score (the latest one is kept too)
@@ -161,6 +162,9 @@ class TrainConfig:
             v = getattr(self, name)
             _check(name, v, _is_int(v) and v >= 0, "a non-negative integer")
         _check("use_gpu", self.use_gpu, self.use_gpu in (None, True, False), "None (auto), True or False")
+        _check("worker_niceness", self.worker_niceness,
+               self.worker_niceness is None or (_is_int(self.worker_niceness) and 0 <= self.worker_niceness <= 19),
+               "None (Ray's default) or an integer nice value in [0, 19]")
         _check("max_failures", self.max_failures, _is_int(self.max_failures) and self.max_failures >= -1,
                "an integer >= -1 (-1: retry forever, 0: no retry)")
         _check("score_attribute", self.score_attribute, self.score_attribute in SCORE_ATTRIBUTES,
@@ -221,7 +225,7 @@ class TrainConfig:
     def fingerprint(self) -> str:
         """Short hash of everything that shapes the trained model; names the Ray Train run so a
         re-run with the same config resumes from its checkpoints and a changed one starts fresh."""
-        skip = {"max_failures", "kill_at_epoch", "num_to_keep"}
+        skip = {"max_failures", "kill_at_epoch", "num_to_keep", "worker_niceness"}
         blob = json.dumps({k: v for k, v in self.to_dict().items() if k not in skip}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:8]
 

@@ -282,6 +282,7 @@ def train_loop_per_worker(config: dict) -> None:
             "data_seconds": data_seconds if epoch == start_epoch else 0.0,
             "world_size": world,
             "pid": os.getpid(),
+            "niceness": os.nice(0),
         }
         history.append(metrics)
         if rank == 0:

@@ -18,7 +18,7 @@ def test_valid_config_round_trips(tiny_crops):
     assert again.fingerprint() == cfg.fingerprint()
     assert cfg.replace(lr=0.01).fingerprint() != cfg.fingerprint()
     # the fault-injection hook and retry count do not change what is trained
-    assert cfg.replace(max_failures=5, kill_at_epoch=2).fingerprint() == cfg.fingerprint()
+    assert cfg.replace(max_failures=5, kill_at_epoch=2, worker_niceness=None).fingerprint() == cfg.fingerprint()
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -39,6 +39,7 @@ def test_valid_config_round_trips(tiny_crops):
     ("score_attribute", "val_loss", r"score_attribute='val_loss' is invalid"),
     ("max_failures", -2, r"max_failures=-2 is invalid: expected an integer >= -1"),
     ("kill_at_epoch", 1, r"kill_at_epoch=1 is invalid: expected None or an epoch >= 2"),
+    ("worker_niceness", -5, r"worker_niceness=-5 is invalid: expected None \(Ray's default\) or an integer nice value in \[0, 19\]"),
     ("loss_params", {"scale": 10}, r"triplet.scale=10 is invalid: expected a parameter of the triplet loss"),
 ])
 def test_bad_fields_raise_config_error(tiny_crops, field, value, match):

@@ -36,6 +36,7 @@ def test_run_writes_best_checkpoint_history_and_correct_val_metric(ray_local, ti
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert all(h["steps"] == 3 and h["images_per_second"] > 0 and h["epoch_seconds"] > 0 for h in history)
     assert all(0 <= h["val_precision_at_1"] <= 1 and 0 <= h["val_map_at_r"] <= 1 for h in history)
+    assert all(h["niceness"] == 0 for h in history)  # worker_niceness default (Ray's own is 15)
     # best/ is the epoch with the highest val mAP@R (first one on ties), per history
     scores = [h["val_map_at_r"] for h in history]
     best_epoch = int(np.argmax(scores)) + 1
@@ -74,12 +75,13 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, tiny_crops, tmp_p
 
 def test_fixed_triplets_sampling(ray_local, tiny_crops, tmp_path):
     cfg = tiny_cfg(tiny_crops, loss="triplet", sampling="fixed_triplets", triplet_batch=4, triplets_per_identity=2,
-                   epochs=1, steps_per_epoch=None)
+                   epochs=1, steps_per_epoch=None, worker_niceness=7)
     row = train(cfg, tmp_path)
     history = json.loads((tmp_path / "triplet-mobilenet_v3_small" / "history.json").read_text())
     n_ids = prepare_data(cfg).counts["train_identities"]
     # one fresh draw of 2 triplets per training identity, in full steps of 4 triplets (12 images)
     assert len(history) == 1 and history[0]["steps"] == (2 * n_ids) // 4
+    assert history[0]["niceness"] == 7  # the runtime env reached the worker process
     assert row["status"] == "ok" and (tmp_path / "triplet-mobilenet_v3_small" / "best" / "model.pt").is_file()
 
 
