@@ -84,8 +84,9 @@ def worker_runtime_env(cfg: TrainConfig) -> dict:
     """Runtime env of the training workers. Ray starts worker processes at nice 15 so its own
     daemons stay responsive; a CPU training step is a team of torch/OpenMP threads that meet at
     barriers, and each preemption of one of them by any nice-0 process leaves the others spinning.
-    bench_train measured 0.85 of a bare PyTorch loop's images/s at nice 15 and 0.98 at nice 0
-    (2-CPU machine). ``worker_niceness=None`` keeps Ray's default."""
+    On a 2-CPU machine bench_train measured the worker at 0.85 and 0.92 of a bare PyTorch loop's
+    images/s at nice 15, 0.98 and 0.95 at nice 0 (medians of 2-3 alternating runs; the nice-15
+    runs also vary more). ``worker_niceness=None`` keeps Ray's default."""
     if cfg.worker_niceness is None:
         return {}
     return {"env_vars": {"RAY_worker_niceness": str(int(cfg.worker_niceness))}}
