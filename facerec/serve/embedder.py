@@ -147,7 +147,16 @@ class FaceEmbedderCore:
         forward pass for all faces. A failure of one item never touches the others."""
         t0 = time.perf_counter()
         if self._pool is not None and len(items) > 1:
-            outcomes = list(self._pool.map(self._safe_prepare, items))
+            import cv2
+
+            # Parallel across the images of the batch; OpenCV's own threads inside each Haar scan
+            # would oversubscribe the cores (one batch runs at a time, so the switch is safe).
+            threads = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+            try:
+                outcomes = list(self._pool.map(self._safe_prepare, items))
+            finally:
+                cv2.setNumThreads(threads)
         else:
             outcomes = [self._safe_prepare(item) for item in items]
         prepared = [p for p, _ in outcomes]

@@ -67,3 +67,19 @@ def test_info(core, serve_artifacts):
     info = core.info()
     assert info["model_id"] == serve_artifacts["model_ids"]["mnv3"]
     assert info["embedding_dim"] == 32 and info["image_size"] == 64 and info["backbone"] == "mobilenet_v3_small"
+
+
+def test_parallel_prepare_matches_serial_and_restores_opencv_threads(core, photos, serve_artifacts):
+    import cv2
+
+    pooled = FaceEmbedderCore(serve_artifacts["checkpoints"]["mnv3"], crop_size=218, margin=0.2, torch_threads=1,
+                              prepare_threads=2)
+    items = [(d, "all", False) for _, d in photos[:6]]
+    before = cv2.getNumThreads()
+    got = pooled.embed_many(items)
+    assert cv2.getNumThreads() == before  # the batch's single-threaded OpenCV switch is undone
+    want = core.embed_many(items)  # serial prepare, OpenCV's own threading
+    for g, w in zip(got, want):
+        assert [f["box"] for f in g["faces"]] == [f["box"] for f in w["faces"]]
+        np.testing.assert_allclose(np.stack([f["embedding"] for f in g["faces"]]),
+                                   np.stack([f["embedding"] for f in w["faces"]]), atol=1e-5)
