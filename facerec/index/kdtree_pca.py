@@ -47,12 +47,12 @@ class KDTreePCAParams:
     ``candidate_factor``: k' = ceil(candidate_factor * k) reduced-space candidates re-ranked.
     ``exact_fallback``: make every answer exact via the lower-bound radius query."""
 
-    # Clustered 128-d embeddings with a 1/j eigenspectrum (facerec.index.synthetic), k' = 400 x k:
-    # with 16 components (~62% of the variance) recall@10 vs exact is 1.000 / 0.994 / 0.886 at
-    # 10k / 100k / 1M vectors, because the number of points whose reduced distance undercuts the
-    # true 10th neighbour grows with n; with 32 (~75%) it is 1.000 / 1.000 / 0.995, for ~2x the
-    # single-query time (3.5 / 21 / 126 ms on one core; benchmarks/bench_index.py).
-    # exact_fallback makes every answer exact.
+    # benchmarks/bench_index.py, clustered 128-d embeddings with a 1/j eigenspectrum
+    # (facerec.index.synthetic), k' = 400 x k: with 16 components (~62% of the variance)
+    # recall@10 vs exact was 1.000 / 0.991 / 0.887 at 10k / 100k / 1M vectors, because the number
+    # of points whose reduced distance undercuts the true 10th neighbour grows with n; with 32
+    # (~75%) it is 1.000 / 1.000 / 0.994 at p50 2.9 / 15 / 102 ms per query on one core (16: 3.2 /
+    # 12 / 56 ms). exact_fallback makes every answer exact.
     n_components: int = 32
     candidate_factor: float = 400.0
     leaf_size: int = 40
