@@ -23,7 +23,7 @@ from facerec.data.celeba import find_image_dir, load_celeba
 from facerec.data.schema import (ATTRIBUTE_NAMES, CROP_COLUMNS, CROPS_TABLE, DROP_REASONS, DROPPED_TABLE,
                                  SUMMARY_FILE)
 from facerec.errors import ConfigError, ImageDecodeError
-from facerec.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_parquet
+from facerec.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_parquet, sync_filesystem
 
 PARTS_DIR = "_parts"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -118,13 +118,18 @@ class CropBatch:
             return row
         x, y, w, h = (int(v) for v in det.boxes[0])
         crop = crop_face(rgb, (x, y, w, h), margin=self.cfg.margin, size=self.cfg.crop_size)
-        atomic_write_bytes(self.out_dir / "crops" / image_id, encode_jpeg(crop, self.cfg.jpeg_quality))
+        # No fsync per crop: __call__ ends the batch with one filesystem barrier (see there).
+        atomic_write_bytes(self.out_dir / "crops" / image_id, encode_jpeg(crop, self.cfg.jpeg_quality), fsync=False)
         row.update(status="kept", box_x=x, box_y=y, box_w=w, box_h=h)
         return row
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         rows = pd.DataFrame([self.one(i) for i in batch["image_id"]], columns=RESULT_COLUMNS)
         # The part file is the resume record: written only after every crop of the batch is on disk.
+        # One syncfs per batch instead of an fsync per crop: with one actor per core, per-file fsyncs
+        # queue the actors on the filesystem journal (measured: the Ray run 11% slower).
+        if (rows["status"] == "kept").any():
+            sync_filesystem(self.out_dir / "crops")
         name = hashlib.sha1("\n".join(batch["image_id"]).encode()).hexdigest()[:20]
         atomic_write_parquet(self.out_dir / PARTS_DIR / f"part-{name}.parquet", rows)
         return rows
@@ -164,8 +169,10 @@ def _run_ray(todo: list[str], image_dir: Path, out_dir: Path, config: Preprocess
     init_ray()
     workers = config.num_workers or cluster_cpus()
     # One block per batch so the actor pool can spread them; a single block would go to one actor.
-    blocks = [pd.DataFrame({"image_id": todo[i:i + config.batch_size]}) for i in range(0, len(todo), config.batch_size)]
-    ds = ray.data.from_pandas(blocks).map_batches(
+    # from_items builds the blocks and their metadata in the driver; from_pandas would start two
+    # extra worker processes for metadata tasks, competing with the actor pool's start-up.
+    n_blocks = -(-len(todo) // config.batch_size)
+    ds = ray.data.from_items([{"image_id": i} for i in todo], override_num_blocks=n_blocks).map_batches(
         CropBatch,
         fn_constructor_kwargs={"image_dir": str(image_dir), "out_dir": str(out_dir), "config": asdict(config)},
         batch_size=config.batch_size, batch_format="pandas", num_cpus=1,
