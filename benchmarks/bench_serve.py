@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     from facerec.serve.app import ServeConfig, build_app, check_fits
     from facerec.serve.local import parse_checkpoints, prepare_gallery
 
+    from facerec.serve.runtime import apply_serve_env
+
+    serve_env = apply_serve_env()  # as pipelines/serve.py runs it
     init_ray()
     gallery, checkpoints = prepare_gallery(args.workdir, gallery=args.gallery, crops=args.crops, data=args.data,
                                            checkpoints=parse_checkpoints(args.checkpoint))
@@ -229,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.batch_size}, batch_wait {args.batch_wait_ms:.0f} ms; unbatched = max_batch_size 1\n"
         f"- machine: {platform.platform()}, {os.cpu_count()} CPUs, load average at the end {load[0]:.1f} "
         f"(other jobs share the CPUs); Embedder replica {model_cpus:g} CPUs, GPUs {args.num_gpus:g}\n"
+        f"- Serve environment: {' '.join(f'{k}={v}' for k, v in serve_env.items())}\n"
         f"- throughput ratio batched/unbatched: " + ", ".join(f"c={c}: {speed[c]:.2f}x" for c in args.concurrency) + "\n"
         f"- targets: no 5xx: {'PASS' if no_5xx else 'FAIL'}; c={cmax} batched >= 1.5x unbatched: "
         f"{'PASS' if speed[cmax] >= 1.5 else 'FAIL'} ({speed[cmax]:.2f}x)"

@@ -56,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     from facerec.serve.app import ServeConfig, build_app, check_fits
     from facerec.serve.local import parse_checkpoints, prepare_gallery
 
+    from facerec.serve.runtime import apply_serve_env
+
     workdir = Path(args.workdir)
+    apply_serve_env()  # before a local Ray starts: its Serve processes inherit it
     init_ray(num_cpus=args.num_cpus)
     gallery, checkpoints = prepare_gallery(
         workdir, gallery=args.gallery, crops=args.crops, data=args.data, checkpoints=parse_checkpoints(args.checkpoint),

@@ -154,6 +154,9 @@ def live_app(serve_artifacts, tmp_path_factory):
     port = _free_port()
     started = not ray.is_initialized()  # another suite's session cluster is reused, not killed
     if started:
+        from facerec.serve.runtime import apply_serve_env
+
+        apply_serve_env()  # the tests run the production request path
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         check_fits(config, ray.available_resources())  # a clear error instead of Serve waiting forever

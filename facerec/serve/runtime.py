@@ -1,0 +1,35 @@
+"""Process environment of the Ray processes that run the Serve app.
+
+Ray Serve reads its request-path switches from environment variables when its modules are
+imported in the controller, proxy and replica processes, so they must be in the environment of
+the Ray cluster itself (``ray start`` / the pod spec), or of the driver before it starts a new
+local Ray (its processes inherit it).
+
+``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` is Ray's documented high-throughput mode (Ray >= 2.56): user
+code and the handle router run on the replica's main event loop instead of hopping threads,
+request-path logs are buffered, replicas talk gRPC. On this project's 2-CPU machine it raised
+bench_serve's MobileNet-V2 throughput at 32 clients from 25.6 to 30.1 req/s batched and from
+20.0 to 21.9 req/s unbatched (same run pair, 30 s cells). ``RAY_SERVE_ENABLE_DIRECT_INGRESS=0``
+keeps the HTTP proxy: direct ingress, which that mode would also switch on, binds every ingress
+replica to the fixed port 8000 with no proxy, which ignores ``--port`` and cannot place two
+ingress replicas on one node.
+"""
+
+from __future__ import annotations
+
+import os
+
+SERVE_ENV: dict[str, str] = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+}
+
+
+def apply_serve_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Set :data:`SERVE_ENV` in ``environ`` (default ``os.environ``) where not already set, and
+    return what is in effect. Call before ``ray.init`` starts a local Ray; a cluster that is
+    already running keeps the environment it was started with."""
+    env = os.environ if environ is None else environ
+    for key, value in SERVE_ENV.items():
+        env.setdefault(key, value)
+    return {key: env[key] for key in SERVE_ENV}

@@ -1,0 +1,43 @@
+"""The Serve environment: set where unset, never overriding the user's, present in the Ray
+processes of the test app, and carried by the cluster configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from facerec.serve.runtime import SERVE_ENV, apply_serve_env
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_apply_serve_env_sets_defaults_and_keeps_user_values():
+    env = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "OTHER": "x"}
+    got = apply_serve_env(env)
+    assert got == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
+    assert env["OTHER"] == "x" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+
+
+def test_ray_processes_of_the_live_app_inherit_it(live_app):
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def read_env():
+        return {k: os.environ.get(k) for k in SERVE_ENV}
+
+    assert ray.get(read_env.remote()) == SERVE_ENV
+
+
+def test_cluster_configs_start_ray_with_it():
+    launcher = yaml.safe_load((ROOT / "cluster" / "ray-cluster.yaml").read_text())
+    for cmd in (launcher["head_start_ray_commands"][-1], launcher["worker_start_ray_commands"][-1]):
+        for key, value in SERVE_ENV.items():
+            assert f"{key}={value}" in cmd and "ray start" in cmd
+    service = yaml.safe_load((ROOT / "cluster" / "rayservice.yaml").read_text())
+    cluster = service["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
+    for pod in pods:
+        env = {e["name"]: e.get("value") for c in pod["containers"] for e in c.get("env", [])}
+        assert {k: env.get(k) for k in SERVE_ENV} == SERVE_ENV
