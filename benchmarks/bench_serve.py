@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before each cell")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--batch-size", type=int, default=16, help="max_batch_size of the batched setting")
-    p.add_argument("--batch-wait-ms", type=float, default=10.0)
+    p.add_argument("--batch-wait-ms", type=float, default=0.0)
     p.add_argument("--model", default="mobilenet_v2", help="served model to load (a default backbone or a --checkpoint name)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=DIR")
     p.add_argument("--gallery", help="existing gallery folder (default: built like pipelines/serve.py)")
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# bench_serve: model {args.model}, {len(queries)} query photos from {qsource}, k={args.k}\n\n"
         f"- command: `python benchmarks/bench_serve.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n"
         f"- {args.duration:.0f} s measured (+{args.warmup:.0f} s warm-up) per cell; batched = max_batch_size "
-        f"{args.batch_size}, batch_wait {args.batch_wait_ms:.0f} ms; unbatched = max_batch_size 1\n"
+        f"{args.batch_size}, batch_wait {args.batch_wait_ms:g} ms; unbatched = max_batch_size 1\n"
         f"- machine: {platform.platform()}, {os.cpu_count()} CPUs, load average at the end {load[0]:.1f} "
         f"(other jobs share the CPUs); Embedder replica {model_cpus:g} CPUs, GPUs {args.num_gpus:g}\n"
         f"- Serve environment: {' '.join(f'{k}={v}' for k, v in serve_env.items())}\n"

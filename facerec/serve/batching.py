@@ -12,7 +12,7 @@ batching bought nothing.
 scheduler: a batch is taken when the model is free): callers wait at the gate while a batch
 runs and all enter the batch queue together when it ends, so the next batch holds everything
 that queued meanwhile (up to ``max_batch_size``). An idle replica admits at once, so a lone
-request still only waits ``batch_wait_timeout_s``.
+request only waits ``batch_wait_timeout_s`` (0 by default in ``ModelConfig``: no wait at all).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--token", default=os.environ.get("FACEREC_GALLERY_TOKEN"),
                    help="bearer token for POST /v1/gallery (default: $FACEREC_GALLERY_TOKEN; unset = writes disabled)")
     p.add_argument("--max-batch-size", type=int, default=16)
-    p.add_argument("--batch-wait-ms", type=float, default=10.0)
+    p.add_argument("--batch-wait-ms", type=float, default=0.0)
     p.add_argument("--replicas", type=int, default=1, help="Embedder replicas per model")
     p.add_argument("--model-cpus", type=float, default=None, help="CPUs per Embedder replica (default: CPUs / models)")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per Embedder replica")

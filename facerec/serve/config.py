@@ -58,6 +58,9 @@ class ModelConfig:
 
     ``checkpoint``: a folder written by ``facerec.models.save_checkpoint`` (model.pt + model.json).
     ``max_batch_size`` / ``batch_wait_timeout_s``: ``@serve.batch`` dynamic batching (1 = off).
+    The wait defaults to 0: the IdleGate already batches what arrives while the model computes,
+    and a lone request should not wait for company that is not coming (bench_serve, one client:
+    10 ms of wait cost 22% of its throughput, 16.4 -> 12.9 req/s).
     ``prepare_threads``: threads decoding and Haar-scanning the images of one batch in
     parallel (default: the reserved CPUs, at least 2).
     ``num_replicas``: an integer, or ``"auto"`` for Serve autoscaling between
@@ -67,7 +70,7 @@ class ModelConfig:
     name: str
     checkpoint: str
     max_batch_size: int = 16
-    batch_wait_timeout_s: float = 0.01
+    batch_wait_timeout_s: float = 0.0
     num_replicas: int | str = 1
     min_replicas: int = 1
     max_replicas: int = 4

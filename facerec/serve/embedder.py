@@ -3,8 +3,9 @@
 Per request: decode (``decode_image``, pixel-limited), Haar detection of every face
 (Viola & Jones, CVPR 2001; ``HaarDetector.detect_all``), ``crop_face`` with the gallery's
 margin and crop size, ``test_transform`` at the checkpoint's image size. The CNN forward pass of
-all faces of all requests that arrive within ``batch_wait_timeout_s`` runs as one batch
-(``@serve.batch``): on a CPU or GPU one forward of 16 crops costs far less than 16 forwards of 1.
+all faces of all requests waiting when the model becomes free runs as one batch
+(``@serve.batch``): on a GPU, or a CPU running the forward on several threads, one forward of
+16 crops costs far less than 16 forwards of 1.
 An :class:`~facerec.serve.batching.IdleGate` holds new requests while a batch computes, so the
 next batch takes all of them (Serve 2.60 alone would form one-request batches meanwhile).
 
@@ -217,7 +218,7 @@ class Embedder:
         await self._gate.wait()
         return await self._embed_batch((data, faces, return_crops))
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def _embed_batch(self, items: list[tuple[bytes, str, bool]]) -> list[dict[str, Any]]:
         # In a worker thread: the replica's event loop keeps accepting requests, which wait
         # at the gate while this batch computes and then form the next batch together.

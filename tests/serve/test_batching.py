@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from ray import serve
 
 from facerec.serve.batching import IdleGate
@@ -13,9 +14,10 @@ from facerec.serve.batching import IdleGate
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
 class _SlowBatched:
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, wait_s: float):
         self.seconds = seconds
         self.gate = IdleGate()
+        self.run.set_batch_wait_timeout_s(wait_s)
 
     async def __call__(self, x: int) -> tuple[int, int]:
         await self.gate.wait()
@@ -28,8 +30,9 @@ class _SlowBatched:
         return [(x, len(items)) for x in items]
 
 
-def test_requests_queued_during_a_batch_form_one_batch(live_app):
-    handle = serve.run(_SlowBatched.bind(1.0), name="gate-test", route_prefix=None)
+@pytest.mark.parametrize("wait_s", [0.0, 0.01])  # 0: the default, the gate alone forms the batch
+def test_requests_queued_during_a_batch_form_one_batch(live_app, wait_s):
+    handle = serve.run(_SlowBatched.bind(1.0, wait_s), name="gate-test", route_prefix=None)
     try:
         assert handle.remote(-1).result(timeout_s=60) == (-1, 1)  # replica warm, gate idle
         first = handle.remote(0)
