@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     from facerec.serve.app import ServeConfig, build_app, check_fits
     from facerec.serve.local import parse_checkpoints, prepare_gallery
 
-    from facerec.serve.runtime import apply_serve_env
+    from facerec.serve.runtime import apply_serve_env, run_app
 
     serve_env = apply_serve_env()  # as pipelines/serve.py runs it
     init_ray()
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = ServeConfig(gallery_dir=str(gallery), models=[{**base, "max_batch_size": mbs}],
                               retriever_num_cpus=0.25, ingress_num_cpus=0.25, ingress_replicas=args.ingress_replicas)
             check_fits(cfg, ray.cluster_resources())
-            serve.run(build_app(cfg), name="facerec", route_prefix="/")
+            run_app(build_app(cfg), name="facerec", route_prefix="/")
             deadline = time.time() + 120
             while time.time() < deadline:  # reconfigure is applied asynchronously
                 info = httpx.get(url + "/v1/models", timeout=60).json()["models"][0]

@@ -44,3 +44,7 @@ class ImageDecodeError(FacerecError, ValueError):
 class ArtifactMismatchError(FacerecError, ValueError):
     """An artifact (crops table, checkpoint, embeddings, index) does not match what reads it:
     another model, another embedding dimension, another data version, or damaged contents."""
+
+
+class DeploymentStartError(FacerecError, RuntimeError):
+    """A Serve application whose replicas failed to start: names the deployment and its error."""

@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from facerec.ray_utils import init_ray
     from facerec.serve.app import ServeConfig, build_app, check_fits
+    from facerec.errors import DeploymentStartError
     from facerec.serve.local import parse_checkpoints, prepare_gallery
-
-    from facerec.serve.runtime import apply_serve_env
+    from facerec.serve.runtime import apply_serve_env, run_app
 
     workdir = Path(args.workdir)
     apply_serve_env()  # before a local Ray starts: its Serve processes inherit it
@@ -79,7 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     application = build_app(config)  # artifacts checked here, before any replica starts
     serve.start(http_options={"host": args.host, "port": args.port})
     t0 = time.perf_counter()
-    serve.run(application, name="facerec", route_prefix="/")
+    try:
+        run_app(application, name="facerec", route_prefix="/")
+    except DeploymentStartError as e:
+        print(f"facerec serve: error: {e}", file=sys.stderr)
+        serve.shutdown()
+        return 2
     url = f"http://{args.host}:{args.port}/"
     print(f"serve: {sorted(checkpoints)} on gallery {gallery} up in {time.perf_counter() - t0:.1f}s -> {url} (API docs {url}docs)")
     try:

@@ -33,3 +33,39 @@ def apply_serve_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     for key, value in SERVE_ENV.items():
         env.setdefault(key, value)
     return {key: env[key] for key in SERVE_ENV}
+
+
+def _last_error_line(message: str) -> str:
+    """The exception line of a traceback in a Serve status message (``ValueError: ...``)."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        head = ln.split(":", 1)[0]
+        if ":" in ln and head.replace(".", "").replace("_", "").isalnum() and head.rsplit(".", 1)[-1][:1].isupper() and " " not in head:
+            return ln
+    return lines[-1] if lines else message
+
+
+def run_app(app, name: str, route_prefix: str | None = "/"):
+    """``serve.run`` that, when replicas fail to start, raises :class:`DeploymentStartError`
+    naming each failed deployment and its error. Serve itself only says "Failed to update the
+    deployments", and in throughput mode the replica's traceback is in the log files, not on
+    the console."""
+    from ray import serve
+
+    from facerec.errors import DeploymentStartError
+
+    try:
+        return serve.run(app, name=name, route_prefix=route_prefix)
+    except RuntimeError as exc:
+        try:
+            status = serve.status().applications.get(name)
+        except Exception:  # the controller itself is gone: Serve's own error is all there is
+            raise exc from None
+        failed = [] if status is None else [
+            f"{dep}: {_last_error_line(d.message)}" for dep, d in status.deployments.items()
+            if str(d.status).endswith(("DEPLOY_FAILED", "UNHEALTHY"))]
+        if not failed:
+            raise
+        raise DeploymentStartError(
+            f"Serve application {name!r} failed to start: " + "; ".join(failed)
+            + " (full tracebacks: /tmp/ray/session_latest/logs/serve/)") from None

@@ -41,3 +41,35 @@ def test_cluster_configs_start_ray_with_it():
     for pod in pods:
         env = {e["name"]: e.get("value") for c in pod["containers"] for e in c.get("env", [])}
         assert {k: env.get(k) for k in SERVE_ENV} == SERVE_ENV
+
+
+
+def test_a_replica_that_fails_to_start_fails_run_app_with_its_error(live_app):
+    # In throughput mode replica logs leave the console: run_app must carry the error itself.
+    import pytest
+    from ray import serve
+
+    from facerec.errors import DeploymentStartError
+    from facerec.serve.runtime import run_app
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    class _Broken:
+        def __init__(self):
+            raise ValueError("checkpoint /nowhere/model.pt is unreadable")
+
+    try:
+        with pytest.raises(DeploymentStartError,
+                           match=r"'broken' failed to start: _Broken: ValueError: checkpoint /nowhere/model.pt is unreadable"):
+            run_app(_Broken.bind(), name="broken", route_prefix=None)
+    finally:
+        serve.delete("broken")
+
+
+def test_last_error_line_picks_the_exception():
+    from facerec.serve.runtime import _last_error_line
+
+    msg = ("The deployment failed to start 3 times in a row. See controller logs. Error:\n"
+           "  File \"x.py\", line 3, in __init__\n    raise ValueError(\"bad: thing\")\n"
+           "ValueError: bad: thing\n")
+    assert _last_error_line(msg) == "ValueError: bad: thing"
+    assert _last_error_line("no traceback here") == "no traceback here"
