@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
+    from facerec.errors import DeploymentStartError
     from facerec.ray_utils import init_ray
     from facerec.serve.app import ServeConfig, build_app, check_fits
-    from facerec.errors import DeploymentStartError
     from facerec.serve.local import parse_checkpoints, prepare_gallery
     from facerec.serve.runtime import apply_serve_env, run_app
 
