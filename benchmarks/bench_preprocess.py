@@ -114,8 +114,8 @@ def main(argv=None) -> int:
                 shutil.rmtree(out, ignore_errors=True)
     ray.shutdown()
     order = {label: i for i, (label, _) in enumerate(runs)}
+    rows.sort(key=lambda r: (order[r["engine"]], r["run"]))  # engine by engine, in run order
     df = pd.DataFrame(rows)
-    df = df.assign(_o=df["engine"].map(order)).sort_values(["_o", "run"]).drop(columns="_o").reset_index(drop=True)
     median_s = df.groupby("engine", sort=False)["seconds"].median()
     base_label, ray_label = runs[0][0], runs[-1][0]
     df["x_vs_1thread_loop"] = (median_s[base_label] / df["seconds"]).round(2)

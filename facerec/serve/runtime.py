@@ -10,14 +10,15 @@ code and the handle router run on the replica's main event loop instead of hoppi
 request-path logs are buffered, replicas talk gRPC. On this project's 2-CPU machine it raised
 bench_serve's MobileNet-V2 throughput at 32 clients from 25.6 to 30.1 req/s batched and from
 20.0 to 21.9 req/s unbatched (same run pair, 30 s cells). ``RAY_SERVE_ENABLE_DIRECT_INGRESS=0``
-keeps the HTTP proxy: direct ingress, which that mode would also switch on, binds every ingress
-replica to the fixed port 8000 with no proxy, which ignores ``--port`` and cannot place two
-ingress replicas on one node.
+keeps the HTTP proxy: direct ingress, which that mode would also switch on, is in Ray's words "a
+limited form ... where ingress applications listen on port 8000 (HTTP) and 9000 (gRPC). No proxies
+will be started", which would not honour ``--port``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 SERVE_ENV: dict[str, str] = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
@@ -35,12 +36,15 @@ def apply_serve_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     return {key: env[key] for key in SERVE_ENV}
 
 
+# "ValueError: ...", "ray.exceptions.RayActorError: ...": an optionally dotted class name, a colon.
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*:")
+
+
 def _last_error_line(message: str) -> str:
     """The exception line of a traceback in a Serve status message (``ValueError: ...``)."""
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
     for ln in reversed(lines):
-        head = ln.split(":", 1)[0]
-        if ":" in ln and head.replace(".", "").replace("_", "").isalnum() and head.rsplit(".", 1)[-1][:1].isupper() and " " not in head:
+        if _EXCEPTION_LINE.match(ln):
             return ln
     return lines[-1] if lines else message
 
@@ -51,6 +55,7 @@ def run_app(app, name: str, route_prefix: str | None = "/"):
     deployments", and in throughput mode the replica's traceback is in the log files, not on
     the console."""
     from ray import serve
+    from ray.serve.schema import DeploymentStatus
 
     from facerec.errors import DeploymentStartError
 
@@ -63,7 +68,7 @@ def run_app(app, name: str, route_prefix: str | None = "/"):
             raise exc from None
         failed = [] if status is None else [
             f"{dep}: {_last_error_line(d.message)}" for dep, d in status.deployments.items()
-            if str(d.status).endswith(("DEPLOY_FAILED", "UNHEALTHY"))]
+            if d.status in (DeploymentStatus.DEPLOY_FAILED, DeploymentStatus.UNHEALTHY)]
         if not failed:
             raise
         raise DeploymentStartError(
