@@ -35,7 +35,7 @@ from facerec.train.data import prepare_data, resolve_data  # noqa: E402
 def bare_loop(cfg: TrainConfig, data) -> tuple[float, float]:
     """(images/s, images per CPU-second) of the second pass of ``cfg.steps_per_epoch`` steps in
     this process, no Ray."""
-    from facerec.data.transforms import train_transform
+    from facerec.data.inputs import input_kind
     from facerec.losses import build_loss
     from facerec.models import build_embedder
     from facerec.train.batches import BATCH_PLANS, ImageCache, mix_seed
@@ -47,10 +47,10 @@ def bare_loop(cfg: TrainConfig, data) -> tuple[float, float]:
     cache = ImageCache(cfg.data_dir, cfg.image_size, threads=max(2, cfg.cpus_per_worker))
     cache.add(local["crop_path"])
     plan = BATCH_PLANS.get(cfg.sampling)(cache, local, data.train, cfg, 0, 1)
-    module = TrainModule(build_embedder(cfg.backbone, cfg.embedding_dim, cfg.freeze, cfg.weights),
-                         build_loss(cfg.loss, cfg.embedding_dim, data.num_classes, **cfg.loss_params))
+    embedder = build_embedder(cfg.backbone, cfg.embedding_dim, cfg.freeze, cfg.weights)
+    module = TrainModule(embedder, build_loss(cfg.loss, cfg.embedding_dim, data.num_classes, **cfg.loss_params))
     opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=cfg.lr)
-    tf = train_transform(cfg.image_size)
+    tf = input_kind(embedder.metadata["input_kind"]).train_transform(cfg.image_size)
     device = torch.device("cpu")
     rates = []
     for epoch in range(cfg.epochs):

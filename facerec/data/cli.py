@@ -17,6 +17,9 @@ def add_preprocess_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--data", help="CelebA-layout photo folder (default: the embedded synthetic dataset)")
     ap.add_argument("--out", required=True, help="output folder: crops/, crops.parquet, dropped.parquet, summary.json")
     ap.add_argument("--overwrite", action="store_true", help="discard earlier results in --out instead of resuming")
+    from facerec.data.inputs import INPUT_KINDS
+    from facerec.data.preprocess import SEVERAL_FACES_RULES
+
     defaults = PreprocessConfig()
     for f in fields(PreprocessConfig):
         default = getattr(defaults, f.name)
@@ -24,6 +27,16 @@ def add_preprocess_arguments(ap: argparse.ArgumentParser) -> None:
         if f.name == "engine":
             ap.add_argument(flag, choices=["ray", "local"], default=default,
                             help="ray: Ray Data actor pool over the cluster; local: one process (baseline)")
+        elif f.name == "input_kind":
+            ap.add_argument(flag, choices=INPUT_KINDS.names(), default=default,
+                            help="what to store per face: haar_crop (the study's crop, for the torchvision backbones) "
+                                 "or aligned_chip_5pt (dlib's aligned 150 px chip, for dlib_resnet) (default %(default)s)")
+        elif f.name == "several_faces":
+            ap.add_argument(flag, choices=list(SEVERAL_FACES_RULES), default=default,
+                            help="photos where Haar finds several faces: drop them (the study) or keep the largest face "
+                                 "(default %(default)s)")
+        elif f.name == "crop_size":
+            ap.add_argument(flag, type=int, default=None, help="side of the stored input (default: the input kind's, 218 or 150)")
         else:
             kind = float if isinstance(default, float) else int
             ap.add_argument(flag, type=kind, default=default, help=f"(default {default})")

@@ -95,3 +95,14 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
     if not ok:
         raise ValueError("JPEG encoding failed")
     return buf.tobytes()
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """Lossless encoding of a stored model input: decoding it gives back exactly ``rgb``, so a
+    gallery row and a query of the same photo are embedded from the same pixels."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()

@@ -7,6 +7,10 @@
   +inf/-inf/NaN. (The comment in ``serialize.h`` lists them the other way round; the code
   serializes the mantissa first.)
 - ``std::string``: its length as an integer, then the bytes.
+- ``bool``: one ASCII byte, ``'1'`` or ``'0'``.
+- ``dlib::tensor`` (``dlib/cuda/tensor.h``): version 2, then num_samples, k, nr, nc as integers,
+  then the values as raw little-endian float32 (not ``float_details``). An ``alias_tensor``
+  (a view into a layer's ``params``) stores version 1 and its four dimensions, no values.
 
 Every read names the file and byte offset on failure, so a truncated or foreign file is a clear
 :class:`~facerec.errors.ArtifactMismatchError`, never a numpy traceback.
@@ -91,6 +95,38 @@ class DlibReader:
         if got != expected:
             self.pos = start
             raise self.error(f"expected {expected!r}, got {got!r}")
+
+    def bool(self) -> bool:
+        ch = bytes(self.bytes(1))
+        if ch not in (b"0", b"1"):
+            self.pos -= 1
+            raise self.error(f"expected a dlib bool ('0' or '1'), got {ch!r}")
+        return ch == b"1"
+
+    def _dims(self, what: str) -> tuple[int, int, int, int]:
+        dims = tuple(self.int() for _ in range(4))
+        if min(dims) < 0:
+            raise self.error(f"{what} with negative dimensions {dims}")
+        return dims
+
+    def tensor(self) -> np.ndarray:
+        """A ``dlib::resizable_tensor``, as a float32 array of shape (num_samples, k, nr, nc)."""
+        start = self.pos
+        version = self.int()
+        if version != 2:
+            self.pos = start
+            raise self.error(f"expected a dlib tensor (version 2), got version {version}")
+        dims = self._dims("tensor")
+        return self.raw_float32(math.prod(dims)).reshape(dims)
+
+    def alias_tensor(self) -> tuple[int, int, int, int]:
+        """A ``dlib::alias_tensor``: only its shape (num_samples, k, nr, nc) is stored."""
+        start = self.pos
+        version = self.int()
+        if version != 1:
+            self.pos = start
+            raise self.error(f"expected a dlib alias_tensor (version 1), got version {version}")
+        return self._dims("alias_tensor")
 
     def float32_array(self, n: int) -> np.ndarray:
         """``n`` consecutive dlib-serialized floats (e.g. a ``std::vector<float>``'s items)."""

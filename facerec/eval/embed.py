@@ -80,6 +80,12 @@ class ModelSource:
     image_size: int
 
     @property
+    def input_kind(self) -> str:
+        from facerec.data.inputs import kind_of
+
+        return kind_of(self.metadata).name
+
+    @property
     def model_id(self) -> str | None:
         return self.metadata.get("model_id")
 
@@ -96,6 +102,9 @@ def resolve_model_source(model: Any, image_size: int | None = None) -> ModelSour
     from facerec.models import read_checkpoint_metadata
 
     if isinstance(model, (str, os.PathLike)):
+        from facerec.models.pretrained import resolve_checkpoint
+
+        model = resolve_checkpoint(model)
         meta = read_checkpoint_metadata(model)  # missing/damaged checkpoint fails before any actor starts
         size = int(image_size or meta.get("image_size") or 218)
         return ModelSource(str(Path(model).resolve()), None, meta, size)
@@ -133,23 +142,23 @@ def _load_model(source: ModelSource, device: str):
     return model.to(device).eval()
 
 
-def _decode(paths, image_size: int) -> np.ndarray:
-    """(n, 3, S, S) float32 network inputs of the crop files (``test_transform``)."""
+def _decode(paths, image_size: int, input_kind: str = "haar_crop") -> np.ndarray:
+    """(n, 3, S, S) float32 network inputs of the stored input files (the input kind's tensor)."""
     import torch
 
     from facerec.data.images import read_image
-    from facerec.data.transforms import test_transform
+    from facerec.data.inputs import input_kind as get_kind
 
-    tf = test_transform(image_size)
-    return torch.stack([tf(read_image(str(p))) for p in paths]).numpy()
+    kind = get_kind(input_kind)
+    return torch.stack([kind.tensor(read_image(str(p)), image_size) for p in paths]).numpy()
 
 
-def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
-    """Task-stage function (GPU pipelines): crop files -> normalised input tensors."""
+def decode_batch(batch: dict[str, np.ndarray], image_size: int, input_kind: str = "haar_crop") -> dict[str, np.ndarray]:
+    """Task-stage function (GPU pipelines): stored input files -> input tensors."""
     import torch
 
     torch.set_num_threads(1)  # one task per core is the parallelism here
-    return {"row": np.asarray(batch["row"], dtype=np.int64), "pixels": _decode(batch["path"], image_size)}
+    return {"row": np.asarray(batch["row"], dtype=np.int64), "pixels": _decode(batch["path"], image_size, input_kind)}
 
 
 class EmbedBatch:
@@ -164,12 +173,13 @@ class EmbedBatch:
             torch.set_num_threads(max(1, threads))
         self.model = _load_model(source, self.device)
         self.image_size = source.image_size
+        self.input_kind = source.input_kind
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
         t0 = time.perf_counter()
-        pixels = batch["pixels"] if "pixels" in batch else _decode(batch["path"], self.image_size)
+        pixels = batch["pixels"] if "pixels" in batch else _decode(batch["path"], self.image_size, self.input_kind)
         x = torch.as_tensor(np.ascontiguousarray(pixels), dtype=torch.float32).to(self.device)
         with torch.inference_mode():
             emb = self.model(x).float().cpu().numpy()
@@ -195,6 +205,20 @@ def _crop_paths(df: pd.DataFrame, crops_root: str | os.PathLike) -> list[str]:
             f"the crops table does not match this folder -- re-run preprocess or pass the right --crops"
         )
     return paths
+
+
+def check_crops_for_model(crops_root: str | os.PathLike, source: ModelSource) -> None:
+    """Refuse crops of another input kind than the model's (read from the folder's table metadata)."""
+    from facerec.data.inputs import check_inputs_match
+    from facerec.io import read_parquet_metadata
+
+    for table in ("crops.parquet", "lfw_crops.parquet"):
+        path = Path(crops_root) / table
+        if path.is_file():
+            where = source.checkpoint_dir or f"({source.metadata.get('backbone')}, in memory)"
+            check_inputs_match({**source.metadata, "image_size": source.image_size}, read_parquet_metadata(path),
+                               str(path), where)
+            return
 
 
 def _plan(cfg: EmbedConfig, n_batches: int) -> tuple[bool, bool, int, int]:
@@ -244,6 +268,7 @@ def embed_crops_with_stats(df: pd.DataFrame, crops_root: str | os.PathLike, mode
     if n == 0:
         raise ConfigError("df", "0 rows", "at least one crop to embed")
     source = resolve_model_source(model, image_size)  # a bad checkpoint fails before Ray starts
+    check_crops_for_model(crops_root, source)
     init_ray()
     dim = int(source.metadata["embedding_dim"])
     n_batches = math.ceil(n / cfg.batch_size)
@@ -264,7 +289,8 @@ def embed_crops_with_stats(df: pd.DataFrame, crops_root: str | os.PathLike, mode
         # On CPU the actors hold actors*threads CPUs; decode tasks get what is left (at least one).
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         free = None if use_gpu else max(1, cpus - actors * threads)
-        ds = ds.map_batches(decode_batch, fn_kwargs={"image_size": source.image_size}, batch_size=cfg.batch_size,
+        ds = ds.map_batches(decode_batch, fn_kwargs={"image_size": source.image_size, "input_kind": source.input_kind},
+                            batch_size=cfg.batch_size,
                             batch_format="numpy", num_cpus=1, compute=ray.data.TaskPoolStrategy(size=free))
     ds = ds.map_batches(
         EmbedBatch,

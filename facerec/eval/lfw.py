@@ -1,10 +1,11 @@
-"""LFW face verification end to end: pairs file -> Haar crops -> embeddings -> cosine scores ->
+"""LFW face verification end to end: pairs file -> Haar boxes -> model inputs -> embeddings -> cosine scores ->
 k-fold accuracy (Huang et al. 2007, "Labeled Faces in the Wild", UMass TR 07-49, View 2
 protocol; :func:`facerec.eval.verification.kfold_verification_accuracy`).
 
-Cropping follows the training data: the study's two-pass Haar detector
-(:class:`facerec.data.haar.HaarDetector`) and :func:`facerec.data.haar.crop_face` with the
-crops folder's margin and size, written as JPEG like ``preprocess`` does. Deep-funneled LFW
+Inputs follow the training data: the study's two-pass Haar detector
+(:class:`facerec.data.haar.HaarDetector`), then the model's input kind
+(:mod:`facerec.data.inputs`: the study's crop, or dlib's aligned chip) at its size, stored as
+PNG like ``preprocess`` does. Deep-funneled LFW
 images are aligned so the named person is at the centre; hence
 
 * several faces found: the box whose centre is nearest the image centre is used;
@@ -38,27 +39,29 @@ CROP_METHODS = ("haar", "haar_nearest_centre", "centre")
 
 @dataclass
 class LFWCropConfig:
-    crop_size: int = 218
+    input_kind: str = "haar_crop"
+    crop_size: int | None = None  # None: the input kind's size
     margin: float = 0.2
-    jpeg_quality: int = 95
     batch_size: int = 32
     num_workers: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.crop_size, int) or self.crop_size < 16:
-            raise ConfigError("crop_size", self.crop_size, "an integer >= 16 (the crops folder's crop_size, e.g. 218)")
+        from facerec.data.inputs import input_kind
+
+        kind = input_kind(self.input_kind)
+        if self.crop_size is None:
+            self.crop_size = kind.default_size
+        kind.check_size(self.crop_size)
         if not isinstance(self.margin, (int, float)) or not 0 <= self.margin <= 2:
             raise ConfigError("margin", self.margin, "a fraction in [0, 2] (the crops folder's margin, e.g. 0.2)")
-        if not isinstance(self.jpeg_quality, int) or not 1 <= self.jpeg_quality <= 100:
-            raise ConfigError("jpeg_quality", self.jpeg_quality, "an integer in [1, 100]")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError("batch_size", self.batch_size, "an integer >= 1")
         if self.num_workers is not None and (not isinstance(self.num_workers, int) or self.num_workers < 1):
             raise ConfigError("num_workers", self.num_workers, "None (every CPU) or an integer >= 1")
 
     def fingerprint(self) -> str:
-        blob = json.dumps({"crop_size": self.crop_size, "margin": float(self.margin), "q": self.jpeg_quality,
-                           "centre": CENTRE_BOX_FRACTION, "haar": "default-2pass"}, sort_keys=True)
+        blob = json.dumps({"input_kind": self.input_kind, "crop_size": self.crop_size, "margin": float(self.margin),
+                           "format": "png", "centre": CENTRE_BOX_FRACTION, "haar": "default-2pass"}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -88,26 +91,31 @@ class LFWCropBatch:
 
         from facerec.data.haar import HaarDetector
 
+        from facerec.data.inputs import input_kind
+
         cv2.setNumThreads(1)  # one image per core is the parallelism
         self.root, self.out = Path(root), Path(out_dir)
         self.cfg = LFWCropConfig(**config)
+        self.kind = input_kind(self.cfg.input_kind)
         self.detector = HaarDetector()
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        from facerec.data.haar import crop_face
-        from facerec.data.images import encode_jpeg, read_image
+        from facerec.data.images import encode_png, read_image
+        from facerec.data.inputs import crop_relpath
         from facerec.io import atomic_write_bytes
 
-        rows = []
+        rows, images, boxes = [], [], []
         for rel in batch["image"]:
             rgb = read_image(self.root / rel)
             det = self.detector.detect(rgb)
             box, method = choose_box(det.boxes, rgb.shape[0], rgb.shape[1])
-            crop = crop_face(rgb, box, margin=self.cfg.margin, size=self.cfg.crop_size)
-            crop_rel = f"crops/{rel}"
-            atomic_write_bytes(self.out / crop_rel, encode_jpeg(crop, self.cfg.jpeg_quality))
-            rows.append({"image": rel, "crop_path": crop_rel, "method": method,
+            images.append(rgb)
+            boxes.append(box)
+            rows.append({"image": rel, "crop_path": crop_relpath(rel), "method": method,
                          "box_x": box[0], "box_y": box[1], "box_w": box[2], "box_h": box[3]})
+        # The same code as preprocess and serving; one call so the landmarker runs batched.
+        for row, face in zip(rows, self.kind.faces_many(images, boxes, self.cfg.crop_size, self.cfg.margin)):
+            atomic_write_bytes(self.out / row["crop_path"], encode_png(face))
         return pd.DataFrame(rows, columns=["image", "crop_path", "method", "box_x", "box_y", "box_w", "box_h"])
 
 
@@ -148,7 +156,9 @@ def crop_lfw_images(lfw_root: str | os.PathLike, images: list[str], out_dir: str
         )
         new = [b for b in ds.iter_batches(batch_size=None, batch_format="pandas")]
         done = pd.concat([done, *new], ignore_index=True) if new else done
-        atomic_write_parquet(table_path, done, metadata={"fingerprint": cfg.fingerprint(), "root": str(root.resolve())})
+        atomic_write_parquet(table_path, done, metadata={"fingerprint": cfg.fingerprint(), "root": str(root.resolve()),
+                                                         "input_kind": cfg.input_kind, "crop_size": cfg.crop_size,
+                                                         "margin": cfg.margin})
     seconds = time.perf_counter() - t0
     result = done.set_index("image").loc[images].reset_index()
     counts = result["method"].value_counts().to_dict()
@@ -186,7 +196,13 @@ def lfw_verification(lfw_root: str | os.PathLike, model: Any, pairs_path: str | 
         if not isinstance(max_pairs_per_fold, int) or max_pairs_per_fold < 1:
             raise ConfigError("max_pairs_per_fold", max_pairs_per_fold, "None or an integer >= 1")
         pairs = pairs.groupby(["fold", "same"], sort=False).head(max_pairs_per_fold).reset_index(drop=True)
-    cfg = crop_config or LFWCropConfig()
+    if crop_config is None:
+        from facerec.eval.embed import resolve_model_source
+
+        source = resolve_model_source(model)  # the model decides its input kind and size
+        crop_config = LFWCropConfig(input_kind=source.input_kind,
+                                    crop_size=source.image_size if source.input_kind != "haar_crop" else None)
+    cfg = crop_config
     crop_dir = Path(crop_dir) if crop_dir else default_crop_dir(root, cfg)
     images = list(dict.fromkeys(pairs["path1"].tolist() + pairs["path2"].tolist()))
     crops = crop_lfw_images(root, images, crop_dir, cfg)

@@ -44,9 +44,20 @@ class BackboneSpec:
     channels: int
     build: Callable[[], nn.Module]
     trunk: Callable[[nn.Module], nn.Module]
-    weights_enum: type
+    weights_enum: type | None
     seed_trainable: tuple[str, ...]
     classifier_prefixes: tuple[str, ...]
+    # The input the network was (pre)trained on: a facerec.data.inputs.INPUT_KINDS name and size.
+    input_kind: str = "haar_crop"
+    default_image_size: int = 218
+    # None: the trunk's feature map goes through EmbeddingHead (pool + projection + L2). Otherwise
+    # a function(embedding_dim) -> head for networks that end in their own embedding layer.
+    make_head: Callable[[int], nn.Module] | None = None
+    # function(full model, weights path or None) -> init label; None: torchvision ImageNet weights.
+    load_weights: Callable[[nn.Module, "str | os.PathLike | None"], str] | None = None
+    # Embedding dimensions the network can give (None: any, through EmbeddingHead).
+    fixed_embedding_dim: int | None = None
+    describe_weights: str = "ImageNet (torchvision)"
 
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")
@@ -152,6 +163,8 @@ def hub_weight_paths(name: str) -> list[Path]:
     (``torch.hub.get_dir()/checkpoints/<file name of the weights URL>``), DEFAULT first."""
     spec = BACKBONES.get(name)
     enum = spec.weights_enum
+    if enum is None:
+        return []
     ordered = [enum.DEFAULT] + [w for w in enum if w is not enum.DEFAULT]
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     return [folder / os.path.basename(urlparse(w.url).path) for w in ordered]
@@ -192,6 +205,8 @@ def load_pretrained(model: nn.Module, name: str, weights: str | os.PathLike | No
     warning and leaves the random initialisation (``"random"``). Nothing is downloaded.
     """
     spec = BACKBONES.get(name)
+    if spec.load_weights is not None:
+        return spec.load_weights(model, weights)
     if weights is not None:
         path = Path(weights)
         if not path.is_file():

@@ -14,10 +14,12 @@ from facerec.models.head import EmbeddingHead
 
 
 class Embedder(nn.Module):
-    """Maps ``N x 3 x H x W`` ImageNet-normalised images to ``N x d`` unit-norm embeddings.
+    """Maps ``N x 3 x H x W`` inputs of the backbone's input kind (``facerec.data.inputs``) to
+    ``N x d`` unit-norm embeddings.
 
-    ``metadata`` is ``{"backbone", "embedding_dim", "freeze", "init"}``; ``init`` is
-    ``"imagenet"``, ``"random"`` or the weights path the trunk was initialised from.
+    ``metadata`` is ``{"backbone", "embedding_dim", "freeze", "init", "input_kind", "image_size"}``;
+    ``init`` is ``"imagenet"``, ``"random"``, ``"dlib"`` or the weights path the trunk was
+    initialised from.
 
     Batch-norm layers whose parameters are all frozen stay in eval mode after ``train()``: their
     running statistics are the pretrained ones and updating them from small face batches
@@ -66,11 +68,15 @@ def build_embedder(
     FREEZE_POLICIES.get(freeze)  # ConfigError naming the choices before building anything
     if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
         raise ConfigError("embedding_dim", embedding_dim, "a positive integer such as 128")
+    if spec.fixed_embedding_dim is not None and embedding_dim != spec.fixed_embedding_dim:
+        raise ConfigError("embedding_dim", embedding_dim,
+                          f"{spec.fixed_embedding_dim}: {backbone} ends in its own {spec.fixed_embedding_dim}-d embedding layer")
     full = spec.build()
     init = load_pretrained(full, backbone, weights) if pretrained else "random"
     trunk = spec.trunk(full)
     apply_freeze(trunk, spec, freeze)
-    head = EmbeddingHead(spec.channels, embedding_dim)
-    meta = {"backbone": backbone, "embedding_dim": embedding_dim, "freeze": freeze, "init": init}
+    head = spec.make_head(embedding_dim) if spec.make_head is not None else EmbeddingHead(spec.channels, embedding_dim)
+    meta = {"backbone": backbone, "embedding_dim": embedding_dim, "freeze": freeze, "init": init,
+            "input_kind": spec.input_kind}
     model = Embedder(trunk, head, meta)
     return model.train()  # applies the frozen-BN rule from the start

@@ -170,12 +170,30 @@ class TrainConfig:
         _check("score_attribute", self.score_attribute, self.score_attribute in SCORE_ATTRIBUTES,
                f"one of {list(SCORE_ATTRIBUTES)}")
         _check("loss_params", self.loss_params, isinstance(self.loss_params, dict), "a dict of loss keyword parameters")
+        self._check_input_kind(table)
         if self.sampling == "fixed_triplets":
             _check("sampling", self.sampling, self.loss == "triplet",
                    f"'pk' for loss={self.loss!r} (fixed triplets feed only the triplet loss)")
         # Building the loss checks its parameters (names and ranges) with the loss's own messages;
         # the classifier is tiny at num_classes=2.
         build_loss(self.loss, self.embedding_dim, 2, **self.loss_params)
+
+    def _check_input_kind(self, table: Path) -> None:
+        """The backbone's input (kind, size, embedding dimension) against the crops folder's."""
+        from facerec.data.inputs import check_inputs_match, input_kind
+        from facerec.io import read_parquet_metadata
+        from facerec.models import BACKBONES
+
+        spec = BACKBONES.get(self.backbone)
+        kind = input_kind(spec.input_kind)
+        if kind.fixed_size:
+            _check("image_size", self.image_size, self.image_size == kind.default_size,
+                   f"{kind.default_size} for backbone {self.backbone} (its input is {kind.describe})")
+        if spec.fixed_embedding_dim is not None:
+            _check("embedding_dim", self.embedding_dim, self.embedding_dim == spec.fixed_embedding_dim,
+                   f"{spec.fixed_embedding_dim} for backbone {self.backbone} (it ends in its own embedding layer)")
+        check_inputs_match({"input_kind": spec.input_kind, "image_size": self.image_size},
+                           read_parquet_metadata(table), str(table), f"backbone {self.backbone}")
 
     def check_data(self, train_labels, num_val: int) -> None:
         """Checks against the split: P x K must fit the training identities each worker gets,

@@ -11,6 +11,7 @@ optimizer/loss/epoch state); a restarted worker group resumes from ``ray.train.g
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -178,7 +179,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from facerec.data.transforms import test_transform, train_transform
+    from facerec.data.inputs import input_kind
     from facerec.losses import build_loss
     from facerec.models import build_embedder
 
@@ -226,7 +227,9 @@ def train_loop_per_worker(config: dict) -> None:
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
-    train_tf, test_tf = train_transform(cfg.image_size), test_transform(cfg.image_size)
+    kind = input_kind(embedder.metadata["input_kind"])
+    train_tf = kind.train_transform(cfg.image_size)
+    test_tf = functools.partial(kind.tensor, size=cfg.image_size)
     inner = _unwrap(module)
 
     for epoch in range(start_epoch, cfg.epochs):

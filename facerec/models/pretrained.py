@@ -1,0 +1,92 @@
+"""Ready-made checkpoints that need no training (registry :data:`PRETRAINED`).
+
+Wherever a checkpoint folder is accepted (``--checkpoint``, ``build-index``, ``evaluate``,
+``serve``), a registered name is accepted too: :func:`resolve_checkpoint` turns ``dlib_resnet``
+into a checkpoint folder, written once into the cache from the model file that a package ships
+(nothing is downloaded) and reused; its ``model_id`` is the hash of its weights like any other.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from facerec.registry import Registry
+
+
+@dataclass(frozen=True)
+class PretrainedModel:
+    name: str
+    backbone: str
+    source_sha256: Callable[[], str]  # hash of the file the weights come from (names the cache folder)
+    card: dict[str, Any]              # weights, training data, licence: shown by /v1/models and the page
+
+
+PRETRAINED: Registry[PretrainedModel] = Registry("pretrained model")
+
+
+def _dlib_sha() -> str:
+    from facerec.dlibport.files import RESNET, locate
+
+    locate(RESNET)  # a clear error when the package is missing or the file is damaged
+    return RESNET.sha256
+
+
+PRETRAINED.register("dlib_resnet")(PretrainedModel(
+    name="dlib_resnet",
+    backbone="dlib_resnet",
+    source_sha256=_dlib_sha,
+    card={
+        "weights": "dlib face recognition ResNet v1 (dlib_face_recognition_resnet_model_v1.dat, "
+                   "face-recognition-models package, CC0)",
+        "training_data": "about 3 million faces of about 7,485 identities (FaceScrub, VGG-Face and web "
+                         "images; Davis King, dlib, 2017), none from LFW",
+        "trained_by": "dlib (metric loss, pairwise hinge on Euclidean distance at 0.6)",
+        "input": "aligned_chip_5pt (dlib 5-point landmarks, 150 px chip, padding 0.25)",
+    },
+))
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("FACEREC_CACHE", Path.home() / ".cache" / "facerec"))
+
+
+def pretrained_checkpoint(name: str) -> Path:
+    """The checkpoint folder of the registered pretrained model ``name`` (built on first use)."""
+    from facerec.models.checkpoint import META_FILE, read_checkpoint_metadata, save_checkpoint
+    from facerec.models.embedder import build_embedder
+
+    entry = PRETRAINED.get(name)
+    folder = cache_root() / "models" / f"{name}-{entry.source_sha256()[:12]}"
+    if (folder / META_FILE).is_file():
+        try:
+            read_checkpoint_metadata(folder)
+            return folder
+        except Exception:  # a damaged cache entry is rebuilt, never fatal
+            pass
+    from facerec.models.backbones import BACKBONES
+
+    spec = BACKBONES.get(entry.backbone)
+    model = build_embedder(entry.backbone, spec.fixed_embedding_dim or 128, freeze="none")
+    save_checkpoint(folder, model, {
+        "image_size": spec.default_image_size, "data_version": f"pretrained:{name}", "loss": "none (pretrained)",
+        "epoch": 0, "pretrained": name, "card": dict(entry.card),
+    })
+    return folder
+
+
+def resolve_checkpoint(spec: str | os.PathLike) -> str:
+    """A checkpoint folder for ``spec``: a registered pretrained name, or the folder itself."""
+    if isinstance(spec, str) and spec in PRETRAINED:
+        return str(pretrained_checkpoint(spec))
+    return str(spec)
+
+
+def is_untrained(meta: dict[str, Any]) -> bool:
+    """True for a checkpoint whose weights never saw faces: a random or ImageNet backbone that was
+    not fine-tuned (epoch 0) and is not a registered pretrained face model."""
+    if meta.get("pretrained") in PRETRAINED:
+        return False
+    return int(meta.get("epoch") or 0) == 0
