@@ -41,6 +41,7 @@ from torch import nn
 from facerec.dlibport import files
 from facerec.dlibport.serialize import DlibReader
 from facerec.errors import ArtifactMismatchError
+from facerec.io import atomic_path
 
 INPUT_SIZE = 150
 EMBEDDING_DIM = 128
@@ -57,9 +58,9 @@ _STAGE_SPEC = (
 STAGES = ("stem",) + tuple(s[0] for s in _STAGE_SPEC) + ("fc",)
 """Top-level module names of :class:`DlibResNet`, input to output."""
 LOWER_STAGES = ("stem", "layer1", "layer2", "layer3")
-"""The "lower blocks" (full resolution down to 8x8, 128 filters): 0.33 M of the 5.6 M
-parameters. A partial fine-tune trains ``layer4``, ``layer5`` (the 256-filter stages, 4x4 and
-2x2) and ``fc``, and freezes these."""
+"""The "lower blocks" (150x150 input down to 8x8 maps, up to 128 filters): 1.15 M of the 5.61 M
+parameters. A partial fine-tune freezes these and trains ``layer4``, ``layer5`` (the 256-filter
+stages, 4x4 and 2x2 maps; 4.43 M) and ``fc`` (0.03 M)."""
 DLIB_NAMES = {s[0]: s[4] for s in _STAGE_SPEC}
 
 
@@ -369,30 +370,38 @@ def read_resnet_dat(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     r = DlibReader.open(path)
     layers = _layers()
     state: dict[str, np.ndarray] = {}
-
-    _version(r, "loss layer (add_loss_layer)", (1,))
-    if _version_string(r, "loss layer", ("loss_metric_", "loss_metric_2")) == "loss_metric_2":
-        r.float()  # margin
-        r.float()  # distance threshold
-    # Versions from the top down, the stem con (bottom add_layer, which holds the input layer).
-    versions: dict[int, int] = {}
-    for i in range(len(layers) - 1, 0, -1):
-        layer = layers[i]
-        what = _describe(i, layer)
-        if layer.kind in ("tag", "skip"):
-            _version(r, f"{what}: add_{layer.kind}_layer", (1,))
-        else:
-            versions[i] = _version(r, f"{what}: add_layer", (1, 2))
-    bottom = _version(r, f"{_describe(0, layers[0])}: add_layer over the input layer", (2, 3))
-    _read_input(r, state)
-    _read_details(r, _describe(0, layers[0]), layers[0], state)
-    _read_trailer(r, _describe(0, layers[0]), bottom, bottom=True)
-    # Details from the bottom up, as the recursion unwinds.
-    for i in range(1, len(layers)):
-        if i in versions:
-            what = _describe(i, layers[i])
-            _read_details(r, what, layers[i], state)
-            _read_trailer(r, what, versions[i], bottom=False)
+    where = "the loss layer"
+    try:
+        _version(r, "loss layer (add_loss_layer)", (1,))
+        if _version_string(r, "loss layer", ("loss_metric_", "loss_metric_2")) == "loss_metric_2":
+            r.float()  # margin
+            r.float()  # distance threshold
+        # Versions from the top down, to the stem con (the add_layer that holds the input layer).
+        versions: dict[int, int] = {}
+        for i in range(len(layers) - 1, 0, -1):
+            layer = layers[i]
+            where = _describe(i, layer)
+            if layer.kind in ("tag", "skip"):
+                _version(r, f"{where}: add_{layer.kind}_layer", (1,))
+            else:
+                versions[i] = _version(r, f"{where}: add_layer", (1, 2))
+        where = _describe(0, layers[0])
+        bottom = _version(r, f"{where}: add_layer over the input layer", (2, 3))
+        where = "the input layer"
+        _read_input(r, state)
+        where = _describe(0, layers[0])
+        _read_details(r, where, layers[0], state)
+        _read_trailer(r, where, bottom, bottom=True)
+        # Details from the bottom up, as the recursion unwinds.
+        for i in range(1, len(layers)):
+            if i in versions:
+                where = _describe(i, layers[i])
+                _read_details(r, where, layers[i], state)
+                _read_trailer(r, where, versions[i], bottom=False)
+    except ArtifactMismatchError as e:
+        if where in str(e):
+            raise
+        raise ArtifactMismatchError(f"{e} (reading {where} of dlib's face recognition ResNet)") from None
     if not r.at_end():
         raise r.error(f"{len(r.data) - r.pos} bytes left after the last layer (another network?)")
     return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items()}
@@ -440,8 +449,6 @@ def load_dlib_resnet_state(path: str | os.PathLike | None = None) -> dict[str, t
             return state
     state = read_resnet_dat(src)
     try:
-        from facerec.io import atomic_path
-
         with atomic_path(cached) as tmp:
             torch.save({"format": _CACHE_FORMAT, "sha256": digest, "state": state}, tmp)
     except OSError:
@@ -457,6 +464,5 @@ def build_dlib_resnet(path: str | os.PathLike | None = None) -> DlibResNet:
 
 
 __all__ = [
-    "DLIB_NAMES", "EMBEDDING_DIM", "INPUT_SIZE", "LOWER_STAGES", "STAGES", "Affine", "DlibResNet", "ArtifactMismatchError",
-    "add_zero_padded", "build_dlib_resnet", "cache_dir", "load_dlib_resnet_state", "read_resnet_dat",
+    "DLIB_NAMES", "EMBEDDING_DIM", "INPUT_SIZE", "LOWER_STAGES", "STAGES", "Affine", "DlibResNet", "add_zero_padded", "build_dlib_resnet", "cache_dir", "load_dlib_resnet_state", "read_resnet_dat",
 ]

@@ -82,7 +82,11 @@ class DlibReader:
         return np.float32(self.float())
 
     def string(self) -> str:
+        start = self.pos
         n = self.int()
+        if n < 0:
+            self.pos = start
+            raise self.error(f"expected a string length, got {n} (not a dlib .dat file?)")
         raw = bytes(self.bytes(n))
         try:
             return raw.decode("ascii")

@@ -90,3 +90,51 @@ def is_untrained(meta: dict[str, Any]) -> bool:
     if meta.get("pretrained") in PRETRAINED:
         return False
     return int(meta.get("epoch") or 0) == 0
+
+
+MEASURED_FILE = "measured.json"
+
+
+def record_measurement(checkpoint_dir: str | os.PathLike, key: str, value: dict[str, Any]) -> None:
+    """Store a figure measured on a checkpoint (e.g. ``lfw``) beside it, in ``measured.json``.
+
+    Kept apart from ``model.json``: the model's identity (``model_id``) is its weights, and a
+    later measurement must not rewrite the file that describes them."""
+    import json
+
+    from facerec.io import atomic_write_json
+
+    path = Path(checkpoint_dir) / MEASURED_FILE
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        data = {}
+    data[key] = value
+    atomic_write_json(path, data)
+
+
+def model_card(meta: dict[str, Any], checkpoint_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What a user should know before trusting a model's answers: its weights, what it was
+    trained on, and its measured LFW accuracy (None until ``facerec evaluate --lfw`` measured it)."""
+    import json
+
+    card = dict(meta.get("card") or {})
+    measured: dict[str, Any] = {}
+    if checkpoint_dir is not None and (Path(checkpoint_dir) / MEASURED_FILE).is_file():
+        try:
+            measured = json.loads((Path(checkpoint_dir) / MEASURED_FILE).read_text())
+        except (OSError, ValueError):
+            measured = {}
+    if "weights" not in card:
+        card["weights"] = (f"{meta.get('backbone')} fine-tuned with {meta.get('loss')} for {meta.get('epoch')} epochs "
+                           f"(from {meta.get('init')} weights)" if not is_untrained(meta)
+                           else f"{meta.get('backbone')} with {meta.get('init')} weights, never trained on faces")
+    if "training_data" not in card:
+        train_cfg = meta.get("train_config") or {}
+        card["training_data"] = (f"crops folder {train_cfg.get('data_dir', '?')} (data_version {meta.get('data_version')})"
+                                 if not is_untrained(meta) else "none (not trained on faces)")
+    lfw = measured.get("lfw") or {}
+    card["lfw_accuracy_pct"] = lfw.get("accuracy_pct")
+    card["lfw_measured_on"] = lfw.get("data")
+    card["untrained"] = is_untrained(meta)
+    return card

@@ -26,11 +26,19 @@ def check_artifacts(config: ServeConfig) -> dict[str, Any]:
     any replica starts if a served model has no index in the gallery or another model built it.
     Returns the manifest."""
     from facerec.models import read_checkpoint_metadata
+    from facerec.models.pretrained import is_untrained, resolve_checkpoint
     from facerec.serve.gallery import read_manifest
 
     manifest = read_manifest(config.gallery_dir)
     for m in config.models:
+        m.checkpoint = resolve_checkpoint(m.checkpoint)
         meta = read_checkpoint_metadata(m.checkpoint)
+        if is_untrained(meta) and not config.allow_untrained:
+            raise ConfigError(
+                f"models[{m.name}].checkpoint", m.checkpoint,
+                f"a model trained on faces: this {meta.get('backbone')} has {meta.get('init')} weights and was never "
+                f"fine-tuned, so it answers with strangers. Serve dlib_resnet (the default), a fine-tuned checkpoint "
+                f"(RUN/<trial>/best), or pass --allow-untrained (allow_untrained: true) to serve it anyway")
         entry = manifest["models"].get(m.name)
         if entry is None:
             raise ArtifactMismatchError(

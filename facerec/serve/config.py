@@ -56,7 +56,8 @@ def _from_dict(cls, data: dict[str, Any], where: str):
 class ModelConfig:
     """One served model = one ``Embedder`` deployment.
 
-    ``checkpoint``: a folder written by ``facerec.models.save_checkpoint`` (model.pt + model.json).
+    ``checkpoint``: a folder written by ``facerec.models.save_checkpoint`` (model.pt + model.json),
+    or the name of a pretrained model (``facerec.models.pretrained.PRETRAINED``, e.g. ``dlib_resnet``).
     ``max_batch_size`` / ``batch_wait_timeout_s``: ``@serve.batch`` dynamic batching (1 = off).
     The wait defaults to 0: the IdleGate already batches what arrives while the model computes,
     and a lone request should not wait for company that is not coming (bench_serve, one client,
@@ -169,6 +170,9 @@ class ServeConfig:
     ingress_max_ongoing_requests: int = 512
     retriever_max_ongoing_requests: int = 512
     request_timeout_s: float = 60.0
+    # A model whose weights never saw faces (random/ImageNet init, not fine-tuned) answers with
+    # strangers; it is served only when this is set (tests, demos of the pipeline).
+    allow_untrained: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.gallery_dir, str) or not self.gallery_dir:
@@ -211,6 +215,8 @@ class ServeConfig:
         _check_int("ingress_max_ongoing_requests", self.ingress_max_ongoing_requests, 1, 100_000)
         _check_int("retriever_max_ongoing_requests", self.retriever_max_ongoing_requests, 1, 100_000)
         _check_num("request_timeout_s", self.request_timeout_s, 0.0, low_open=True)
+        if not isinstance(self.allow_untrained, bool):
+            raise ConfigError("allow_untrained", self.allow_untrained, "true or false")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ServeConfig":

@@ -1,8 +1,9 @@
 """The ``Embedder`` deployment: photo bytes -> detected faces -> one embedding per face.
 
 Per request: decode (``decode_image``, pixel-limited), Haar detection of every face
-(Viola & Jones, CVPR 2001; ``HaarDetector.detect_all``), ``crop_face`` with the gallery's
-margin and crop size, ``test_transform`` at the checkpoint's image size. The CNN forward pass of
+(Viola & Jones, CVPR 2001; ``HaarDetector.detect_all``), then the model's input kind
+(:mod:`facerec.data.inputs`: the study's crop with the gallery's margin and size, or dlib's
+5-point aligned chip) -- the same code that made the gallery's inputs. The CNN forward pass of
 all faces of all requests waiting when the model becomes free runs as one batch
 (``@serve.batch``): on a GPU, or a CPU running the forward on several threads, one forward of
 16 crops costs far less than 16 forwards of 1.
@@ -60,23 +61,26 @@ class FaceEmbedderCore:
         import torch
 
         from facerec.data.haar import HaarDetector
-        from facerec.data.transforms import test_transform
+        from facerec.data.inputs import kind_of
         from facerec.models import load_embedder
+        from facerec.models.pretrained import resolve_checkpoint
 
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, self.metadata = load_embedder(checkpoint, map_location=self.device)
+        self.checkpoint = resolve_checkpoint(checkpoint)
+        self.model, self.metadata = load_embedder(self.checkpoint, map_location=self.device)
         self.model_id = self.metadata["model_id"]
         self.image_size = int(self.metadata.get("image_size", crop_size))
-        self.crop_size = int(crop_size)
+        self.kind = kind_of(self.metadata)
+        # A fixed-size kind (dlib's chip) is made at the model's size; a crop at the gallery's.
+        self.crop_size = self.image_size if self.kind.fixed_size else int(crop_size)
         self.margin = float(margin)
         self.max_pixels = int(max_pixels)
         self.max_faces = int(max_faces)
         self._haar_args = (haar_scale_factor, haar_min_neighbors, haar_min_size)
         HaarDetector(*self._haar_args)  # validate now, in the constructor
         self._local = threading.local()  # an OpenCV CascadeClassifier is not thread-safe: one per thread
-        self.transform = test_transform(self.image_size)
         # Decoding (PIL) and the Haar scan (OpenCV) release the GIL, so the items of one batch
         # are prepared in parallel; an unbatched replica handles one image at a time.
         self._pool = ThreadPoolExecutor(prepare_threads, thread_name_prefix="prepare") if prepare_threads > 1 else None
@@ -90,18 +94,20 @@ class FaceEmbedderCore:
         return det
 
     def info(self) -> dict[str, Any]:
+        from facerec.models.pretrained import model_card
+
         return {
             "model_id": self.model_id,
             "backbone": self.metadata.get("backbone"),
             "embedding_dim": int(self.metadata["embedding_dim"]),
             "image_size": self.image_size,
+            "input_kind": self.kind.name,
             "device": str(self.device),
+            **model_card(self.metadata, self.checkpoint),
         }
 
     def prepare(self, data: bytes, faces: str = "largest", return_crops: bool = False) -> dict[str, Any]:
-        """Decode, detect, crop and transform one image. Raises FaceError."""
-        from facerec.data.haar import crop_face
-
+        """Decode, detect, make the model's inputs and tensors of one image. Raises FaceError."""
         if not isinstance(data, (bytes, bytearray)) or len(data) == 0:
             raise FaceError("empty", "the image is empty (0 bytes); upload a JPEG or PNG photo")
         try:
@@ -116,12 +122,12 @@ class FaceEmbedderCore:
             h, w = rgb.shape[:2]
             raise FaceError("no_face", f"no face detected in the {w}x{h} image; upload a photo with a frontal face")
         boxes = boxes[:1] if faces == "largest" else boxes[: self.max_faces]
-        crops = [crop_face(rgb, b, margin=self.margin, size=self.crop_size) for b in boxes]
+        crops = self.kind.faces(rgb, boxes, self.crop_size, self.margin)
         return {
             "width": int(rgb.shape[1]),
             "height": int(rgb.shape[0]),
             "boxes": [[int(v) for v in b] for b in boxes],
-            "tensors": [self.transform(c) for c in crops],
+            "tensors": [self.kind.tensor(c, self.image_size) for c in crops],
             "crops": crops if return_crops else None,
         }
 
@@ -181,9 +187,10 @@ class FaceEmbedderCore:
                 "timing_ms": {"prepare": (t1 - t0) * 1e3, "forward": (t2 - t1) * 1e3},
             }
             if p["crops"] is not None:
-                from facerec.data.images import encode_jpeg
+                from facerec.data.images import encode_png
 
-                res["crops_jpeg"] = [encode_jpeg(c, quality=95) for c in p["crops"]]
+                # Lossless: an added gallery image is stored as exactly the pixels embedded.
+                res["crops_png"] = [encode_png(c) for c in p["crops"]]
             results[i] = res
             pos += n
         return results

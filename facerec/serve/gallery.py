@@ -10,7 +10,7 @@ GALLERY/
   gallery.parquet              row_id (= index id = row position), image_id, identity, crop_path
                                (relative to GALLERY), source, box_x.., + the 40 CelebA attributes
                                (int8 -1/1; 0 = unknown, for uploaded images)
-  crops/<image_id>             the face crops (JPEG), served as thumbnails
+  crops/<file>                 the stored model inputs (PNG, lossless: what was embedded), served as thumbnails
   indexes/<name>/v000003/      one immutable folder per (model, version):
       index/                   the facerec.index folder (index.json + data), ids = row_id
       embeddings.npy           (rows, d) float32, row i = row_id i; rebuilds any other index kind
@@ -59,15 +59,15 @@ TABLE_COLUMNS = ("row_id", "image_id", "identity", "crop_path", "source", "box_x
 
 
 def embed_rgb_crops(model, crops: list[np.ndarray], image_size: int, device: str = "cpu") -> np.ndarray:
-    """Embed H x W x 3 uint8 face crops with ``test_transform(image_size)``; (n, d) float32."""
+    """Embed H x W x 3 uint8 stored inputs with the model's input kind's tensor; (n, d) float32."""
     import torch
 
-    from facerec.data.transforms import test_transform
+    from facerec.data.inputs import kind_of
 
     if not crops:
         return np.zeros((0, int(model.embedding_dim)), dtype=np.float32)
-    tf = test_transform(image_size)
-    batch = torch.stack([tf(c) for c in crops]).to(device)
+    kind = kind_of(model.metadata)
+    batch = torch.stack([kind.tensor(c, image_size) for c in crops]).to(device)
     with torch.inference_mode():
         out = model(batch)
     return out.float().cpu().numpy().astype(np.float32, copy=False)
@@ -202,8 +202,16 @@ def build_gallery(
     INDEX_REGISTRY.get(index_kind)  # ConfigError naming the kinds before any work
     if not checkpoints:
         raise ConfigError("checkpoints", checkpoints, "at least one NAME=CHECKPOINT_DIR")
+    from facerec.data.inputs import check_inputs_match
+    from facerec.io import read_parquet_metadata
+    from facerec.models.pretrained import resolve_checkpoint
+
+    checkpoints = {name: resolve_checkpoint(ckpt) for name, ckpt in checkpoints.items()}
+    crops_table = Path(crops_dir) / "crops.parquet"
     for name, ckpt in checkpoints.items():
-        read_checkpoint_metadata(ckpt)  # missing/damaged checkpoint fails before embedding
+        mmeta = read_checkpoint_metadata(ckpt)  # missing/damaged checkpoint fails before embedding
+        if crops_table.is_file():
+            check_inputs_match(mmeta, read_parquet_metadata(crops_table), str(crops_table), f"{name} ({ckpt})")
     out = Path(out_dir)
     if (out / MANIFEST).exists() and not overwrite:
         raise ConfigError("out_dir", str(out), "a folder without a gallery, or overwrite=True")
@@ -255,6 +263,7 @@ def build_gallery(
         "format": GALLERY_FORMAT,
         "version": version,
         "rows": int(len(table)),
+        "input_kind": str(meta.get("input_kind") or "haar_crop"),
         "crop_size": int(meta.get("crop_size", 218)),
         "margin": float(meta.get("margin", 0.2)),
         "data_version": meta.get("data_version"),
@@ -401,7 +410,7 @@ def add_to_gallery(
     gallery_dir: str | os.PathLike,
     embeddings: dict[str, np.ndarray],
     identities: list[int],
-    crops_jpeg: list[bytes],
+    crops_png: list[bytes],
     boxes: list[list[int]] | None = None,
     expected_model_ids: dict[str, str] | None = None,
 ) -> dict[str, Any]:
@@ -415,7 +424,7 @@ def add_to_gallery(
     from facerec.index import load_index
 
     gallery_dir = Path(gallery_dir)
-    n = len(crops_jpeg)
+    n = len(crops_png)
     if n == 0:
         raise ConfigError("images", 0, "at least one image")
     if len(identities) != n:
@@ -434,7 +443,7 @@ def add_to_gallery(
         start = len(table)
         version = int(manifest["version"]) + 1
         row_ids = np.arange(start, start + n, dtype=np.int64)
-        image_ids = [f"added_{int(r):08d}.jpg" for r in row_ids]
+        image_ids = [f"added_{int(r):08d}.png" for r in row_ids]
         models = {}
         for name, entry in manifest["models"].items():
             emb = np.asarray(embeddings[name], dtype=np.float32)
@@ -454,7 +463,7 @@ def add_to_gallery(
             _publish_index(gallery_dir, rel, index, all_emb,
                            {"model_id": entry["model_id"], "embedding_dim": int(entry["embedding_dim"]), "gallery_version": version})
             models[name] = {**entry, "path": rel}
-        for img, data in zip(image_ids, crops_jpeg):
+        for img, data in zip(image_ids, crops_png):
             atomic_write_bytes(gallery_dir / CROPS / img, data)
         new = pd.DataFrame({
             "row_id": row_ids,

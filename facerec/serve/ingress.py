@@ -125,10 +125,18 @@ class ModelInfo(BaseModel):
     backbone: str | None
     embedding_dim: int
     image_size: int
+    input_kind: str = "haar_crop"
     device: str
     index_kind: str
     max_batch_size: int
     batch_wait_timeout_s: float
+    weights: str | None = None
+    training_data: str | None = None
+    lfw_accuracy_pct: float | None = None
+    lfw_measured_on: str | None = None
+    untrained: bool = False
+    trained_by: str | None = None
+    input: str | None = None
 
 
 class ModelsResponse(BaseModel):
@@ -411,7 +419,7 @@ class Ingress:
 
     @app.get(
         "/v1/images/{image_id}",
-        responses={200: {"content": {"image/jpeg": {}}}, **_error_responses(400, 404)},
+        responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}, **_error_responses(400, 404)},
         response_class=Response,
         summary="The face crop of a gallery image (by its image_id from a search result)",
     )
@@ -421,7 +429,9 @@ class Ingress:
         data = await self._call(self.retriever.crop_bytes.remote(image_id), "retriever")
         if data is None:
             raise APIError(404, "not_found", f"no gallery image with id {image_id!r}")
-        return Response(content=data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
+        # Stored inputs are PNG (galleries built before input kinds hold JPEG): sniff the bytes.
+        media = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
+        return Response(content=data, media_type=media, headers={"Cache-Control": "public, max-age=3600"})
 
     def _authorize(self, request: Request) -> None:
         if self._token is None:
@@ -487,7 +497,7 @@ class Ingress:
             if bad is not None:
                 raise APIError(bad["status"], bad["code"], f"image {i}: {bad['message']} (nothing was added)")
         embeddings = {m: np.stack([res[j]["faces"][0]["embedding"] for res in per_image]) for j, m in enumerate(names)}
-        crops = [res[0]["crops_jpeg"][0] for res in per_image]
+        crops = [res[0]["crops_png"][0] for res in per_image]
         boxes = [res[0]["faces"][0]["box"] for res in per_image]
         out = await self._call(self.retriever.add.remote(embeddings, [identity] * len(images), crops, boxes), "retriever")
         if not out["ok"]:

@@ -2,9 +2,10 @@
 
 ``prepare_gallery`` is what ``pipelines/serve.py`` and ``benchmarks/bench_serve.py`` call. With no
 data it uses the embedded synthetic set (``facerec.data.synth.ensure_synthetic``); with no
-checkpoint it makes untrained ResNet-50 and MobileNet-V2 models (see
-:mod:`facerec.serve.defaults`). Results are cached under ``workdir`` by content (the source
-folder, the models' ids, the index kind) and reused.
+checkpoint it serves the pretrained face model ``dlib_resnet`` (:mod:`facerec.models.pretrained`).
+The photos are preprocessed into the served models' input kind. Results are cached under
+``workdir`` by content (the source folder, the input kind, the models' ids, the index kind) and
+reused.
 """
 
 from __future__ import annotations
@@ -16,18 +17,23 @@ from pathlib import Path
 
 from facerec.errors import ConfigError
 
-DEFAULT_BACKBONES = ("resnet50", "mobilenet_v2")
+DEFAULT_MODELS = ("dlib_resnet",)
+UNTRAINED_BACKBONES = ("resnet50", "mobilenet_v2")
 DEFAULT_WORKDIR = Path.home() / ".cache" / "facerec" / "serve"
 
 
 def parse_checkpoints(items: list[str]) -> dict[str, str]:
-    """``["NAME=DIR", "DIR", ...]`` -> {name: dir}; a bare DIR is named after its backbone."""
+    """``["NAME=DIR", "DIR", "dlib_resnet", ...]`` -> {name: dir}; a bare DIR is named after its
+    backbone, a bare pretrained model name (``facerec.models.pretrained.PRETRAINED``) after itself."""
     from facerec.models import read_checkpoint_metadata
+    from facerec.models.pretrained import PRETRAINED
 
     out: dict[str, str] = {}
     for item in items:
         name, sep, path = item.partition("=")
-        if not sep:
+        if not sep and item in PRETRAINED:
+            name, path = item, item
+        elif not sep:
             path, name = item, read_checkpoint_metadata(item)["backbone"]
         if not name or not path:
             raise ConfigError("--checkpoint", item, "NAME=CHECKPOINT_DIR (or just CHECKPOINT_DIR)")
@@ -38,8 +44,9 @@ def parse_checkpoints(items: list[str]) -> dict[str, str]:
 
 
 def ensure_crops(workdir: Path, crops: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
-                 preprocess_engine: str = "ray") -> Path:
-    """A preprocess output: ``crops`` as given, else ``data`` (default: the synthetic set) cropped once."""
+                 preprocess_engine: str = "ray", input_kind: str = "haar_crop") -> Path:
+    """A preprocess output: ``crops`` as given, else ``data`` (default: the synthetic set)
+    preprocessed once into ``input_kind`` inputs (cached by source folder and kind)."""
     from facerec.data.preprocess import PreprocessConfig, preprocess
 
     if crops:
@@ -50,17 +57,32 @@ def ensure_crops(workdir: Path, crops: str | os.PathLike | None = None, data: st
         from facerec.data.synth import ensure_synthetic
 
         source = Path(ensure_synthetic())
-    key = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:10]
+    config = PreprocessConfig(engine=preprocess_engine, input_kind=input_kind)
+    key = hashlib.sha256(f"{source.resolve()}|{config.fingerprint()}".encode()).hexdigest()[:10]
     out = Path(workdir) / f"crops-{source.name}-{key}"
     if not (out / "crops.parquet").is_file():
-        summary = preprocess(source, out, PreprocessConfig(engine=preprocess_engine))
+        summary = preprocess(source, out, config)
         print(f"preprocess: {summary.get('kept')} of {summary.get('listed')} images kept -> {out}")
     return out
 
 
-def default_checkpoints(workdir: Path, crops: Path, image_size: int = 128,
-                        backbones: tuple[str, ...] = DEFAULT_BACKBONES) -> dict[str, str]:
-    """Untrained models with recalibrated batch norms, one per backbone, cached."""
+def served_input_kind(checkpoints: dict[str, str]) -> str:
+    """The one input kind of the served models: a gallery stores one kind of input, and every
+    model searches it with queries made the same way."""
+    from facerec.data.inputs import kind_of
+    from facerec.models import read_checkpoint_metadata
+
+    kinds = {name: kind_of(read_checkpoint_metadata(path)).name for name, path in checkpoints.items()}
+    if len(set(kinds.values())) > 1:
+        raise ConfigError("--checkpoint", kinds, "models of one input kind in one gallery (serve the others from "
+                          "another gallery: `facerec serve --gallery OTHER ...`)")
+    return next(iter(kinds.values()))
+
+
+def untrained_checkpoints(workdir: Path, crops: Path, image_size: int = 128,
+                          backbones: tuple[str, ...] = UNTRAINED_BACKBONES) -> dict[str, str]:
+    """Untrained models with recalibrated batch norms, one per backbone, cached: demos of the
+    pipeline only (they do not recognise faces; serving them needs allow_untrained)."""
     from facerec.serve.defaults import make_default_checkpoint
 
     out = {}
@@ -85,19 +107,22 @@ def prepare_gallery(
     image_size: int = 128,
     rebuild: bool = False,
     preprocess_engine: str = "ray",
+    untrained: bool = False,
 ) -> tuple[Path, dict[str, str]]:
     """The gallery folder to serve and its checkpoints {name: folder}.
 
     An existing ``gallery`` is served as is (with the checkpoints it records, or the given ones
     if they are the ones it was built with); otherwise one is built from ``crops`` / ``data`` /
-    the synthetic set with ``checkpoints`` (default: untrained resnet50 + mobilenet_v2).
+    the synthetic set with ``checkpoints`` (default: the pretrained ``dlib_resnet``;
+    ``untrained=True``: untrained resnet50 + mobilenet_v2 at ``image_size``, a pipeline demo).
     """
     from facerec.models import read_checkpoint_metadata
+    from facerec.models.pretrained import resolve_checkpoint
     from facerec.serve.gallery import build_gallery, read_manifest
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    checkpoints = dict(checkpoints or {})
+    checkpoints = {n: resolve_checkpoint(p) for n, p in (checkpoints or {}).items()}
     target = Path(gallery) if gallery else None
     if target is not None and (target / "gallery.json").is_file() and not rebuild:
         manifest = read_manifest(target)
@@ -109,9 +134,12 @@ def prepare_gallery(
             return target, checkpoints
         if not (crops or data):
             raise ConfigError("checkpoints", stale, f"models indexed in {target}, or rebuild it with crops/data")
-    crops_dir = ensure_crops(workdir, crops, data, preprocess_engine)
+    if not checkpoints and not untrained:
+        checkpoints = {n: resolve_checkpoint(n) for n in DEFAULT_MODELS}
+    kind = served_input_kind(checkpoints) if checkpoints else "haar_crop"
+    crops_dir = ensure_crops(workdir, crops, data, preprocess_engine, input_kind=kind)
     if not checkpoints:
-        checkpoints = default_checkpoints(workdir, crops_dir, image_size)
+        checkpoints = untrained_checkpoints(workdir, crops_dir, image_size)
     if target is None:
         ids = "-".join(f"{n}:{read_checkpoint_metadata(p)['model_id']}" for n, p in sorted(checkpoints.items()))
         key = hashlib.sha256(f"{crops_dir.resolve()}|{ids}|{index_kind}".encode()).hexdigest()[:10]

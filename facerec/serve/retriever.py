@@ -70,10 +70,10 @@ class RetrieverCore:
         path = self.snapshot.crop_file(image_id)
         return path.read_bytes() if path is not None else None
 
-    def add(self, embeddings: dict[str, np.ndarray], identities: list[int], crops_jpeg: list[bytes],
+    def add(self, embeddings: dict[str, np.ndarray], identities: list[int], crops_png: list[bytes],
             boxes: list[list[int]] | None = None) -> dict[str, Any]:
         with self._lock:
-            out = add_to_gallery(self.gallery_dir, embeddings, identities, crops_jpeg, boxes, self.expected_model_ids)
+            out = add_to_gallery(self.gallery_dir, embeddings, identities, crops_png, boxes, self.expected_model_ids)
             self.snapshot = self._load()
             out["rows"] = self.snapshot.rows
             return out
@@ -117,13 +117,13 @@ class Retriever:
     async def reload(self, force: bool = False) -> dict[str, Any]:
         return await asyncio.to_thread(self.core.reload, force)
 
-    async def add(self, embeddings: dict[str, np.ndarray], identities: list[int], crops_jpeg: list[bytes],
+    async def add(self, embeddings: dict[str, np.ndarray], identities: list[int], crops_png: list[bytes],
                   boxes: list[list[int]] | None = None) -> dict[str, Any]:
         """{"ok": True, "version", "row_ids", "image_ids", "rows"} or, when the gallery cannot
         take these embeddings, {"ok": False, "message"} (a conflict for the caller, not a crash:
         an exception would reach the Ingress as an opaque RayTaskError)."""
         try:
-            out = await asyncio.to_thread(self.core.add, embeddings, identities, crops_jpeg, boxes)
+            out = await asyncio.to_thread(self.core.add, embeddings, identities, crops_png, boxes)
         except (ConfigError, ArtifactMismatchError) as exc:
             return {"ok": False, "message": str(exc)}
         return {"ok": True, **out}

@@ -16,17 +16,32 @@
       const info = await r.json();
       const sel = $("model");
       sel.innerHTML = "";
+      state.models = {};
       for (const m of info.models) {
+        state.models[m.name] = m;
         const o = document.createElement("option");
         o.value = m.name;
         o.textContent = `${m.name} (${m.backbone}, d=${m.embedding_dim}, ${m.index_kind})`;
         if (m.default) o.selected = true;
         sel.appendChild(o);
       }
+      showCard();
       $("gallery-info").textContent = `gallery: ${info.gallery_rows} faces (version ${info.gallery_version})`;
     } catch (e) {
       setStatus("Could not load the model list: " + e, true);
     }
+  }
+
+  // What the chosen model is: its weights, training data and measured LFW accuracy.
+  function showCard() {
+    const m = (state.models || {})[$("model").value];
+    const el = $("model-card");
+    if (!m || !el) return;
+    const lfw = m.lfw_accuracy_pct == null ? "LFW accuracy not measured yet"
+      : `LFW accuracy ${m.lfw_accuracy_pct.toFixed(2)} %` + (m.lfw_measured_on ? ` (${m.lfw_measured_on})` : "");
+    el.textContent = `Weights: ${m.weights || "?"}. Training data: ${m.training_data || "?"}. ${lfw}.` +
+      (m.untrained ? " Warning: this model was never trained on faces." : "");
+    el.classList.toggle("error", !!m.untrained);
   }
 
   function drawPreview() {
@@ -173,6 +188,6 @@
   $("camera-start").onclick = startCamera;
   $("camera-stop").onclick = stopCamera;
   $("camera-shoot").onclick = shoot;
-  $("model").onchange = () => setStatus("Model changed: upload again to search with it.");
+  $("model").onchange = () => { showCard(); setStatus("Model changed: upload again to search with it."); };
   loadModels();
 })();
