@@ -35,7 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--crops", help="preprocessed folder the models were trained on (default: the synthetic set)")
     ap.add_argument("--run", help="sweep run folder (RUN/<trial>/best, RUN/sweep_summary.csv)")
     ap.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
-                    help="explicit checkpoint folder instead of --run (repeatable; one per backbone)")
+                    help="explicit checkpoint folder (or a pretrained model name, e.g. dlib_resnet) instead of --run "
+                         "(repeatable; one per backbone)")
     ap.add_argument("--backbones", help="comma list (default: the backbones of the run/checkpoints)")
     ap.add_argument("--before-only", action="store_true", help="Table 3.1 only (initial weights)")
     ap.add_argument("--no-before", action="store_true", help="skip Table 3.1")
@@ -59,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     from facerec.eval.tables import TablesConfig, best_checkpoints, evaluate_tables
     from facerec.models import read_checkpoint_metadata
+    from facerec.models.pretrained import resolve_checkpoint
 
     args = parse_args(argv)
     if args.run and args.checkpoint:
@@ -81,6 +83,7 @@ def main(argv=None) -> int:
         if run:
             checkpoints = best_checkpoints(run, backbones)
         for item in args.checkpoint:
+            item = resolve_checkpoint(item)  # a pretrained model's name (dlib_resnet) works too
             b = read_checkpoint_metadata(item)["backbone"]
             if b in checkpoints:
                 raise ConfigError("--checkpoint", item, f"one checkpoint per backbone ({b} given twice)")

@@ -118,7 +118,10 @@ def resolve_split_args(metas: list[dict], split_args: dict | None) -> dict:
 
 
 def check_data_version(meta: dict, crops_meta: dict, what: str) -> None:
-    """A checkpoint evaluated on its held-out split must come from these crops."""
+    """A checkpoint evaluated on its held-out split must come from these crops (a pretrained
+    model never saw them: any split of them is held out from it)."""
+    if meta.get("pretrained"):
+        return
     want, have = meta.get("data_version"), crops_meta.get("data_version")
     if want is not None and have is not None and want != have:
         raise ArtifactMismatchError(
@@ -233,6 +236,9 @@ def build_gallery_index(config: GalleryBuildConfig) -> dict[str, Any]:
     cfg = config
     t0 = time.perf_counter()
     embed_cfg = EmbedConfig(batch_size=cfg.batch_size, num_actors=cfg.num_actors, use_gpu=cfg.use_gpu)
+    from facerec.models.pretrained import resolve_checkpoint
+
+    cfg.checkpoints = {name: resolve_checkpoint(path) for name, path in cfg.checkpoints.items()}
     ckpt_meta = {name: read_checkpoint_metadata(path) for name, path in cfg.checkpoints.items()}
     out = Path(cfg.out_dir)
     if (out / MANIFEST).exists() and not cfg.overwrite:

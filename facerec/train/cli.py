@@ -24,6 +24,18 @@ def _list(text: str | None, cast=str):
     return None if text is None else [cast(v) for v in text.split(",") if v.strip()]
 
 
+def sweep_input_kind(backbones: list[str]) -> str:
+    """The one input kind the sweep's backbones take (one crops folder feeds every trial)."""
+    from facerec.errors import ConfigError
+    from facerec.models import BACKBONES
+
+    kinds = {b: BACKBONES.get(b).input_kind for b in backbones}
+    if len(set(kinds.values())) > 1:
+        raise ConfigError("--backbones", ",".join(backbones),
+                          f"backbones of one input kind per sweep (they take {kinds}); run one sweep per kind")
+    return next(iter(kinds.values()))
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="smoke", choices=PRESETS.names())
@@ -39,6 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--image-size", type=int)
     ap.add_argument("--embedding-dim", type=int)
     ap.add_argument("--lr", type=float)
+    ap.add_argument("--loss-lr", type=float, help="learning rate of the loss's class centres (default: --lr)")
     ap.add_argument("--p", type=int, help="identities per P x K batch")
     ap.add_argument("--k", type=int, help="images per identity in a P x K batch")
     ap.add_argument("--steps-per-epoch", type=int)
@@ -70,10 +83,13 @@ def main(argv=None) -> int:
     out = args.out or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     from facerec.ray_utils import init_ray
 
+    backbones = _list(args.backbones) or PRESETS.get(args.preset)()["backbones"]
+    kind = sweep_input_kind(backbones)
     init_ray(args.address)  # before preprocessing, whose Ray Data pipeline would otherwise pick a Ray itself
-    data = resolve_data(args.data, args.crops)
+    data = resolve_data(args.data, args.crops, input_kind=kind)
     train_overrides = {
         "epochs": args.epochs, "image_size": args.image_size, "embedding_dim": args.embedding_dim, "lr": args.lr,
+        "loss_lr": args.loss_lr,
         "p": args.p, "k": args.k, "steps_per_epoch": args.steps_per_epoch, "sampling": args.sampling,
         "freeze": args.freeze, "weights": args.weights, "num_workers": args.num_workers,
         "cpus_per_worker": args.cpus_per_worker, "use_gpu": args.use_gpu, "max_failures": args.max_failures,

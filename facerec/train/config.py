@@ -63,6 +63,7 @@ class TrainConfig:
     image_size: int = 112
     epochs: int = 2
     lr: float = 1e-3
+    loss_lr: float | None = None       # learning rate of the loss's own weights (class centres); None: lr
     weight_decay: float = 0.0
     p: int = 8                         # identities per P x K batch
     k: int = 4                         # images per identity in a P x K batch
@@ -141,6 +142,9 @@ class TrainConfig:
         _check("k", self.k, _is_int(self.k) and self.k >= 2,
                "an integer >= 2 (images per identity per batch; losses need a positive pair)")
         _check("lr", self.lr, _is_num(self.lr) and 0 < self.lr <= 1, "a learning rate in (0, 1], e.g. 1e-3")
+        _check("loss_lr", self.loss_lr, self.loss_lr is None or (_is_num(self.loss_lr) and 0 < self.loss_lr <= 1),
+               "None (same as lr) or a learning rate in (0, 1]: fine-tuning a pretrained model wants fresh class "
+               "centres to learn faster than the backbone, e.g. lr=1e-4, loss_lr=1e-2")
         _check("weight_decay", self.weight_decay, _is_num(self.weight_decay) and self.weight_decay >= 0,
                "a number >= 0")
         for name in ("steps_per_epoch", "val_max_images", "patience", "kill_at_epoch"):

@@ -5,6 +5,7 @@ build the Ray Data datasets the workers read their shards from."""
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,11 +103,13 @@ def prepare_data(cfg: TrainConfig) -> TrainData:
     )
 
 
-def resolve_data(data: str | None, crops: str | None = None, progress: bool = True) -> Path:
+def resolve_data(data: str | None, crops: str | None = None, progress: bool = True,
+                 input_kind: str = "haar_crop") -> Path:
     """A preprocessed folder for ``--data``: used as is if it holds crops.parquet, otherwise a
     CelebA-layout photo folder preprocessed (``facerec.data.preprocess``) into ``crops``
     (default ``~/.cache/facerec/crops/<name>-<hash of its path>``; re-runs reuse it). No
-    ``data``: the embedded synthetic set (``facerec.data.synth.ensure_synthetic``)."""
+    ``data``: the embedded synthetic set (``facerec.data.synth.ensure_synthetic``). Photos are
+    preprocessed into ``input_kind`` inputs (the backbones' kind)."""
     from facerec.data.schema import CROPS_TABLE
 
     if data is None:
@@ -117,13 +120,16 @@ def resolve_data(data: str | None, crops: str | None = None, progress: bool = Tr
         source = Path(data)
         if (source / CROPS_TABLE).is_file():
             return source
-    key = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:8]
-    out = Path(crops) if crops else Path.home() / ".cache" / "facerec" / "crops" / f"{source.name}-{key}"
-    if not (out / CROPS_TABLE).is_file():
-        from facerec.data.preprocess import PreprocessConfig, preprocess
+    from facerec.data.preprocess import PreprocessConfig, preprocess
 
-        print(f"preprocessing {source} -> {out}", flush=True)
-        summary = preprocess(source, out, PreprocessConfig(), progress=progress)
+    config = PreprocessConfig(input_kind=input_kind)
+    # The same key as facerec.serve.local.ensure_crops: the same photos are preprocessed once per kind.
+    key = hashlib.sha256(f"{source.resolve()}|{config.fingerprint()}".encode()).hexdigest()[:10]
+    base = Path(os.environ.get("FACEREC_CACHE", Path.home() / ".cache" / "facerec"))
+    out = Path(crops) if crops else base / "crops" / f"{source.name}-{key}"
+    if not (out / CROPS_TABLE).is_file():
+        print(f"preprocessing {source} -> {out} ({input_kind})", flush=True)
+        summary = preprocess(source, out, config, progress=progress)
         print(f"preprocess: kept {summary['kept']} of {summary['listed']} images, "
               f"{summary['identities']} identities, {summary['seconds']} s", flush=True)
     return out

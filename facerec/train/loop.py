@@ -30,6 +30,20 @@ from facerec.train.config import TrainConfig
 
 STATE_FILE = "train_state.pt"
 HISTORY_FILE = "history.json"
+# Root-mean-square distance of unit-norm validation embeddings to their centroid below which a
+# model is collapsed: every face maps to (almost) one point. A working model spreads faces over
+# the sphere (values near 1); the smoke sweep's collapsed SphereFace trial served distances of
+# 2e-8 between all faces, and its tied distances made leave-one-out precision look good.
+COLLAPSE_SPREAD = 0.05
+
+
+def embedding_spread(embeddings: np.ndarray) -> float:
+    """RMS distance of the L2-normalised ``embeddings`` to their centroid (0 = collapsed)."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    if len(x) < 2:
+        return float("nan")
+    x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
+    return float(np.sqrt(((x - x.mean(0)) ** 2).sum(1).mean()))
 
 
 class TrainModule(nn.Module):
@@ -223,8 +237,12 @@ def train_loop_per_worker(config: dict) -> None:
     stopped = bool(state.get("stopped", False))
 
     module = ray.train.torch.prepare_model(module)
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    inner_module = _unwrap(module)
+    groups = [{"params": [p for p in inner_module.embedder.parameters() if p.requires_grad], "lr": cfg.lr}]
+    loss_params = [p for p in inner_module.loss.parameters() if p.requires_grad]
+    if loss_params:
+        groups.append({"params": loss_params, "lr": cfg.loss_lr or cfg.lr})
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
     kind = input_kind(embedder.metadata["input_kind"])
@@ -261,14 +279,21 @@ def train_loop_per_worker(config: dict) -> None:
         order = np.concatenate([g[0] for g in gathered])
         all_emb = np.concatenate([g[1] for g in gathered])[np.argsort(order)]
         scores = leave_one_out_metrics(all_emb, val_rows["identity"].to_numpy())
+        spread = embedding_spread(all_emb)
+        collapsed = bool(np.isfinite(spread) and spread < COLLAPSE_SPREAD)
         val_seconds = time.perf_counter() - t_val
 
         score = scores["map_at_r"] if cfg.score_attribute == "val_map_at_r" else scores["precision_at_1"]
+        if collapsed:
+            # Tied distances rank neighbours by row order (sorted by identity), so a collapsed
+            # model's scores are meaningless: never let it become the best checkpoint.
+            scores = {"precision_at_1": float("nan"), "map_at_r": float("nan")}
+            score = float("nan")
         if np.isfinite(score) and score > best_score:
             best_score, bad_epochs = float(score), 0
         else:
             bad_epochs += 1
-        stopped = cfg.patience is not None and bad_epochs >= cfg.patience
+        stopped = collapsed or (cfg.patience is not None and bad_epochs >= cfg.patience)
         metrics = {
             "epoch": epoch + 1,
             "loss": mean_loss,
@@ -279,6 +304,8 @@ def train_loop_per_worker(config: dict) -> None:
             "val_precision_at_1": scores["precision_at_1"],
             "val_map_at_r": scores["map_at_r"],
             "val_seconds": val_seconds,
+            "val_embedding_spread": spread,
+            "collapsed": collapsed,
             "best_score": best_score,
             "early_stopped": stopped,
             "resumed_from_epoch": start_epoch,

@@ -8,6 +8,10 @@ fields plus ``train`` (a dict of :class:`TrainConfig` fields); command-line flag
   policy (needs the ImageNet weights in the torch hub cache or ``--weights``).
 - ``cpu``: ResNet-18 and MobileNet-V2, all six losses, 112 px, a fixed number of epochs: the
   CPU-sized sweep on real data.
+- ``face``: the pretrained face model ``dlib_resnet`` fine-tuned with all six losses on aligned
+  chips, lower blocks frozen (the study's policy), a small learning rate for the pretrained
+  weights and a larger one for the losses' fresh class centres; CPU-sized.
+- ``face-gpu``: the same on a GPU: more epochs and steps, larger batches, every layer trains.
 """
 
 from __future__ import annotations
@@ -72,3 +76,22 @@ def build_sweep(preset: str, data_dir: str, out_dir: str, train_overrides: dict[
         raise ConfigError("sweep", unknown, f"SweepConfig fields among {sorted(known)}")
     train = TrainConfig(data_dir=str(data_dir), **train_fields)
     return SweepConfig(train=train, out_dir=str(out_dir), **spec)
+
+
+def _face_train(**changes) -> dict[str, Any]:
+    base = {"image_size": 150, "embedding_dim": 128, "epochs": 3, "steps_per_epoch": 30, "p": 8, "k": 4,
+            "lr": 1e-4, "loss_lr": 1e-2, "freeze": "seed", "val_max_images": 400, "max_failures": 1,
+            "score_attribute": "val_map_at_r"}
+    return {**base, **changes}
+
+
+@PRESETS.register("face")
+def face() -> dict[str, Any]:
+    return {"losses": list(ALL_LOSSES), "backbones": ["dlib_resnet"], "train": _face_train()}
+
+
+@PRESETS.register("face-gpu")
+def face_gpu() -> dict[str, Any]:
+    return {"losses": list(ALL_LOSSES), "backbones": ["dlib_resnet"],
+            "train": _face_train(epochs=10, steps_per_epoch=None, p=16, k=4, freeze="none", lr=5e-5,
+                                 val_max_images=None, use_gpu=True, cpus_per_worker=4)}

@@ -174,7 +174,16 @@ def export_result(result, cfg: TrainConfig, trial_dir: str | os.PathLike, trial_
             _copy_checkpoint_atomically(Path(d), trial_dir / BEST_DIR)
             best_epoch = json.loads((Path(d) / "model.json").read_text())["epoch"]
     atomic_write_json(trial_dir / HISTORY_FILE, history)
-    row = summarize(trial_name, cfg, history, best_epoch, counts=counts)
+    collapsed = next((h for h in history if h.get("collapsed")), None)
+    if collapsed is not None:
+        from facerec.train.loop import COLLAPSE_SPREAD
+
+        row = summarize(trial_name, cfg, history, best_epoch, counts=counts, status="failed",
+                        error=f"collapsed: validation embeddings spread {collapsed['val_embedding_spread']:.2g} "
+                              f"< {COLLAPSE_SPREAD} at epoch {collapsed['epoch']} (every face maps to nearly one point); "
+                              f"lower the learning rate or change the loss parameters")
+    else:
+        row = summarize(trial_name, cfg, history, best_epoch, counts=counts)
     atomic_write_json(trial_dir / "result.json", {**row, "config": cfg.to_dict(), "ray_run_path": result.path})
     return row
 
