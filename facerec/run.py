@@ -1,8 +1,9 @@
 """``facerec run``: the main job end to end, each stage through the same front end a user
 calls, each reading the folder the previous one wrote.
 
-synthetic photos (or --data) -> preprocess -> train-sweep (smoke preset) -> build-index (best
-checkpoint per backbone, test identities) -> evaluate (tables 3.1/3.2 + grids).
+synthetic photos (or --data) -> preprocess (into the preset's input kind) -> train-sweep
+(default preset face-smoke: the pretrained face model dlib_resnet fine-tuned with the six losses)
+-> build-index (best checkpoint per backbone, test identities) -> evaluate (tables 3.1/3.2 + grids).
 """
 
 from __future__ import annotations
@@ -27,19 +28,24 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="CelebA-layout photo folder (default: the embedded synthetic dataset)")
     ap.add_argument("--work", default="out/run", help="folder for crops, gallery and results (default out/run)")
-    ap.add_argument("--preset", default="smoke", help="training preset (default smoke: minutes on 2 CPUs)")
+    ap.add_argument("--preset", default="face-smoke",
+                    help="training preset (default face-smoke: dlib_resnet, minutes on 2 CPUs)")
     args = ap.parse_args(argv)
 
     from facerec.data.cli import preprocess_main
     from facerec.eval.build_index_cli import main as build_index_main
     from facerec.eval.evaluate_cli import main as evaluate_main
-    from facerec.train.cli import main as train_main
+    from facerec.train.cli import main as train_main, sweep_input_kind
+    from facerec.train.presets import PRESETS
     from facerec.train.report import read_trials
+
+    kind = sweep_input_kind(PRESETS.get(args.preset)()["backbones"])  # an unknown preset fails here, first
 
     work = Path(args.work)
     crops, run, gallery, results = work / "crops", work / f"sweep-{args.preset}", work / "gallery", work / "results"
     t0 = time.perf_counter()
-    _stage("preprocess", preprocess_main, (["--data", args.data] if args.data else []) + ["--out", str(crops)])
+    _stage("preprocess", preprocess_main, (["--data", args.data] if args.data else [])
+           + ["--input-kind", kind, "--out", str(crops)])
     _stage("train-sweep", train_main, ["--preset", args.preset, "--data", str(crops), "--out", str(run)])
     from facerec.eval.tables import best_checkpoints
 

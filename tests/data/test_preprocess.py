@@ -220,7 +220,7 @@ def test_crops_table_and_files(dataset, local_run):
     assert (kept["partition"] == kept["image_id"].map(dataset["partition"])).all()
     for _, row in kept.iterrows():
         np.testing.assert_array_equal(row[list(ATTRIBUTE_NAMES)].to_numpy(dtype=int), _attrs(row["image_id"]))
-        assert row["crop_path"] == f"crops/{row['image_id']}"
+        assert row["crop_path"] == f"crops/{row['image_id']}.png"
         crop = read_image(out / row["crop_path"])
         assert crop.shape == (218, 218, 3)
         with Image.open(dataset["root"] / "img_celeba" / row["image_id"]) as src:
@@ -345,7 +345,7 @@ def test_ray_engine_gives_the_same_result(dataset, local_run, ray_cluster, tmp_p
     "field, value",
     [("crop_size", 8), ("margin", -0.1), ("margin", 3.0), ("scale_factor", 1.0), ("min_neighbors", -1),
      ("min_face", 0), ("detect_max_side", 10), ("max_pixels", 100), ("min_images_per_identity", 0),
-     ("batch_size", 0), ("num_workers", 0), ("jpeg_quality", 101), ("engine", "spark")],
+     ("batch_size", 0), ("num_workers", 0), ("several_faces", "all"), ("engine", "spark")],
 )
 def test_config_validation(field, value):
     with pytest.raises(ConfigError, match=rf"^{field}={value!r} is invalid: expected ") as info:
@@ -358,7 +358,18 @@ def test_fingerprint_covers_crop_settings_only():
     assert PreprocessConfig(batch_size=3, engine="local", num_workers=1).fingerprint() == base.fingerprint()
     assert PreprocessConfig(crop_size=64).fingerprint() != base.fingerprint()
     assert PreprocessConfig(margin=0.3).fingerprint() != base.fingerprint()
-    assert PreprocessConfig(jpeg_quality=80).fingerprint() != base.fingerprint()
+    assert PreprocessConfig(several_faces="largest").fingerprint() != base.fingerprint()
+    assert PreprocessConfig(input_kind="aligned_chip_5pt").fingerprint() != base.fingerprint()
+
+
+def test_input_kind_decides_the_size_and_refuses_another():
+    assert PreprocessConfig().crop_size == 218
+    assert PreprocessConfig(input_kind="aligned_chip_5pt").crop_size == 150
+    with pytest.raises(ConfigError, match=r"^crop_size=160 is invalid: expected 150: input kind aligned_chip_5pt is "
+                                          r"dlib's 5-point aligned face chip"):
+        PreprocessConfig(input_kind="aligned_chip_5pt", crop_size=160)
+    with pytest.raises(ConfigError, match=r"^input_kind='mtcnn' is invalid: expected one of \['aligned_chip_5pt', 'haar_crop'\]"):
+        PreprocessConfig(input_kind="mtcnn")
 
 
 def test_missing_data_folder_is_refused_before_any_work(tmp_path):

@@ -103,7 +103,8 @@ def test_output_is_unit_norm_with_requested_dimension():
         out = model(torch.randn(3, 3, 64, 64))
     assert out.shape == (3, 24)
     torch.testing.assert_close(out.norm(dim=1), torch.ones(3))
-    assert model.metadata == {"backbone": "mobilenet_v3_small", "embedding_dim": 24, "freeze": "seed", "init": "random"}
+    assert model.metadata == {"backbone": "mobilenet_v3_small", "embedding_dim": 24, "freeze": "seed", "init": "random",
+                              "input_kind": "haar_crop"}
     # head structure is the spec's: pool -> flatten -> Linear(C,d) -> ReLU -> Linear(d,d)
     assert (model.head.fc1.in_features, model.head.fc1.out_features) == (576, 24)
     assert (model.head.fc2.in_features, model.head.fc2.out_features) == (24, 24)

@@ -110,7 +110,7 @@ def test_sweep_grid_and_presets(tiny_crops, tmp_path):
     cpu = build_sweep("cpu", str(tiny_crops), str(tmp_path), {"epochs": 2, "image_size": 96})
     assert len(cpu.trial_configs()) == 12
     assert {(c.epochs, c.image_size) for _, c in cpu.trial_configs()} == {(2, 96)}
-    with pytest.raises(ConfigError, match=r"preset='huge' is invalid: expected one of \['cpu', 'seed', 'smoke'\]"):
+    with pytest.raises(ConfigError, match=r"preset='huge' is invalid: expected one of \['cpu', 'face', 'face-gpu', 'face-smoke', 'seed', 'smoke'\]"):
         build_sweep("huge", str(tiny_crops), str(tmp_path))
 
 

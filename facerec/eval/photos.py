@@ -1,0 +1,129 @@
+"""Photos straight to embeddings on a Ray Data actor pool: decode -> Haar -> the model's input
+(crop, or 5 landmarks + aligned chip) -> forward, fused in one callable class per actor.
+
+This is the path of ``bench_pipeline.py`` and of :func:`embed_photos`: nothing is written between
+the steps, and each actor runs every step of its batch, so the two CPUs of a small machine are
+both busy with whatever step is slow (the Haar scan) instead of one stage waiting on another.
+The steps are the ones every stage uses (:class:`facerec.data.haar.HaarDetector`,
+:meth:`facerec.data.inputs.InputKind.faces_many`, :meth:`~facerec.data.inputs.InputKind.tensor`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from facerec.errors import ConfigError, ImageDecodeError
+
+
+class PhotoSteps:
+    """The per-photo steps with one model and one detector: usable in-process (the benchmark's
+    single-process loop) and as the body of :class:`EmbedPhotosBatch`."""
+
+    def __init__(self, checkpoint: str, torch_threads: int | None = None, opencv_threads: int | None = None,
+                 several_faces: str = "largest"):
+        import cv2
+        import torch
+
+        from facerec.data.haar import HaarDetector
+        from facerec.data.inputs import kind_of
+        from facerec.models import load_embedder
+        from facerec.models.pretrained import resolve_checkpoint
+
+        if torch_threads:
+            torch.set_num_threads(int(torch_threads))
+        if opencv_threads:
+            cv2.setNumThreads(int(opencv_threads))
+        self.model, self.meta = load_embedder(resolve_checkpoint(checkpoint))
+        self.kind = kind_of(self.meta)
+        self.size = int(self.meta.get("image_size") or self.kind.default_size)
+        self.detector = HaarDetector()
+        self.several_faces = several_faces
+
+    def detect(self, path: str) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+        from facerec.data.images import read_image
+
+        try:
+            rgb = read_image(path)
+        except ImageDecodeError as exc:
+            return None, None, exc.reason
+        det = self.detector.detect(rgb)
+        if det.reason == "no_face" or (det.reason == "several_faces" and self.several_faces == "drop"):
+            return None, None, det.reason
+        boxes = det.boxes[np.argsort(-(det.boxes[:, 2] * det.boxes[:, 3]), kind="stable")]
+        return rgb, boxes[0], "ok"
+
+    def embed(self, paths: list[str]) -> tuple[np.ndarray, list[str]]:
+        """(n, d) embeddings (NaN rows for photos without a usable face) and each photo's status."""
+        import torch
+
+        found = [self.detect(p) for p in paths]
+        keep = [i for i, (rgb, _, _) in enumerate(found) if rgb is not None]
+        inputs = self.kind.faces_many([found[i][0] for i in keep], [found[i][1] for i in keep], self.size)
+        out = np.full((len(paths), int(self.meta["embedding_dim"])), np.nan, dtype=np.float32)
+        if keep:
+            x = torch.stack([self.kind.tensor(f, self.size) for f in inputs])
+            with torch.inference_mode():
+                out[keep] = self.model(x).float().numpy()
+        return out, [s for _, _, s in found]
+
+
+class EmbedPhotosBatch:
+    """Callable class for ``map_batches``: one :class:`PhotoSteps` per actor."""
+
+    def __init__(self, checkpoint: str, torch_threads: int, several_faces: str):
+        # One actor per core is the parallelism: each step runs single-threaded inside it.
+        self.steps = PhotoSteps(checkpoint, torch_threads=torch_threads, opencv_threads=1, several_faces=several_faces)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        emb, status = self.steps.embed([str(p) for p in batch["path"]])
+        return {"row": np.asarray(batch["row"], dtype=np.int64), "embedding": emb, "status": np.asarray(status)}
+
+
+def embed_photos(paths: list[str | os.PathLike], checkpoint: str, batch_size: int = 16, num_actors: int | None = None,
+                 several_faces: str = "largest", progress: bool = True) -> tuple[np.ndarray, pd.DataFrame, dict[str, Any]]:
+    """Embed the largest face of every photo with ``checkpoint`` (a folder or a pretrained name).
+
+    Returns ``(embeddings (n, d) with NaN rows where no face was usable, a frame of path and
+    status per photo, stats)``, in input order."""
+    import ray
+
+    from facerec.models import read_checkpoint_metadata
+    from facerec.models.pretrained import resolve_checkpoint
+    from facerec.ray_utils import cluster_cpus, init_ray
+
+    if several_faces not in ("largest", "drop"):
+        raise ConfigError("several_faces", several_faces, "'largest' or 'drop'")
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise ConfigError("paths", "[]", "at least one photo")
+    checkpoint = resolve_checkpoint(checkpoint)
+    dim = int(read_checkpoint_metadata(checkpoint)["embedding_dim"])  # a bad checkpoint fails before Ray
+    init_ray()
+    actors = num_actors or cluster_cpus()
+    t0 = time.perf_counter()
+    blocks = -(-len(paths) // batch_size)
+    ds = ray.data.from_items([{"row": i, "path": p} for i, p in enumerate(paths)], override_num_blocks=blocks)
+    ds = ds.map_batches(EmbedPhotosBatch, fn_constructor_kwargs={"checkpoint": checkpoint, "torch_threads": 1,
+                                                                 "several_faces": several_faces},
+                        batch_size=batch_size, batch_format="numpy", num_cpus=1,
+                        compute=ray.data.ActorPoolStrategy(size=min(actors, blocks)))
+    ctx = ray.data.DataContext.get_current()
+    bars, ctx.enable_progress_bars = ctx.enable_progress_bars, ctx.enable_progress_bars and progress
+    out = np.full((len(paths), dim), np.nan, dtype=np.float32)
+    status = np.empty(len(paths), dtype=object)
+    try:
+        for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            rows = np.asarray(b["row"], dtype=np.int64)
+            out[rows] = b["embedding"]
+            status[rows] = b["status"]
+    finally:
+        ctx.enable_progress_bars = bars
+    seconds = time.perf_counter() - t0
+    frame = pd.DataFrame({"path": paths, "status": status})
+    return out, frame, {"seconds": seconds, "photos": len(paths), "actors": min(actors, blocks),
+                        "photos_per_second": len(paths) / seconds}
