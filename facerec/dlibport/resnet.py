@@ -29,6 +29,7 @@ layer, then the stem con), then every other layer's details from the bottom up.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -419,8 +420,10 @@ def cache_dir() -> Path:
     return (Path(base).expanduser() if base else Path.home() / ".cache" / "facerec") / "dlib"
 
 
+@functools.lru_cache(maxsize=1)
 def _expected_shapes() -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in DlibResNet().state_dict().items()}
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in DlibResNet().state_dict().items()}
 
 
 def _read_cache(path: Path, digest: str) -> dict[str, torch.Tensor] | None:

@@ -503,6 +503,10 @@ class ShapePredictor:
             sf = sf + (d[k, 0] * d[k, 0] + d[k, 1] * d[k, 1])
         self._from_d = d
         self._sigma_from = sf / len(fr)
+        self._flat_splits = [(m.split_idx[k, :, :, 0].astype(np.int64).reshape(-1),
+                              m.split_idx[k, :, :, 1].astype(np.int64).reshape(-1),
+                              m.split_thresh[k].reshape(-1)) for k in range(c)]
+        self._flat_leaves = [m.leaves[k].reshape(-1, m.leaves.shape[-1]) for k in range(c)]
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> "ShapePredictor":
@@ -589,10 +593,13 @@ class ShapePredictor:
         um, ub = unnormalizing_tform(rects)  # (n,2,2), (n,2) float64
         m = self.model
         cur = np.broadcast_to(m.initial_shape, (n, p2)).copy()
-        n_trees = m.split_idx.shape[1]
-        tree_ar = np.arange(n_trees)[None, :]
-        rows = np.arange(n)[:, None]
-        for c in range(m.split_idx.shape[0]):
+        n_casc, n_trees, n_splits, _ = m.split_idx.shape
+        n_feat = m.anchor_idx.shape[1]
+        # flat tables: node k of tree t is row t*S + k; leaf j of tree t is row t*(S+1) + j
+        split_base = (np.arange(n_trees, dtype=np.int64) * n_splits)[:, None]       # (T, 1)
+        leaf_base = (np.arange(n_trees, dtype=np.int64) * (n_splits + 1))[:, None]  # (T, 1)
+        face_base = (np.arange(n, dtype=np.int64) * n_feat)[None, :]                # (1, n)
+        for c in range(n_casc):
             tf = self._similarity_m(cur)  # (n,2,2) float32
             anchors = m.anchor_idx[c]
             dx, dy = m.deltas[c][:, 0], m.deltas[c][:, 1]
@@ -605,20 +612,17 @@ class ShapePredictor:
             X = _round_half_up((um[:, 0, 0, None] * x64 + um[:, 0, 1, None] * y64) + ub[:, 0, None]).astype(np.int64)
             Y = _round_half_up((um[:, 1, 0, None] * x64 + um[:, 1, 1, None] * y64) + ub[:, 1, None]).astype(np.int64)
             inside = (X >= 0) & (Y >= 0) & (X < ww) & (Y < hh)
-            idx = np.where(inside, off + Y * ww + X, zero_at)
-            fp = flat[idx]  # (n, F) float32
-            # all trees, level by level
-            node = np.zeros((n, n_trees), np.int64)
-            si, st = m.split_idx[c], m.split_thresh[c]
+            fp = flat.take(np.where(inside, off + Y * ww + X, zero_at)).reshape(-1)  # (n*F,) float32
+            # all trees of all faces, level by level; node (T, n)
+            i1, i2, th = self._flat_splits[c]
+            node = np.zeros((n_trees, n), np.int64)
             for _ in range(self.depth):
-                i1 = si[tree_ar, node, 0]
-                i2 = si[tree_ar, node, 1]
-                go_left = (fp[rows, i1] - fp[rows, i2]) > st[tree_ar, node]
-                node = 2 * node + np.where(go_left, 1, 2)
-            leaf = node - si.shape[1]
-            vals = m.leaves[c][tree_ar, leaf]  # (n, T, 2p)
-            vals = np.concatenate([cur[:, None, :], vals], axis=1)
-            cur = np.add.accumulate(vals, axis=1, dtype=np.float32)[:, -1]
+                k = split_base + node
+                go_left = (fp.take(face_base + i1.take(k)) - fp.take(face_base + i2.take(k))) > th.take(k)
+                node = 2 * node + 2 - go_left
+            vals = self._flat_leaves[c].take(leaf_base + node - n_splits, axis=0)  # (T, n, 2p)
+            vals = np.concatenate([cur[None], vals], axis=0)
+            cur = np.add.accumulate(vals, axis=0, dtype=np.float32)[-1]  # tree by tree, in order
         pts = cur.reshape(n, -1, 2).astype(np.float64)
         X = _round_half_up((um[:, 0, 0, None] * pts[..., 0] + um[:, 0, 1, None] * pts[..., 1]) + ub[:, 0, None])
         Y = _round_half_up((um[:, 1, 0, None] * pts[..., 0] + um[:, 1, 1, None] * pts[..., 1]) + ub[:, 1, None])
