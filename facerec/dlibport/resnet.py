@@ -62,6 +62,8 @@ LOWER_STAGES = ("stem", "layer1", "layer2", "layer3")
 """The "lower blocks" (150x150 input down to 8x8 maps, up to 128 filters): 1.15 M of the 5.61 M
 parameters. A partial fine-tune freezes these and trains ``layer4``, ``layer5`` (the 256-filter
 stages, 4x4 and 2x2 maps; 4.43 M) and ``fc`` (0.03 M)."""
+TOP_MODULES = tuple(s for s in STAGES if s not in LOWER_STAGES)
+"""What a partial fine-tune trains: ``("layer4", "layer5", "fc")``."""
 DLIB_NAMES = {s[0]: s[4] for s in _STAGE_SPEC}
 
 
@@ -132,11 +134,13 @@ class DlibResNet(nn.Module):
     [0, 255] (float32, not normalised) to N x 128 descriptors as dlib computes them.
 
     Top-level modules, input to output: :data:`STAGES` (``stem``, ``layer1`` .. ``layer5``,
-    ``fc``); :data:`LOWER_STAGES` are the ones a partial fine-tune freezes. The input means are
+    ``fc``); :data:`LOWER_STAGES` are the ones a partial fine-tune freezes, :data:`TOP_MODULES`
+    the ones it trains. The input means are
     the buffer ``input_mean`` (R, G, B), loaded from the file."""
 
     stages = STAGES
     lower_stages = LOWER_STAGES
+    TOP_MODULES = TOP_MODULES
 
     def __init__(self):
         super().__init__()
@@ -467,5 +471,5 @@ def build_dlib_resnet(path: str | os.PathLike | None = None) -> DlibResNet:
 
 
 __all__ = [
-    "DLIB_NAMES", "EMBEDDING_DIM", "INPUT_SIZE", "LOWER_STAGES", "STAGES", "Affine", "DlibResNet", "add_zero_padded", "build_dlib_resnet", "cache_dir", "load_dlib_resnet_state", "read_resnet_dat",
+    "DLIB_NAMES", "EMBEDDING_DIM", "INPUT_SIZE", "LOWER_STAGES", "STAGES", "TOP_MODULES", "Affine", "DlibResNet", "add_zero_padded", "build_dlib_resnet", "cache_dir", "load_dlib_resnet_state", "read_resnet_dat",
 ]

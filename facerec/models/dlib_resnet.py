@@ -9,7 +9,8 @@ embedding, L2-normalised like every facerec embedding (FaceNet's convention; dli
 Euclidean threshold applies to the raw descriptors, whose norms are 1.3-1.6).
 
 Freezing (``freeze="seed"``, the study's "lower blocks frozen"): the stem and the 32-, 64- and
-128-filter stages stay fixed; the 256-filter stage and the final fc train.
+128-filter stages stay fixed; the two 256-filter stages (``layer4``, ``layer5``) and the final
+fc train.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from facerec.dlibport.resnet import (
     LOWER_STAGES,
     MEAN_KEY,
     STAGES,
+    TOP_MODULES,
     DlibResNet,
     add_zero_padded,
     build_dlib_resnet,
@@ -161,6 +162,8 @@ def test_means_and_shapes(model):
 def test_stage_names_cover_every_parameter():
     m = DlibResNet()
     assert m.stages == STAGES and set(LOWER_STAGES) < set(STAGES)
+    assert DlibResNet.TOP_MODULES == TOP_MODULES == ("layer4", "layer5", "fc")
+    assert set(LOWER_STAGES) | set(TOP_MODULES) == set(STAGES)
     assert list(m.stage_modules()) == list(STAGES)
     tops = {name.split(".")[0] for name, _ in m.named_parameters()}
     assert tops == set(STAGES)
