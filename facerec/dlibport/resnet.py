@@ -418,12 +418,6 @@ def read_resnet_dat(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 _CACHE_FORMAT = 1
 
 
-def cache_dir() -> Path:
-    """``$FACEREC_CACHE`` (or ``~/.cache/facerec``) ``/dlib``."""
-    base = os.environ.get("FACEREC_CACHE")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "facerec") / "dlib"
-
-
 @functools.lru_cache(maxsize=1)
 def _expected_shapes() -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
@@ -449,7 +443,7 @@ def load_dlib_resnet_state(path: str | os.PathLike | None = None) -> dict[str, t
     only costs a re-parse next time."""
     src = files.locate(files.RESNET, path)
     digest = files.file_sha256(src)
-    cached = cache_dir() / f"{digest}.pt"
+    cached = files.cache_dir() / f"{digest}.pt"
     if cached.is_file():
         state = _read_cache(cached, digest)
         if state is not None:
@@ -471,5 +465,5 @@ def build_dlib_resnet(path: str | os.PathLike | None = None) -> DlibResNet:
 
 
 __all__ = [
-    "DLIB_NAMES", "EMBEDDING_DIM", "INPUT_SIZE", "LOWER_STAGES", "STAGES", "TOP_MODULES", "Affine", "DlibResNet", "add_zero_padded", "build_dlib_resnet", "cache_dir", "load_dlib_resnet_state", "read_resnet_dat",
+    "DLIB_NAMES", "EMBEDDING_DIM", "INPUT_SIZE", "LOWER_STAGES", "STAGES", "TOP_MODULES", "Affine", "DlibResNet", "add_zero_padded", "build_dlib_resnet", "load_dlib_resnet_state", "read_resnet_dat",
 ]

@@ -350,12 +350,6 @@ def grey_intensity(image: np.ndarray) -> np.ndarray:
 _CACHE_FORMAT = 1
 
 
-def cache_dir() -> Path:
-    """``$FACEREC_CACHE`` (or ``~/.cache/facerec``) ``/dlib`` (as :mod:`facerec.dlibport.resnet`)."""
-    base = os.environ.get("FACEREC_CACHE")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "facerec") / "dlib"
-
-
 def _read_matrix_col(r: DlibReader, what: str, size: int | None = None) -> np.ndarray:
     """A ``dlib::matrix<float,0,1>``: rows and columns (negated in dlib's current format), then
     the values row by row."""
@@ -515,7 +509,7 @@ class ShapePredictor:
         and cached as ``cache_dir()/<sha256>.npz``."""
         src = files.locate(files.SHAPE_5, path)
         digest = files.file_sha256(src)
-        cached = cache_dir() / f"{digest}.npz"
+        cached = files.cache_dir() / f"{digest}.npz"
         arrays = _read_cache(cached, digest) if cached.is_file() else None
         if arrays is None:
             arrays = read_shape_predictor_dat(src)
@@ -635,6 +629,6 @@ class ShapePredictor:
 
 
 __all__ = [
-    "ShapePredictor", "affine_from_pinv", "cache_dir", "dlib_pinv", "dlib_svd", "find_similarity_transform",
+    "ShapePredictor", "affine_from_pinv", "dlib_pinv", "dlib_svd", "find_similarity_transform",
     "grey_intensity", "read_shape_predictor_dat", "rect_from_xywh", "unnormalizing_tform",
 ]

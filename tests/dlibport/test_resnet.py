@@ -26,7 +26,6 @@ from facerec.dlibport.resnet import (
     DlibResNet,
     add_zero_padded,
     build_dlib_resnet,
-    cache_dir,
     load_dlib_resnet_state,
     read_resnet_dat,
 )
@@ -254,7 +253,7 @@ def test_wrong_sha256_is_refused_before_parsing(model_path, tmp_path):
 
 def test_cache_written_reused_and_rebuilt(model_path, tmp_path, monkeypatch):
     monkeypatch.setenv("FACEREC_CACHE", str(tmp_path / "cache"))
-    cached = cache_dir() / f"{files.RESNET.sha256}.pt"
+    cached = files.cache_dir() / f"{files.RESNET.sha256}.pt"
     assert cached.parent == tmp_path / "cache" / "dlib"
     first = load_dlib_resnet_state(model_path)
     assert cached.is_file()
