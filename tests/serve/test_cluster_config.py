@@ -29,7 +29,8 @@ def test_configs_valid_and_consistent():
     plain, v2, service = _apps()
     a, b = ServeConfig.from_dict(plain["args"]), ServeConfig.from_dict(v2["args"])
     assert a.to_dict() == b.to_dict()
-    assert {m.name for m in a.models} == {"resnet50", "mobilenet_v2"}  # both models of the original demo
+    assert {m.name for m in a.models} == {"dlib_resnet", "dlib_resnet_tuned"}  # pretrained + fine-tuned face model
+    assert a.model("dlib_resnet").checkpoint == "dlib_resnet" and not a.allow_untrained
     assert a.gallery_token is None and a.gallery_token_env == "FACEREC_GALLERY_TOKEN"  # no secret in the file
     for pod in [service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]] + [
             g["template"]["spec"] for g in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]]:
@@ -57,7 +58,8 @@ def test_import_path_is_the_builder(serve_artifacts):
         builder(plain["args"])
     # with this machine's paths it returns the bound application
     args = {**plain["args"], "gallery_dir": str(serve_artifacts["gallery"]), "default_model": "mnv3",
-            "models": [{"name": n, "checkpoint": c} for n, c in serve_artifacts["checkpoints"].items()]}
+            "models": [{"name": n, "checkpoint": c} for n, c in serve_artifacts["checkpoints"].items()],
+            "allow_untrained": True}
     from ray.serve import Application
 
     assert isinstance(builder(args), Application)

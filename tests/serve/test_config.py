@@ -87,15 +87,22 @@ def test_check_artifacts(serve_artifacts, tmp_path):
     from facerec.serve.app import build_app, check_artifacts
 
     ck = serve_artifacts["checkpoints"]
-    ok = ServeConfig(str(serve_artifacts["gallery"]), [{"name": n, "checkpoint": c} for n, c in ck.items()])
+    models = [{"name": n, "checkpoint": c} for n, c in ck.items()]
+    ok = ServeConfig(str(serve_artifacts["gallery"]), models, allow_untrained=True)
     assert set(check_artifacts(ok)["models"]) == set(ck)
+    # the suite's models were never trained on faces: refused unless allowed
+    with pytest.raises(ConfigError, match=r"models\[mnv3\].checkpoint=.* is invalid: expected a model trained on faces: "
+                                          r"this mobilenet_v3_small has random weights and was never fine-tuned"):
+        check_artifacts(ServeConfig(str(serve_artifacts["gallery"]), models))
 
     # a model name the gallery has no index for
-    wrong_name = ServeConfig(str(serve_artifacts["gallery"]), [{"name": "resnet50", "checkpoint": ck["r18"]}])
+    wrong_name = ServeConfig(str(serve_artifacts["gallery"]), [{"name": "resnet50", "checkpoint": ck["r18"]}],
+                             allow_untrained=True)
     with pytest.raises(ArtifactMismatchError, match=r"no index for model 'resnet50'"):
         build_app(wrong_name)
     # the right name but another checkpoint: queries would be compared with another model's vectors
-    swapped = ServeConfig(str(serve_artifacts["gallery"]), [{"name": "mnv3", "checkpoint": ck["r18"]}])
+    swapped = ServeConfig(str(serve_artifacts["gallery"]), [{"name": "mnv3", "checkpoint": ck["r18"]}],
+                          allow_untrained=True)
     with pytest.raises(ArtifactMismatchError, match=r"model 'mnv3': checkpoint .* has model_id .* but the gallery index was built with"):
         check_artifacts(swapped)
     missing = ServeConfig(str(tmp_path / "nope"), [{"name": "mnv3", "checkpoint": ck["mnv3"]}])

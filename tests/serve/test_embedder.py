@@ -52,7 +52,7 @@ def test_bad_items_do_not_fail_the_batch(core, photos, bad_images, serve_artifac
         n = len(res[i]["faces"]) if i == 7 else 1
         assert [f["box"] for f in res[i]["faces"]] == boxes[:n]
         np.testing.assert_allclose(np.stack([f["embedding"] for f in res[i]["faces"]]), emb[:n], atol=1e-5)
-    assert "crops_jpeg" in res[7] and res[7]["crops_jpeg"][0][:2] == b"\xff\xd8"
+    assert "crops_png" in res[7] and res[7]["crops_png"][0][:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_batched_equals_alone(core, photos):

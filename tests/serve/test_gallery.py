@@ -119,7 +119,7 @@ def test_snapshot_refuses_other_model(serve_artifacts):
 def test_crop_file_only_by_id(serve_artifacts):
     snap = GallerySnapshot.load(serve_artifacts["gallery"], ["mnv3"])
     first = snap.image_ids[0]
-    assert snap.crop_file(first).read_bytes() == (serve_artifacts["crops"] / "crops" / first).read_bytes()
+    assert snap.crop_file(first).read_bytes() == (serve_artifacts["crops"] / "crops" / f"{first}.png").read_bytes()
     for bad in ["nope.jpg", "../gallery.json", "gallery.json", "crops/" + first, "/etc/passwd"]:
         assert snap.crop_file(bad) is None
 
@@ -133,7 +133,7 @@ def test_add_is_atomic_and_versioned(gallery_copy, serve_artifacts):
     ids = serve_artifacts["model_ids"]
     before = read_manifest(gallery_copy)
     snap0 = GallerySnapshot.load(gallery_copy, None, ids)
-    crop = (gallery_copy / "crops" / snap0.image_ids[0]).read_bytes()
+    crop = (gallery_copy / "crops" / f"{snap0.image_ids[0]}.png").read_bytes()
     e = {"mnv3": _emb(32, 1), "r18": _emb(32, 2)}
 
     # a failing add (wrong dimension for r18) commits nothing
@@ -146,7 +146,7 @@ def test_add_is_atomic_and_versioned(gallery_copy, serve_artifacts):
 
     out = add_to_gallery(gallery_copy, e, [4242], [crop], [[1, 2, 3, 4]])
     n = before["rows"]
-    assert out == {"version": 2, "row_ids": [n], "image_ids": [f"added_{n:08d}.jpg"]}
+    assert out == {"version": 2, "row_ids": [n], "image_ids": [f"added_{n:08d}.png"]}
     after = read_manifest(gallery_copy)
     assert after["version"] == 2 and after["rows"] == n + 1
     # the previous version's folders stay readable for replicas still loading them
@@ -156,10 +156,10 @@ def test_add_is_atomic_and_versioned(gallery_copy, serve_artifacts):
     snap = GallerySnapshot.load(gallery_copy, None, ids)
     for name in ids:
         top = snap.search(name, e[name], 1)[0][0]
-        assert top["image_id"] == f"added_{n:08d}.jpg" and top["identity"] == 4242
+        assert top["image_id"] == f"added_{n:08d}.png" and top["identity"] == 4242
         assert top["distance"] == pytest.approx(0.0, abs=1e-5)
         assert set(top["attributes"].values()) == {0}  # uploads carry no labels
-    assert snap.crop_file(f"added_{n:08d}.jpg").read_bytes() == crop
+    assert snap.crop_file(f"added_{n:08d}.png").read_bytes() == crop
     # the old snapshot (a replica that has not reloaded yet) is untouched
     assert snap0.rows == n and snap0.search("mnv3", e["mnv3"], 1)[0][0]["row_id"] < n
 

@@ -189,8 +189,9 @@ def test_query_param_validation(client, photos):
 def test_images_endpoint(client, live_app, photos):
     name = photos[0][0]
     r = client.get(f"/v1/images/{name}")
-    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
-    assert r.content == (live_app["gallery"] / "crops" / name).read_bytes()
+    # stored inputs are PNG: exactly the pixels that were embedded
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.content == (live_app["gallery"] / "crops" / f"{name}.png").read_bytes()
     assert client.get("/v1/images/999999.jpg").status_code == 404
     assert client.get("/v1/images/gallery.json").status_code == 404  # a real file, but not a gallery id
     assert client.get("/v1/images/gallery.parquet").status_code == 404
@@ -291,7 +292,7 @@ def test_external_index_change_is_picked_up(client, live_app, photos, serve_arti
     photo = encode_jpeg(decode_image(photos[6][1]), quality=80)  # a re-encoded copy
     v0 = client.get("/v1/models").json()["gallery_version"]
     emb = {m: _reference_query(c, photo)[None] for m, c in serve_artifacts["checkpoints"].items()}
-    crop = (live_app["gallery"] / "crops" / photos[6][0]).read_bytes()
+    crop = (live_app["gallery"] / "crops" / f"{photos[6][0]}.png").read_bytes()
     out = add_to_gallery(live_app["gallery"], emb, [9090], [crop])
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -340,7 +341,7 @@ def test_second_app_under_route_prefix(live_app, serve_artifacts, photos):
     cfg = ServeConfig(gallery_dir=str(live_app["gallery"]),
                       models=[{"name": "r18", "checkpoint": serve_artifacts["checkpoints"]["r18"], "num_cpus": 0.2,
                                "max_batch_size": 4, "torch_threads": 1}],
-                      gallery_token=TOKEN, retriever_num_cpus=0.05, ingress_num_cpus=0.05)
+                      gallery_token=TOKEN, retriever_num_cpus=0.05, ingress_num_cpus=0.05, allow_untrained=True)
     serve.run(build_app(cfg), name="subset", route_prefix="/subset")
     try:
         with httpx.Client(base_url=live_app["url"] + "/subset", timeout=120) as c:
