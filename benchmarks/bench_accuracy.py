@@ -29,21 +29,16 @@ from benchmarks._common import SHARED_DATA, write_table  # noqa: E402
 
 
 def leave_one_out(emb: np.ndarray, labels: np.ndarray) -> tuple[float, float, int]:
-    """(precision@1, MAP@R, queries) of leave-one-out L2 retrieval (facerec.eval.metrics)."""
-    from facerec.eval.metrics import map_at_r, precision_at_k
+    """(precision@1, MAP@R, queries) of leave-one-out L2 retrieval among unit-normalised
+    embeddings: each photo queries all the others; photos whose identity has no other photo are
+    no query (``facerec.train.loop.leave_one_out_metrics``, the validation metric of training)."""
+    from facerec.train.loop import leave_one_out_metrics
 
     x = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-    np.fill_diagonal(d, np.inf)
     labels = np.asarray(labels)
     counts = pd.Series(labels).map(pd.Series(labels).value_counts()).to_numpy()
-    q = np.flatnonzero(counts >= 2)
-    order = np.argsort(d[q], axis=1, kind="stable")[:, :-1]
-    retrieved = labels[order]
-    gallery_labels = labels  # each query's own row is excluded from its ranking above
-    p1 = precision_at_k(labels[q], retrieved, 1)
-    mapr = map_at_r(labels[q], retrieved, np.delete(gallery_labels, 0))  # counts: the others of its identity
-    return p1, mapr, len(q)
+    m = leave_one_out_metrics(x, labels)
+    return m["precision_at_1"], m["map_at_r"], int((counts >= 2).sum())
 
 
 def dlib_reference(data: Path, ids: list[str], labels: dict[str, int]) -> dict:
