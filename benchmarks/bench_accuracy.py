@@ -120,16 +120,14 @@ def main(argv=None) -> int:
     notes = []
     if not args.no_lfw:
         from facerec.eval.lfw import lfw_verification
-        from facerec.models.pretrained import record_measurement
+        from facerec.models.pretrained import record_lfw
 
         lfw = lfw_verification(args.lfw, ckpt)
         folds = ", ".join(f"{100 * a:.2f}" for a in lfw["per_fold"]["accuracy"])
         notes.append(f"LFW ({args.lfw}, {lfw['folds']} folds, {lfw['pairs']} pairs): accuracy "
                      f"{100 * lfw['mean']:.2f} +- {100 * lfw['std']:.2f} % (folds {folds}); "
                      f"{lfw['centre_fallback']} centre-box fallbacks of {lfw['images']} images")
-        record_measurement(ckpt, "lfw", {"accuracy_pct": round(100 * lfw["mean"], 2), "std_pct": round(100 * lfw["std"], 2),
-                                         "folds": lfw["folds"], "pairs": lfw["pairs"],
-                                         "data": f"{Path(args.lfw).name}, {lfw['folds']} folds"})
+        record_lfw(ckpt, lfw, args.lfw)
     df = pd.DataFrame(rows)
     write_table(df, args.out, "bench_accuracy", f"Accuracy of {args.model} ({kind}) on {data.name}", notes)
     return 0

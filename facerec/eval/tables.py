@@ -199,6 +199,9 @@ def evaluate_model(cfg: TablesConfig, stage: str, backbone: str, checkpoint: str
                                                          margin=float(crops_meta.get("margin", 0.2))),
                                batch_size=cfg.batch_size, num_actors=cfg.num_actors, use_gpu=cfg.use_gpu,
                                max_pairs_per_fold=cfg.lfw_max_pairs_per_fold)
+        from facerec.models.pretrained import record_lfw
+
+        record_lfw(checkpoint, lfw, cfg.lfw_root)
         summary.update({"lfw_accuracy_pct": 100 * lfw["mean"], "lfw_std_pct": 100 * lfw["std"], "lfw_folds": lfw["folds"],
                         "lfw_pairs": lfw["pairs"], "lfw_centre_fallback": lfw["centre_fallback"],
                         "lfw_images": lfw["images"],

@@ -84,6 +84,20 @@ def resolve_checkpoint(spec: str | os.PathLike) -> str:
     return str(spec)
 
 
+def check_checkpoint(spec: str | os.PathLike, flag: str = "--checkpoint") -> None:
+    """``spec`` names a registered pretrained model or a checkpoint folder with model.json;
+    DataNotFoundError / ArtifactMismatchError otherwise. Nothing is built or loaded."""
+    from facerec.errors import DataNotFoundError
+    from facerec.models.checkpoint import read_checkpoint_metadata
+
+    if isinstance(spec, str) and spec in PRETRAINED:
+        return
+    if not Path(spec).is_dir():
+        raise DataNotFoundError(f"{flag} {spec}: neither a checkpoint folder (RUN/<trial>/best) nor a pretrained "
+                                f"model ({', '.join(PRETRAINED.names())})")
+    read_checkpoint_metadata(spec)
+
+
 def is_untrained(meta: dict[str, Any]) -> bool:
     """True for a checkpoint whose weights never saw faces: a random or ImageNet backbone that was
     not fine-tuned (epoch 0) and is not a registered pretrained face model."""
@@ -111,6 +125,26 @@ def record_measurement(checkpoint_dir: str | os.PathLike, key: str, value: dict[
         data = {}
     data[key] = value
     atomic_write_json(path, data)
+
+
+def record_lfw(checkpoint_dir: str | os.PathLike, lfw: dict[str, Any], lfw_root: str | os.PathLike) -> None:
+    """Record an LFW result (``facerec.eval.lfw.lfw_verification``) beside the checkpoint, and beside
+    the cached pretrained checkpoint with the same weights (same ``model_id``), so ``/v1/models``
+    shows it whichever folder is served."""
+    from facerec.models.checkpoint import read_checkpoint_metadata
+
+    value = {"accuracy_pct": round(100 * float(lfw["mean"]), 2), "std_pct": round(100 * float(lfw["std"]), 2),
+             "folds": int(lfw["folds"]), "pairs": int(lfw["pairs"]),
+             "data": f"{Path(lfw_root).name}, {int(lfw['folds'])} folds of pairs.txt"}
+    record_measurement(checkpoint_dir, "lfw", value)
+    model_id = read_checkpoint_metadata(checkpoint_dir)["model_id"]
+    for name in PRETRAINED.names():
+        folder = cache_root() / "models" / f"{name}-{PRETRAINED.get(name).source_sha256()[:12]}"
+        try:
+            if folder.resolve() != Path(checkpoint_dir).resolve() and read_checkpoint_metadata(folder)["model_id"] == model_id:
+                record_measurement(folder, "lfw", value)
+        except Exception:  # no cached copy (or a damaged one): nothing to annotate
+            continue
 
 
 def model_card(meta: dict[str, Any], checkpoint_dir: str | os.PathLike | None = None) -> dict[str, Any]:
