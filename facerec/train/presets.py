@@ -76,6 +76,10 @@ def build_sweep(preset: str, data_dir: str, out_dir: str, train_overrides: dict[
     unknown = sorted(set(spec) - known)
     if unknown:
         raise ConfigError("sweep", unknown, f"SweepConfig fields among {sorted(known)}")
+    if spec.get("backbones"):
+        # The template is validated against the data too: give it a backbone of the sweep, whose
+        # input kind is the crops folder's (the default resnet18 would refuse aligned chips).
+        train_fields.setdefault("backbone", spec["backbones"][0])
     train = TrainConfig(data_dir=str(data_dir), **train_fields)
     return SweepConfig(train=train, out_dir=str(out_dir), **spec)
 

@@ -32,9 +32,9 @@ def no_download(monkeypatch):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
 
 
-def test_registry_has_the_four_backbones():
-    assert BACKBONES.names() == sorted(CHANNELS)
-    with pytest.raises(ConfigError, match=r"backbone='vgg16' is invalid: expected one of \['mobilenet_v2'"):
+def test_registry_has_the_torchvision_backbones_and_dlib():
+    assert BACKBONES.names() == sorted([*CHANNELS, "dlib_resnet"])
+    with pytest.raises(ConfigError, match=r"backbone='vgg16' is invalid: expected one of \['dlib_resnet', 'mobilenet_v2'"):
         build_embedder("vgg16")
 
 

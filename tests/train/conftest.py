@@ -13,7 +13,8 @@ from facerec.data.schema import ATTRIBUTE_NAMES, CROPS_TABLE
 from facerec.io import atomic_write_parquet
 
 
-def make_crops(root: Path, n_identities: int = 12, per_identity: int = 6, size: int = 40, seed: int = 0) -> Path:
+def make_crops(root: Path, n_identities: int = 12, per_identity: int = 6, size: int = 40, seed: int = 0,
+               input_kind: str = "haar_crop") -> Path:
     """Write ``root/crops/*.jpg`` + ``root/crops.parquet``. Identity i is a two-colour stripe
     pattern at its own angle; images of one identity differ by noise and a small shift."""
     import cv2
@@ -40,13 +41,21 @@ def make_crops(root: Path, n_identities: int = 12, per_identity: int = 6, size: 
             rows.append(row)
     df = pd.DataFrame(rows).astype({"partition": np.int8, "haar_pass": np.int8})
     atomic_write_parquet(root / CROPS_TABLE, df, metadata={"data_version": f"tiny-{seed}", "crop_size": size,
-                                                           "margin": 0.2, "attribute_names": list(ATTRIBUTE_NAMES)})
+                                                           "margin": 0.2, "attribute_names": list(ATTRIBUTE_NAMES),
+                                                           "input_kind": input_kind})
     return root
 
 
 @pytest.fixture(scope="session")
 def tiny_crops(tmp_path_factory) -> Path:
     return make_crops(tmp_path_factory.mktemp("tiny-crops"))
+
+
+@pytest.fixture(scope="session")
+def tiny_chips(tmp_path_factory) -> Path:
+    """The same patterns at dlib's chip size, declared as aligned chips (what dlib_resnet reads)."""
+    return make_crops(tmp_path_factory.mktemp("tiny-chips"), n_identities=8, per_identity=5, size=150,
+                      input_kind="aligned_chip_5pt")
 
 
 @pytest.fixture(scope="module")

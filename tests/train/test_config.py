@@ -23,7 +23,7 @@ def test_valid_config_round_trips(tiny_crops):
 
 @pytest.mark.parametrize("field,value,match", [
     ("loss", "centerloss", r"loss='centerloss' is invalid: expected one of \['arcface', 'cosface', 'normface'"),
-    ("backbone", "vgg16", r"backbone='vgg16' is invalid: expected one of \['mobilenet_v2'"),
+    ("backbone", "vgg16", r"backbone='vgg16' is invalid: expected one of \['dlib_resnet', 'mobilenet_v2'"),
     ("freeze", "half", r"freeze='half' is invalid"),
     ("sampling", "random", r"sampling='random' is invalid: expected one of \['fixed_triplets', 'pk'\]"),
     ("epochs", 0, r"epochs=0 is invalid: expected a positive number of epochs"),
