@@ -111,6 +111,26 @@ class TablesConfig:
             raise DataNotFoundError(f"LFW folder {self.lfw_root} not found; pass the folder holding pairs.txt and lfw-deepfunneled/")
 
 
+def fine_tuning_verdicts(summary: pd.DataFrame) -> list[str]:
+    """One plain sentence per backbone with both tables: did the best fine-tuned trial beat its
+    initial weights on the test split (MAP@R, precision@1, and LFW when measured)?"""
+    out = []
+    for b in dict.fromkeys(summary["backbone"]):
+        rows = summary[summary["backbone"] == b].set_index("stage")
+        if not {"before", "after"} <= set(rows.index):
+            continue
+        bef, aft = rows.loc["before"], rows.loc["after"]
+        parts = []
+        for key, label, scale in (("map_at_r", "MAP@R", 1), ("precision_at_1", "precision@1", 1),
+                                  ("lfw_accuracy_pct", "LFW accuracy %", 1)):
+            if key in rows.columns and pd.notna(bef.get(key)) and pd.notna(aft.get(key)):
+                parts.append(f"{label} {bef[key] * scale:.4g} -> {aft[key] * scale:.4g}")
+        better = aft["map_at_r"] > bef["map_at_r"]
+        verdict = "improved" if better else "made it WORSE"
+        out.append(f"{b}: fine-tuning ({aft.get('weights')}) {verdict} on the test split's MAP@R: " + "; ".join(parts) + ".")
+    return out
+
+
 def _timed_single_queries(index, queries: np.ndarray, k: int, n: int) -> float:
     """Mean wall seconds of one top-k search of a single query (the first n queries)."""
     n = min(n, len(queries))
@@ -376,10 +396,14 @@ def evaluate_tables(cfg: TablesConfig) -> dict[str, Any]:
             md.append(table_markdown(long, summary, stage, cfg.backbones))
             md.append("Retrieval grids (query, ranks 1-9; green = same identity): " + ", ".join(
                 f"[{r['backbone']}]({r['grid']})" for _, r in summary[summary["stage"] == stage].iterrows()) + "\n")
+    verdicts = fine_tuning_verdicts(summary)
+    if verdicts:
+        md += ["## Did fine-tuning help?", ""] + [f"- {v}" for v in verdicts] + [""]
     if "lfw_accuracy_pct" in summary.columns:
         md += ["## LFW verification", "",
-               "Pairs file folds; threshold fit on the other folds, cosine similarity of the embeddings; Haar crops "
-               "(deep-funneled images where Haar finds no face: centred crop, counted).", "",
+               "Pairs file folds; threshold fit on the other folds, cosine similarity of the embeddings; inputs made "
+               "by each model's input kind from Haar boxes (deep-funneled images where Haar finds no face: a centred "
+               "box, counted).", "",
                "| table | backbone | accuracy % | std % | per fold % | pairs | centre-crop fallbacks / images |",
                "|---|---|---|---|---|---|---|"]
         for _, r in summary.iterrows():

@@ -156,3 +156,24 @@ def test_config_is_validated(tiny_crops, tmp_path):
         TablesConfig(backbones=["resnet18"], index_kind="faiss", **base)
     with pytest.raises(DataNotFoundError, match="LFW folder"):
         TablesConfig(backbones=["resnet18"], lfw_root=str(tmp_path / "nolfw"), **base)
+
+
+def test_fine_tuning_verdict_says_when_it_made_things_worse():
+    import pandas as pd
+
+    from facerec.eval.tables import fine_tuning_verdicts
+
+    summary = pd.DataFrame([
+        {"backbone": "dlib_resnet", "stage": "before", "weights": "dlib", "map_at_r": 0.80, "precision_at_1": 0.95},
+        {"backbone": "dlib_resnet", "stage": "after", "weights": "trial triplet-dlib_resnet", "map_at_r": 0.78,
+         "precision_at_1": 0.96},
+        {"backbone": "resnet18", "stage": "before", "weights": "random", "map_at_r": 0.02, "precision_at_1": 0.1},
+        {"backbone": "resnet18", "stage": "after", "weights": "trial x", "map_at_r": 0.05, "precision_at_1": 0.2},
+        {"backbone": "mobilenet_v2", "stage": "before", "weights": "random", "map_at_r": 0.01, "precision_at_1": 0.1},
+    ])
+    v = fine_tuning_verdicts(summary)
+    assert v == [
+        "dlib_resnet: fine-tuning (trial triplet-dlib_resnet) made it WORSE on the test split's MAP@R: "
+        "MAP@R 0.8 -> 0.78; precision@1 0.95 -> 0.96.",
+        "resnet18: fine-tuning (trial x) improved on the test split's MAP@R: MAP@R 0.02 -> 0.05; precision@1 0.1 -> 0.2.",
+    ]
