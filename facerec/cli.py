@@ -12,8 +12,15 @@
 
 from __future__ import annotations
 
+import argparse
+import functools
 import importlib
+import os
 import sys
+from pathlib import Path
+from typing import Callable, Iterable
+
+from facerec.errors import DataNotFoundError, FacerecError
 
 # subcommand -> "module:function" taking argv and returning an exit code. A table, not an
 # if/elif chain, so a stage is added in one line.
@@ -26,6 +33,70 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("facerec.serve.cli:main", "start the Ray Serve HTTP API and web page"),
     "run": ("facerec.run:main", "the whole chain end to end"),
 }
+
+
+def comma_list(cast: Callable = str, choices: Iterable[str] | None = None) -> Callable[[str], list]:
+    """An argparse ``type`` for ``a,b,c``: each item cast (and checked against ``choices``); a bad
+    item is an argparse error that names it."""
+    allowed = sorted(choices) if choices is not None else None
+
+    def parse(text: str) -> list:
+        items = [v.strip() for v in text.split(",") if v.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"{text!r} is an empty list")
+        out = []
+        for item in items:
+            if allowed is not None and item not in allowed:
+                raise argparse.ArgumentTypeError(f"invalid choice {item!r} (choose from {', '.join(allowed)})")
+            try:
+                out.append(cast(item))
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{item!r} is not a valid {cast.__name__}") from None
+        return out
+
+    parse.__name__ = "comma list"  # argparse names the type in some messages
+    return parse
+
+
+def reports_errors(prog: str) -> Callable:
+    """Decorator of a subcommand's ``main(argv)``: facerec's own errors (bad input) become one line
+    ``<prog>: error: <message>`` on stderr and exit code 2, like argparse's."""
+
+    def wrap(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(argv=None) -> int:
+            try:
+                return main(argv)
+            except FacerecError as e:
+                print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+                return 2
+
+        return run
+
+    return wrap
+
+
+def check_source(data: str | os.PathLike, flag: str = "--data") -> None:
+    """``data`` is a preprocessed folder (crops.parquet) or a CelebA-layout photo folder; checked
+    before Ray starts or anything is written."""
+    from facerec.data.celeba import IDENTITY_FILE
+    from facerec.data.schema import CROPS_TABLE
+
+    root = Path(data)
+    if not root.is_dir():
+        raise DataNotFoundError(f"{flag} {data}: no such folder")
+    if not ((root / CROPS_TABLE).is_file() or (root / IDENTITY_FILE).is_file()):
+        raise DataNotFoundError(f"{flag} {data}: neither a preprocessed folder ({CROPS_TABLE}) nor a CelebA-layout "
+                                f"photo folder ({IDENTITY_FILE})")
+
+
+def check_crops(crops: str | os.PathLike, flag: str = "--crops") -> None:
+    """``crops`` is a preprocessed folder (``facerec preprocess`` output)."""
+    from facerec.data.schema import CROPS_TABLE
+
+    if not (Path(crops) / CROPS_TABLE).is_file():
+        raise DataNotFoundError(f"{flag} {crops}: not a preprocessed folder (no {CROPS_TABLE}); "
+                                f"run `facerec preprocess --data PHOTOS --out {crops}` first")
 
 
 def _usage() -> str:

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from facerec.cli import check_source, reports_errors
+
 
 def _stage(name: str, fn, argv: list[str]) -> None:
     print(f"\n=== facerec run: {name} ===\n$ facerec {name} {' '.join(argv)}", flush=True)
@@ -23,12 +25,15 @@ def _stage(name: str, fn, argv: list[str]) -> None:
     print(f"=== {name}: done in {time.perf_counter() - t0:.1f} s ===", flush=True)
 
 
+@reports_errors("facerec run")
 def main(argv=None) -> int:
+    from facerec.train.presets import PRESETS
+
     ap = argparse.ArgumentParser(prog="facerec run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="CelebA-layout photo folder (default: the embedded synthetic dataset)")
     ap.add_argument("--work", default="out/run", help="folder for crops, gallery and results (default out/run)")
-    ap.add_argument("--preset", default="face-smoke",
+    ap.add_argument("--preset", default="face-smoke", choices=PRESETS.names(),
                     help="training preset (default face-smoke: dlib_resnet, minutes on 2 CPUs)")
     args = ap.parse_args(argv)
 
@@ -36,10 +41,11 @@ def main(argv=None) -> int:
     from facerec.eval.build_index_cli import main as build_index_main
     from facerec.eval.evaluate_cli import main as evaluate_main
     from facerec.train.cli import main as train_main, sweep_input_kind
-    from facerec.train.presets import PRESETS
     from facerec.train.report import read_trials
 
-    kind = sweep_input_kind(PRESETS.get(args.preset)()["backbones"])  # an unknown preset fails here, first
+    if args.data is not None:
+        check_source(args.data)
+    kind = sweep_input_kind(PRESETS.get(args.preset)()["backbones"])
 
     work = Path(args.work)
     crops, run, gallery, results = work / "crops", work / f"sweep-{args.preset}", work / "gallery", work / "results"

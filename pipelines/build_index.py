@@ -1,13 +1,4 @@
-"""Embed a crops folder on a Ray Data actor pool and build the retrieval gallery + index(es).
-
-    python pipelines/build_index.py --crops out/celeba-sample-crops --checkpoint runs/cpu-sweep/<trial>/best --out out/gallery
-    python pipelines/build_index.py --crops CROPS --backbone resnet18 --initial --out out/gallery-initial --kinds kdtree,exact
-    python pipelines/build_index.py --crops CROPS --checkpoint r18=RUN/a/best --checkpoint mnv2=RUN/b/best --split test --out G
-
-The output is a served gallery (``python pipelines/serve.py --gallery G`` serves it); layout in
-facerec.eval.gallery_index. ``--split test`` keeps only the identities held out of training
-(the split recorded in the checkpoint; the checkpoint's data_version must match the crops).
-"""
+"""`facerec build-index` as a script (for `ray job submit`); the options and examples are in facerec.eval.build_index_cli (--help)."""
 
 import sys
 from pathlib import Path

@@ -1,13 +1,4 @@
-"""Train a sweep of losses x backbones on Ray Tune + Ray Train and write the run folder.
-
-    python pipelines/train_sweep.py                          # smoke preset on the embedded synthetic data
-    python pipelines/train_sweep.py --preset cpu --data /work/shared/data/celeba-sample --out runs/cpu-sweep
-    ray job submit --working-dir . -- python pipelines/train_sweep.py --preset seed --data /data/celeba --out /shared/runs/seed
-
-``--data`` is a preprocessed folder (crops.parquet + crops/) or a CelebA-layout photo folder,
-which is preprocessed first into ``--crops`` (default: a cache folder keyed by the photo folder).
-Outputs: RUN/<trial>/best (model.pt + model.json), RUN/sweep_summary.{md,csv}, RUN/plots/*.png.
-"""
+"""`facerec train-sweep` as a script (for `ray job submit`); the options and examples are in facerec.train.cli (--help)."""
 
 import sys
 from pathlib import Path

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import fields
 
-from facerec.errors import FacerecError
+from facerec.cli import reports_errors
 
 
 def add_preprocess_arguments(ap: argparse.ArgumentParser) -> None:
@@ -42,6 +41,7 @@ def add_preprocess_arguments(ap: argparse.ArgumentParser) -> None:
             ap.add_argument(flag, type=kind, default=default, help=f"(default {default})")
 
 
+@reports_errors("facerec preprocess")
 def preprocess_main(argv=None) -> int:
     from facerec.data.preprocess import PreprocessConfig, preprocess
 
@@ -49,27 +49,25 @@ def preprocess_main(argv=None) -> int:
                                  description="Crop faces (Haar cascade, two passes) on Ray Data and write the crops table.")
     add_preprocess_arguments(ap)
     args = ap.parse_args(argv)
-    try:
-        config = PreprocessConfig(**{f.name: getattr(args, f.name) for f in fields(PreprocessConfig)})
-        data = args.data
-        if data is None:
-            from facerec.data.synth import ensure_synthetic
+    config = PreprocessConfig(**{f.name: getattr(args, f.name) for f in fields(PreprocessConfig)})
+    data = args.data
+    if data is None:
+        from facerec.data.synth import ensure_synthetic
 
-            data = ensure_synthetic()
-        summary = preprocess(data, args.out, config, overwrite=args.overwrite)
-    except FacerecError as e:
-        print(f"facerec preprocess: error: {e}", file=sys.stderr)
-        return 2
+        data = ensure_synthetic()
+    summary = preprocess(data, args.out, config, overwrite=args.overwrite)  # reads the listing before Ray starts
     print("preprocess summary: " + json.dumps(summary, sort_keys=True))
     return 0
 
 
+@reports_errors("facerec data synth")
 def synth_main(argv=None) -> int:
     from facerec.data.synth import default_synthetic_dir, generate_synthetic
 
     ap = argparse.ArgumentParser(prog="facerec data synth",
                                  description="Generate the embedded synthetic dataset in the CelebA layout.")
-    ap.add_argument("--out", help=f"folder (default: {default_synthetic_dir()})")
+    ap.add_argument("--out", help="folder (default: $FACEREC_CACHE/synthetic-v1, FACEREC_CACHE defaulting to "
+                                  "~/.cache/facerec)")
     ap.add_argument("--identities", type=int, default=None, help="number of identities")
     ap.add_argument("--images-per-identity", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -79,10 +77,6 @@ def synth_main(argv=None) -> int:
         kwargs["n_identities"] = args.identities
     if args.images_per_identity is not None:
         kwargs["images_per_identity"] = args.images_per_identity
-    try:
-        root = generate_synthetic(args.out or default_synthetic_dir(), **kwargs)
-    except FacerecError as e:
-        print(f"facerec data synth: error: {e}", file=sys.stderr)
-        return 2
+    root = generate_synthetic(args.out or default_synthetic_dir(), **kwargs)
     print(f"synthetic dataset: {root}")
     return 0

@@ -13,22 +13,30 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from facerec.cli import check_crops, comma_list, reports_errors
 from facerec.errors import ConfigError
 from facerec.serve.local import parse_checkpoints  # the same NAME=DIR convention as `facerec serve`
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from facerec.eval.gallery_index import SPLIT_CHOICES
+    from facerec.index import INDEXES
+    from facerec.models import BACKBONES
+
+    ap = argparse.ArgumentParser(prog="facerec build-index", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--crops", required=True, help="preprocess output folder (crops.parquet + crops/)")
     ap.add_argument("--checkpoint", action="append", default=[], metavar="[NAME=]DIR",
-                    help="checkpoint folder (RUN/<trial>/best); repeat for several models")
-    ap.add_argument("--backbone", action="append", default=[], help="backbone for --initial (repeatable)")
+                    help="checkpoint folder (RUN/<trial>/best) or a pretrained model name (e.g. dlib_resnet); "
+                         "repeat for several models")
+    ap.add_argument("--backbone", action="append", default=[], choices=BACKBONES.names(),
+                    help="backbone for --initial (repeatable)")
     ap.add_argument("--initial", action="store_true", help="embed with the --backbone's initial weights (before fine-tuning)")
     ap.add_argument("--out", required=True, help="gallery folder to write")
-    ap.add_argument("--split", default="all", choices=["all", "test"])
-    ap.add_argument("--kinds", default="kdtree", help="comma list of index kinds (first = served): exact,kdtree,kdtree_pca,hnsw")
+    ap.add_argument("--split", default="all", choices=SPLIT_CHOICES)
+    ap.add_argument("--kinds", default=["kdtree"], type=comma_list(choices=INDEXES.names()),
+                    help=f"comma list of index kinds, the first served: {', '.join(INDEXES.names())} (default kdtree)")
     ap.add_argument("--image-size", type=int, help="input size of --initial models (default: the crop size)")
     ap.add_argument("--embedding-dim", type=int, default=128, help="embedding size of --initial models")
     ap.add_argument("--batch-size", type=int, default=64)
@@ -41,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+@reports_errors("facerec build-index")
 def main(argv=None) -> int:
     from facerec.eval.gallery_index import GalleryBuildConfig, build_gallery_index
 
@@ -49,9 +58,11 @@ def main(argv=None) -> int:
         raise ConfigError("--backbone", args.backbone, "used with --initial (a checkpoint names its own backbone)")
     if args.initial and not args.backbone:
         raise ConfigError("--initial", True, "one or more --backbone NAME")
+    checkpoints = parse_checkpoints(args.checkpoint)
+    check_crops(args.crops)
     cfg = GalleryBuildConfig(
-        crops_dir=args.crops, out_dir=args.out, checkpoints=parse_checkpoints(args.checkpoint),
-        initial=list(args.backbone), split=args.split, kinds=[k for k in args.kinds.split(",") if k.strip()],
+        crops_dir=args.crops, out_dir=args.out, checkpoints=checkpoints,
+        initial=list(args.backbone), split=args.split, kinds=args.kinds,
         image_size=args.image_size, embedding_dim=args.embedding_dim, seed=args.seed, batch_size=args.batch_size,
         num_actors=args.num_actors, use_gpu=args.use_gpu, overwrite=args.overwrite,
     )

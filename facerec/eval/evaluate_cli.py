@@ -2,7 +2,7 @@
 
     python pipelines/evaluate.py                     # synthetic data + the latest runs/smoke-* sweep (if any)
     python pipelines/evaluate.py --crops out/celeba-sample-crops --run runs/cpu-sweep \\
-        --backbones resnet18,mobilenet_v2 --lfw /work/shared/data/lfw-sample --out results/cpu-sweep
+        --backbones resnet18,mobilenet_v2 --lfw ../shared/data/lfw-sample --out results/cpu-sweep
     python pipelines/evaluate.py --crops CROPS --checkpoint RUN/<trial>/best --out results/x   # explicit checkpoints
     python pipelines/evaluate.py --crops CROPS --backbones resnet18 --before-only --out results/initial
 
@@ -14,10 +14,12 @@ results.md, tables.csv, table_3_1.csv, table_3_2.csv, summary.csv, results.json,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
+from facerec.cli import check_crops, comma_list, reports_errors
 from facerec.errors import ConfigError
 
 # Relative to where the command runs, like the other stages' default folders.
@@ -31,18 +33,24 @@ def latest_smoke_run(root: Path = RUNS_ROOT / "runs") -> Path | None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from facerec.index import INDEXES
+    from facerec.models import BACKBONES
+
+    ap = argparse.ArgumentParser(prog="facerec evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--crops", help="preprocessed folder the models were trained on (default: the synthetic set)")
     ap.add_argument("--run", help="sweep run folder (RUN/<trial>/best, RUN/sweep_summary.csv)")
     ap.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
                     help="explicit checkpoint folder (or a pretrained model name, e.g. dlib_resnet) instead of --run "
                          "(repeatable; one per backbone)")
-    ap.add_argument("--backbones", help="comma list (default: the backbones of the run/checkpoints)")
+    ap.add_argument("--backbones", type=comma_list(choices=BACKBONES.names()),
+                    help="comma list (default: the backbones of the run/checkpoints)")
     ap.add_argument("--before-only", action="store_true", help="Table 3.1 only (initial weights)")
     ap.add_argument("--no-before", action="store_true", help="skip Table 3.1")
     ap.add_argument("--out", help="results folder (default: results/evaluate-<time>)")
-    ap.add_argument("--ks", default="10,20,50,100,1000")
-    ap.add_argument("--index-kind", default="kdtree", help="exact, kdtree (the study's), kdtree_pca, hnsw")
+    ap.add_argument("--ks", default=[10, 20, 50, 100, 1000], type=comma_list(int),
+                    help="comma list of k (default 10,20,50,100,1000)")
+    ap.add_argument("--index-kind", default="kdtree", choices=INDEXES.names(), help="kdtree is the study's (default)")
     ap.add_argument("--lfw", help="LFW folder (pairs.txt + lfw-deepfunneled/) for verification accuracy")
     ap.add_argument("--lfw-pairs", help="pairs file (default: LFW/pairs.txt)")
     ap.add_argument("--lfw-crops", help="cache folder of the LFW Haar crops (default: ~/.cache/facerec/lfw-crops/...)")
@@ -57,27 +65,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+@reports_errors("facerec evaluate")
 def main(argv=None) -> int:
     from facerec.eval.tables import TablesConfig, best_checkpoints, evaluate_tables
     from facerec.models import read_checkpoint_metadata
-    from facerec.models.pretrained import resolve_checkpoint
+    from facerec.models.pretrained import check_checkpoint, resolve_checkpoint
 
     args = parse_args(argv)
     if args.run and args.checkpoint:
         raise ConfigError("--checkpoint", args.checkpoint, "either --run or --checkpoint, not both")
     if args.before_only and args.no_before:
         raise ConfigError("--before-only/--no-before", True, "at most one of them")
-    backbones = [b for b in (args.backbones or "").split(",") if b.strip()] or None
-    crops = args.crops
+    backbones = args.backbones
+    if args.crops is not None:
+        check_crops(args.crops)
     run = args.run
-    if crops is None:
-        from facerec.train.data import resolve_data
-
-        crops = str(resolve_data(None))
-        if run is None and not args.checkpoint:
-            found = latest_smoke_run()
-            run = str(found) if found else None
-            print(f"evaluate: default data {crops}; sweep {run or '(none found: Table 3.1 only)'}", flush=True)
+    if args.crops is None and run is None and not args.checkpoint:
+        found = latest_smoke_run()
+        run = str(found) if found else None
+    for item in args.checkpoint:
+        check_checkpoint(item)
     checkpoints: dict[str, str] = {}
     if not args.before_only:
         if run:
@@ -97,14 +104,20 @@ def main(argv=None) -> int:
             backbones = smoke()["backbones"]
     checkpoints = {b: c for b, c in checkpoints.items() if b in backbones}
     cfg = TablesConfig(
-        crops_dir=crops, out_dir=args.out or str(RUNS_ROOT / "results" / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}"),
+        crops_dir=args.crops or "", out_dir=args.out or str(RUNS_ROOT / "results" / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}"),
         backbones=backbones, checkpoints=checkpoints, initial=not args.no_before,
-        ks=[int(k) for k in args.ks.split(",") if k.strip()], index_kind=args.index_kind,
+        ks=args.ks, index_kind=args.index_kind,
         query_seed=args.seed, random_seed=args.seed, seed=args.seed, initial_image_size=args.initial_image_size,
         batch_size=args.batch_size, num_actors=args.num_actors, use_gpu=args.use_gpu,
         lfw_root=args.lfw, lfw_pairs=args.lfw_pairs, lfw_crop_dir=args.lfw_crops,
         lfw_max_pairs_per_fold=args.lfw_max_pairs_per_fold,
     )
+    if args.crops is None:  # validated above; the synthetic set is preprocessed (on Ray) only now
+        from facerec.train.data import resolve_data
+
+        cfg = dataclasses.replace(cfg, crops_dir=str(resolve_data(None)))
+        if not args.run and not args.checkpoint:
+            print(f"evaluate: default data {cfg.crops_dir}; sweep {run or '(none found: Table 3.1 only)'}", flush=True)
     result = evaluate_tables(cfg)
     print(Path(result["files"]["results.md"]).read_text())
     return 0

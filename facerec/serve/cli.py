@@ -23,9 +23,31 @@ import sys
 import time
 from pathlib import Path
 
+from facerec.cli import check_crops, check_source, reports_errors
 
+
+def _serve_config(args: argparse.Namespace, gallery: str, checkpoints: dict[str, str], model_cpus: float):
+    from facerec.serve.config import ServeConfig
+
+    return ServeConfig(
+        gallery_dir=gallery,
+        models=[{"name": n, "checkpoint": str(c), "max_batch_size": args.max_batch_size,
+                 "batch_wait_timeout_s": args.batch_wait_ms / 1000.0, "num_replicas": args.replicas,
+                 "num_cpus": model_cpus, "num_gpus": args.num_gpus, "max_ongoing_requests": max(64, 2 * args.max_batch_size)}
+                for n, c in checkpoints.items()],
+        index_kind=args.serve_index_kind,
+        gallery_token=args.token,
+        allow_untrained=args.allow_untrained,
+    )
+
+
+@reports_errors("facerec serve")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from facerec.index import INDEXES
+    from facerec.serve.local import DEFAULT_MODELS, DEFAULT_WORKDIR, UNTRAINED_BACKBONES, parse_checkpoints
+
+    p = argparse.ArgumentParser(prog="facerec serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gallery", help="gallery folder to serve (built here when absent)")
     p.add_argument("--crops", help="preprocess output (crops.parquet + crops/) to build the gallery from")
     p.add_argument("--data", help="CelebA-layout photo folder to preprocess for the gallery (default: synthetic)")
@@ -35,12 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-untrained", action="store_true",
                    help="allow serving models never trained on faces (they answer with strangers); with no "
                         "--checkpoint, serve untrained resnet50 + mobilenet_v2 as a pipeline demo")
-    p.add_argument("--index-kind", default="kdtree", help="index kind of a gallery built here (exact, kdtree, kdtree_pca, hnsw)")
-    p.add_argument("--serve-index-kind", default=None, help="serve another index kind, rebuilt in memory from the stored embeddings")
+    p.add_argument("--index-kind", default="kdtree", choices=INDEXES.names(), help="index kind of a gallery built here")
+    p.add_argument("--serve-index-kind", default=None, choices=INDEXES.names(),
+                   help="serve another index kind, rebuilt in memory from the stored embeddings")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--token", default=os.environ.get("FACEREC_GALLERY_TOKEN"),
-                   help="bearer token for POST /v1/gallery (default: $FACEREC_GALLERY_TOKEN; unset = writes disabled)")
+    p.add_argument("--token", default=os.environ.get("FACEREC_GALLERY_TOKEN") or None,
+                   help="bearer token for POST /v1/gallery (default: $FACEREC_GALLERY_TOKEN; unset or empty = writes "
+                        "disabled)")
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--batch-wait-ms", type=float, default=0.0)
     p.add_argument("--replicas", type=int, default=1, help="Embedder replicas per model")
@@ -49,49 +73,47 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
     p.add_argument("--image-size", type=int, default=128, help="input size of the untrained demo models (--allow-untrained)")
     p.add_argument("--preprocess-engine", default="ray", choices=("ray", "local"))
-    p.add_argument("--workdir", default=str(Path.home() / ".cache" / "facerec" / "serve"))
+    p.add_argument("--workdir", help="cache of crops, models and galleries (default ~/.cache/facerec/serve)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the gallery even if a matching one exists")
     p.add_argument("--smoke", action="store_true", help="start, answer one search from a gallery crop, stop (for CI)")
     args = p.parse_args(argv)
+    args.token = args.token or None  # --token "" like an empty $FACEREC_GALLERY_TOKEN: writes disabled
+    if args.data is not None:
+        check_source(args.data)
+    if args.crops is not None:
+        check_crops(args.crops)
+    checkpoints = parse_checkpoints(args.checkpoint)
+    planned = checkpoints or {n: n for n in (UNTRAINED_BACKBONES if args.allow_untrained else DEFAULT_MODELS)}
+    _serve_config(args, args.gallery or str(DEFAULT_WORKDIR), planned, args.model_cpus or 1.0)  # fails before Ray
 
     import ray
     from ray import serve
 
     from facerec.errors import DeploymentStartError
     from facerec.ray_utils import init_ray
-    from facerec.serve.app import ServeConfig, build_app, check_fits
-    from facerec.serve.local import parse_checkpoints, prepare_gallery
+    from facerec.serve.app import build_app, check_fits
+    from facerec.serve.local import prepare_gallery
     from facerec.serve.runtime import apply_serve_env, run_app
 
-    workdir = Path(args.workdir)
+    workdir = Path(args.workdir) if args.workdir else DEFAULT_WORKDIR
     apply_serve_env()  # before a local Ray starts: its Serve processes inherit it
     init_ray(num_cpus=args.num_cpus)
     gallery, checkpoints = prepare_gallery(
-        workdir, gallery=args.gallery, crops=args.crops, data=args.data, checkpoints=parse_checkpoints(args.checkpoint),
+        workdir, gallery=args.gallery, crops=args.crops, data=args.data, checkpoints=checkpoints,
         index_kind=args.index_kind, image_size=args.image_size, rebuild=args.rebuild, preprocess_engine=args.preprocess_engine,
         untrained=args.allow_untrained and not args.checkpoint)
     cpus = float(ray.cluster_resources().get("CPU", 1))
     model_cpus = args.model_cpus if args.model_cpus is not None else max(0.1, (cpus - 0.5) / (len(checkpoints) * args.replicas))
-    config = ServeConfig(
-        gallery_dir=str(gallery),
-        models=[{"name": n, "checkpoint": str(c), "max_batch_size": args.max_batch_size,
-                 "batch_wait_timeout_s": args.batch_wait_ms / 1000.0, "num_replicas": args.replicas,
-                 "num_cpus": model_cpus, "num_gpus": args.num_gpus, "max_ongoing_requests": max(64, 2 * args.max_batch_size)}
-                for n, c in checkpoints.items()],
-        index_kind=args.serve_index_kind,
-        gallery_token=args.token,
-        allow_untrained=args.allow_untrained,
-    )
+    config = _serve_config(args, str(gallery), checkpoints, model_cpus)
     check_fits(config, ray.cluster_resources())
     application = build_app(config)  # artifacts checked here, before any replica starts
     serve.start(http_options={"host": args.host, "port": args.port})
     t0 = time.perf_counter()
     try:
         run_app(application, name="facerec", route_prefix="/")
-    except DeploymentStartError as e:
-        print(f"facerec serve: error: {e}", file=sys.stderr)
+    except DeploymentStartError:
         serve.shutdown()
-        return 2
+        raise
     url = f"http://{args.host}:{args.port}/"
     print(f"serve: {sorted(checkpoints)} on gallery {gallery} up in {time.perf_counter() - t0:.1f}s -> {url} (API docs {url}docs)")
     try:

@@ -23,10 +23,11 @@ DEFAULT_WORKDIR = Path.home() / ".cache" / "facerec" / "serve"
 
 
 def parse_checkpoints(items: list[str]) -> dict[str, str]:
-    """``["NAME=DIR", "DIR", "dlib_resnet", ...]`` -> {name: dir}; a bare DIR is named after its
-    backbone, a bare pretrained model name (``facerec.models.pretrained.PRETRAINED``) after itself."""
+    """``["NAME=DIR", "DIR", "dlib_resnet", ...]`` -> {name: dir}, each checked to be a checkpoint
+    folder or pretrained model name; a bare DIR is named after its backbone, a bare pretrained
+    model name (``facerec.models.pretrained.PRETRAINED``) after itself."""
     from facerec.models import read_checkpoint_metadata
-    from facerec.models.pretrained import PRETRAINED
+    from facerec.models.pretrained import PRETRAINED, check_checkpoint
 
     out: dict[str, str] = {}
     for item in items:
@@ -39,6 +40,7 @@ def parse_checkpoints(items: list[str]) -> dict[str, str]:
             raise ConfigError("--checkpoint", item, "NAME=CHECKPOINT_DIR (or just CHECKPOINT_DIR)")
         if name in out:
             raise ConfigError("--checkpoint", item, f"each model name once ({name!r} appears twice)")
+        check_checkpoint(path)
         out[name] = path
     return out
 

@@ -1,7 +1,7 @@
 """Train a sweep of losses x backbones on Ray Tune + Ray Train and write the run folder.
 
     python pipelines/train_sweep.py                          # smoke preset on the embedded synthetic data
-    python pipelines/train_sweep.py --preset cpu --data /work/shared/data/celeba-sample --out runs/cpu-sweep
+    python pipelines/train_sweep.py --preset cpu --data ../shared/data/celeba-sample --out runs/cpu-sweep
     ray job submit --working-dir . -- python pipelines/train_sweep.py --preset seed --data /data/celeba --out /shared/runs/seed
 
 ``--data`` is a preprocessed folder (crops.parquet + crops/) or a CelebA-layout photo folder,
@@ -16,12 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+from facerec.cli import check_source, comma_list, reports_errors
+from facerec.train.config import SAMPLINGS, SPLIT_MODES, data_prepared_later
 from facerec.train.data import resolve_data
 from facerec.train.presets import PRESETS, build_sweep
-
-
-def _list(text: str | None, cast=str):
-    return None if text is None else [cast(v) for v in text.split(",") if v.strip()]
 
 
 def sweep_input_kind(backbones: list[str]) -> str:
@@ -37,16 +35,22 @@ def sweep_input_kind(backbones: list[str]) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from facerec.losses import LOSSES
+    from facerec.models import BACKBONES, FREEZE_POLICIES
+
+    ap = argparse.ArgumentParser(prog="facerec train-sweep", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="smoke", choices=PRESETS.names())
     ap.add_argument("--data", help="preprocessed folder or CelebA-layout photo folder (default: synthetic data)")
     ap.add_argument("--crops", help="where to preprocess --data photos (default: ~/.cache/facerec/crops/...)")
     ap.add_argument("--out", help="run folder (default: runs/<preset>-<time>); with `ray job submit` give an absolute "
                     "path (a relative one lands in the job's unpacked working dir), shared by all nodes on a cluster")
-    ap.add_argument("--losses", help="comma list, e.g. triplet,arcface")
-    ap.add_argument("--backbones", help="comma list, e.g. resnet18,mobilenet_v2")
-    ap.add_argument("--lrs", help="comma list of learning rates to sweep")
-    ap.add_argument("--margins", help="comma list of margins to sweep (losses with a margin)")
+    ap.add_argument("--losses", "--loss", type=comma_list(choices=LOSSES.names()),
+                    help=f"comma list of {', '.join(LOSSES.names())}")
+    ap.add_argument("--backbones", type=comma_list(choices=BACKBONES.names()),
+                    help=f"comma list of {', '.join(BACKBONES.names())}")
+    ap.add_argument("--lrs", type=comma_list(float), help="comma list of learning rates to sweep")
+    ap.add_argument("--margins", type=comma_list(float), help="comma list of margins to sweep (losses with a margin)")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--image-size", type=int)
     ap.add_argument("--embedding-dim", type=int)
@@ -55,8 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--p", type=int, help="identities per P x K batch")
     ap.add_argument("--k", type=int, help="images per identity in a P x K batch")
     ap.add_argument("--steps-per-epoch", type=int)
-    ap.add_argument("--sampling", choices=["pk", "fixed_triplets"])
-    ap.add_argument("--freeze", choices=["none", "seed"])
+    ap.add_argument("--sampling", choices=SAMPLINGS.names())
+    ap.add_argument("--freeze", choices=FREEZE_POLICIES.names())
     ap.add_argument("--weights", help="ImageNet state dict of the backbone (single-backbone sweeps)")
     ap.add_argument("--num-workers", type=int, help="Ray Train workers per trial")
     ap.add_argument("--cpus-per-worker", type=int)
@@ -68,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "Ray's own default, 15, lets any other process preempt the training threads)")
     ap.add_argument("--patience", type=int, help="early stopping: epochs without improvement")
     ap.add_argument("--val-max-images", type=int)
-    ap.add_argument("--split-mode", choices=["random", "official"])
+    ap.add_argument("--split-mode", choices=SPLIT_MODES)
     ap.add_argument("--val-fraction", type=float)
     ap.add_argument("--seed", type=int)
     ap.add_argument("--max-concurrent", type=int, help="trials at once (default: from cluster resources)")
@@ -78,15 +82,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+@reports_errors("facerec train-sweep")
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = args.out or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     from facerec.ray_utils import init_ray
 
-    backbones = _list(args.backbones) or PRESETS.get(args.preset)()["backbones"]
+    if args.data is not None:
+        check_source(args.data)
+    backbones = args.backbones or PRESETS.get(args.preset)()["backbones"]
     kind = sweep_input_kind(backbones)
-    init_ray(args.address)  # before preprocessing, whose Ray Data pipeline would otherwise pick a Ray itself
-    data = resolve_data(args.data, args.crops, input_kind=kind)
     train_overrides = {
         "epochs": args.epochs, "image_size": args.image_size, "embedding_dim": args.embedding_dim, "lr": args.lr,
         "loss_lr": args.loss_lr,
@@ -98,10 +103,13 @@ def main(argv=None) -> int:
         "val_fraction": args.val_fraction,
         "seed": args.seed,
     }
-    sweep = build_sweep(args.preset, str(data), out, train_overrides,
-                        losses=_list(args.losses), backbones=_list(args.backbones), lrs=_list(args.lrs, float),
-                        margins=_list(args.margins, float), max_concurrent=args.max_concurrent,
-                        storage_path=args.storage)
+    sweep_overrides = {"losses": args.losses, "backbones": args.backbones, "lrs": args.lrs, "margins": args.margins,
+                       "max_concurrent": args.max_concurrent, "storage_path": args.storage}
+    with data_prepared_later():
+        build_sweep(args.preset, str(args.data or "."), out, train_overrides, **sweep_overrides)
+    init_ray(args.address)  # before preprocessing, whose Ray Data pipeline would otherwise pick a Ray itself
+    data = resolve_data(args.data, args.crops, input_kind=kind)
+    sweep = build_sweep(args.preset, str(data), out, train_overrides, **sweep_overrides)
     from facerec.train.sweep import run_sweep
 
     df = run_sweep(sweep, address=args.address)

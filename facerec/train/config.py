@@ -9,6 +9,8 @@ the P x K batch fits the training identities (:meth:`TrainConfig.check_data`).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
@@ -26,6 +28,20 @@ from facerec.train.batches import BATCH_PLANS
 # the softmax family and online-mined triplet loss) or "fixed_triplets" (a fresh seeded draw of
 # triplets per epoch, Schroff et al. 2015; triplet loss only). See facerec.train.batches.
 SAMPLINGS = BATCH_PLANS
+
+_check_data_dir: contextvars.ContextVar[bool] = contextvars.ContextVar("facerec_check_data_dir", default=True)
+
+
+@contextlib.contextmanager
+def data_prepared_later():
+    """Validate configs whose crops folder does not exist yet (photos preprocessed once Ray is up):
+    every check but the folder's; a command calls this to fail before it starts anything."""
+    token = _check_data_dir.set(False)
+    try:
+        yield
+    finally:
+        _check_data_dir.reset(token)
+
 
 SCORE_ATTRIBUTES = ("val_map_at_r", "val_precision_at_1")
 SPLIT_MODES = ("random", "official")
@@ -101,16 +117,17 @@ class TrainConfig:
         # Absolute in the driver: Ray Train workers run in their own working directory.
         self.data_dir = str(Path(self.data_dir).expanduser().absolute())
         table = Path(self.data_dir) / "crops.parquet"
-        if not Path(self.data_dir).is_dir():
-            raise DataNotFoundError(
-                f"data_dir={self.data_dir!r} is not a folder: pass a preprocessed folder written by "
-                f"`facerec preprocess --data PHOTOS --out DIR` (crops.parquet + crops/)"
-            )
-        if not table.is_file():
-            raise DataNotFoundError(
-                f"{table} not found: data_dir={self.data_dir!r} is not a preprocessed folder; "
-                f"run `facerec preprocess --data PHOTOS --out {self.data_dir}` first"
-            )
+        if _check_data_dir.get():  # off only while a command validates before it prepares the data
+            if not Path(self.data_dir).is_dir():
+                raise DataNotFoundError(
+                    f"data_dir={self.data_dir!r} is not a folder: pass a preprocessed folder written by "
+                    f"`facerec preprocess --data PHOTOS --out DIR` (crops.parquet + crops/)"
+                )
+            if not table.is_file():
+                raise DataNotFoundError(
+                    f"{table} not found: data_dir={self.data_dir!r} is not a preprocessed folder; "
+                    f"run `facerec preprocess --data PHOTOS --out {self.data_dir}` first"
+                )
         LOSSES.get(self.loss)
         BACKBONES.get(self.backbone)
         FREEZE_POLICIES.get(self.freeze)
@@ -196,8 +213,9 @@ class TrainConfig:
         if spec.fixed_embedding_dim is not None:
             _check("embedding_dim", self.embedding_dim, self.embedding_dim == spec.fixed_embedding_dim,
                    f"{spec.fixed_embedding_dim} for backbone {self.backbone} (it ends in its own embedding layer)")
-        check_inputs_match({"input_kind": spec.input_kind, "image_size": self.image_size},
-                           read_parquet_metadata(table), str(table), f"backbone {self.backbone}")
+        if _check_data_dir.get():
+            check_inputs_match({"input_kind": spec.input_kind, "image_size": self.image_size},
+                               read_parquet_metadata(table), str(table), f"backbone {self.backbone}")
 
     def check_data(self, train_labels, num_val: int) -> None:
         """Checks against the split: P x K must fit the training identities each worker gets,
