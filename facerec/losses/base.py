@@ -73,6 +73,13 @@ class EmbeddingLoss(nn.Module):
                                   "over the training split and build the loss with num_classes = their count")
 
 
+def _unit_rows(centres: torch.Tensor, num_classes: int, dim: int) -> torch.Tensor:
+    centres = torch.as_tensor(centres, dtype=torch.float32)
+    if tuple(centres.shape) != (num_classes, dim):
+        raise ConfigError("centres", tuple(centres.shape), f"a ({num_classes}, {dim}) tensor: one centre per class")
+    return F.normalize(centres, dim=1)
+
+
 class CosineMarginLoss(EmbeddingLoss):
     """Normalised-softmax base: ``logits = s * cos theta`` with the target cosine passed
     through :meth:`modify_target_cos`. Class weights ``weight`` have shape ``num_classes x d``
@@ -86,6 +93,13 @@ class CosineMarginLoss(EmbeddingLoss):
         self.scale = float(scale)
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
         nn.init.xavier_normal_(self.weight)
+
+    @torch.no_grad()
+    def imprint(self, centres: torch.Tensor) -> None:
+        """Start the class weights at the classes' mean embeddings ("imprinted weights", Qi, Brown
+        & Lowe, CVPR 2018): fine-tuning a pretrained embedder then starts from a low loss instead
+        of random centres, whose large early gradients can collapse the pretrained embedding."""
+        self.weight.copy_(_unit_rows(centres, self.weight.shape[0], self.weight.shape[1]).to(self.weight))
 
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
         # float32 even under autocast: margins are applied to cosines within 1e-3 of each other

@@ -21,6 +21,19 @@ class SoftmaxLoss(EmbeddingLoss):
         super().__init__(embedding_dim, num_classes)
         self.classifier = nn.Linear(embedding_dim, num_classes, bias=True)
 
+    # Logit scale of imprinted weights: unit embeddings give logits in [-10, 10], a confident but
+    # not saturated start (the cosine losses use their own scale s).
+    IMPRINT_SCALE = 10.0
+
+    @torch.no_grad()
+    def imprint(self, centres: torch.Tensor) -> None:
+        """Class weights = ``IMPRINT_SCALE`` x the unit class means, bias 0 (Qi et al., CVPR 2018)."""
+        from facerec.losses.base import _unit_rows
+
+        w = self.classifier.weight
+        w.copy_(self.IMPRINT_SCALE * _unit_rows(centres, w.shape[0], w.shape[1]).to(w))
+        self.classifier.bias.zero_()
+
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             return self.classifier(embeddings.float())

@@ -44,6 +44,7 @@ def data_prepared_later():
 
 
 SCORE_ATTRIBUTES = ("val_map_at_r", "val_precision_at_1")
+CLASS_INITS = ("imprint", "random")
 SPLIT_MODES = ("random", "official")
 
 
@@ -80,6 +81,8 @@ class TrainConfig:
     epochs: int = 2
     lr: float = 1e-3
     loss_lr: float | None = None       # learning rate of the loss's own weights (class centres); None: lr
+    class_init: str = "imprint"        # class centres of the softmax-family losses: "imprint" (the classes'
+    #                                    mean embeddings under the initial model) or "random"
     weight_decay: float = 0.0
     p: int = 8                         # identities per P x K batch
     k: int = 4                         # images per identity in a P x K batch
@@ -162,6 +165,8 @@ class TrainConfig:
         _check("loss_lr", self.loss_lr, self.loss_lr is None or (_is_num(self.loss_lr) and 0 < self.loss_lr <= 1),
                "None (same as lr) or a learning rate in (0, 1]: fine-tuning a pretrained model wants fresh class "
                "centres to learn faster than the backbone, e.g. lr=1e-4, loss_lr=1e-2")
+        _check("class_init", self.class_init, self.class_init in CLASS_INITS,
+               f"one of {list(CLASS_INITS)} (imprint: start each class centre at its mean embedding)")
         _check("weight_decay", self.weight_decay, _is_num(self.weight_decay) and self.weight_decay >= 0,
                "a number >= 0")
         for name in ("steps_per_epoch", "val_max_images", "patience", "kill_at_epoch"):

@@ -143,6 +143,37 @@ def embed_rows(embedder: nn.Module, cache: ImageCache, rows: np.ndarray, transfo
     return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
 
+def kind_tensor(embedder: nn.Module, size: int) -> Callable:
+    """The deterministic input transform of the embedder's input kind (``facerec.data.inputs``)."""
+    from facerec.data.inputs import input_kind
+
+    return functools.partial(input_kind(embedder.metadata["input_kind"]).tensor, size=size)
+
+
+IMPRINT_IMAGES = 4  # images per class averaged into its initial centre: cheap, and enough for a start
+
+
+def imprint_class_centres(module: TrainModule, local: pd.DataFrame, cache: ImageCache, transform: Callable,
+                          device: torch.device, num_classes: int, world: int) -> None:
+    """Set the loss's class centres to the mean embedding of up to IMPRINT_IMAGES training images
+    of each class under the initial model (Qi, Brown & Lowe, CVPR 2018, "Low-Shot Learning with
+    Imprinted Weights"). Every rank embeds its own identities; the centres are gathered so all ranks
+    start from the same weights."""
+    rows = local.groupby("label", sort=True).head(IMPRINT_IMAGES)
+    cache.add(rows["crop_path"])
+    emb = embed_rows(module.embedder, cache, cache.rows(list(rows["crop_path"])), transform, device)
+    labels = rows["label"].to_numpy()
+    sums = np.zeros((num_classes, emb.shape[1]), np.float64)
+    counts = np.zeros(num_classes, np.int64)
+    np.add.at(sums, labels, emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12))
+    np.add.at(counts, labels, 1)
+    parts = _all_gather((sums, counts), world)
+    sums, counts = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    if (counts == 0).any():  # a class no rank holds cannot be: the split gives every label rows
+        raise RuntimeError(f"no training image for classes {np.flatnonzero(counts == 0)[:5].tolist()} while imprinting")
+    module.loss.imprint(torch.from_numpy(sums / counts[:, None]).float())
+
+
 def _unwrap(module: nn.Module) -> TrainModule:
     return module.module if hasattr(module, "module") and isinstance(module.module, TrainModule) else module
 
@@ -236,6 +267,11 @@ def train_loop_per_worker(config: dict) -> None:
     bad_epochs = int(state.get("bad_epochs", 0))
     stopped = bool(state.get("stopped", False))
 
+    if checkpoint is None and cfg.class_init == "imprint" and hasattr(loss_fn, "imprint"):
+        t_imp = time.perf_counter()
+        imprint_class_centres(module, local, cache, kind_tensor(embedder, cfg.image_size), device,
+                              meta["num_classes"], world)
+        data_seconds += time.perf_counter() - t_imp
     module = ray.train.torch.prepare_model(module)
     inner_module = _unwrap(module)
     groups = [{"params": [p for p in inner_module.embedder.parameters() if p.requires_grad], "lr": cfg.lr}]
@@ -245,9 +281,8 @@ def train_loop_per_worker(config: dict) -> None:
     optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
-    kind = input_kind(embedder.metadata["input_kind"])
-    train_tf = kind.train_transform(cfg.image_size)
-    test_tf = functools.partial(kind.tensor, size=cfg.image_size)
+    train_tf = input_kind(embedder.metadata["input_kind"]).train_transform(cfg.image_size)
+    test_tf = kind_tensor(embedder, cfg.image_size)
     inner = _unwrap(module)
 
     for epoch in range(start_epoch, cfg.epochs):
