@@ -90,3 +90,17 @@ def test_embedding_spread_by_hand():
     assert embedding_spread(np.array([[1.0, 0.0], [0.0, 3.0]])) == pytest.approx(np.sqrt(0.5))
     collapsed = np.array([[1.0, 1e-9], [1.0, -1e-9], [1.0, 0.0]])
     assert embedding_spread(collapsed) < COLLAPSE_SPREAD
+
+
+def test_lfw_result_reaches_the_cached_pretrained_copy(cache, tmp_path):
+    import shutil
+
+    from facerec.models.pretrained import record_lfw
+
+    cached = resolve_checkpoint("dlib_resnet")
+    evaluated = tmp_path / "initial" / "dlib_resnet-s150-d128"  # what evaluate's Table 3.1 saves: same weights
+    shutil.copytree(cached, evaluated)
+    record_lfw(evaluated, {"mean": 0.98512, "std": 0.0031, "folds": 3, "pairs": 1800}, tmp_path / "lfw-sample")
+    for folder in (evaluated, cached):
+        card = model_card(read_checkpoint_metadata(folder), folder)
+        assert card["lfw_accuracy_pct"] == 98.51 and card["lfw_measured_on"] == "lfw-sample, 3 folds of pairs.txt"
