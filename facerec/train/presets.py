@@ -10,7 +10,9 @@ fields plus ``train`` (a dict of :class:`TrainConfig` fields); command-line flag
   CPU-sized sweep on real data.
 - ``face``: the pretrained face model ``dlib_resnet`` fine-tuned with all six losses on aligned
   chips, lower blocks frozen (the study's policy), a small learning rate for the pretrained
-  weights and a larger one for the losses' fresh class centres; CPU-sized.
+  weights and a larger one for the losses' class centres (imprinted from the classes' mean
+  embeddings, so they start in place: at 1e-2 Adam's steps scattered the unit-norm centres within
+  an epoch and NormFace/SphereFace collapsed the embedding); CPU-sized.
 - ``face-smoke``: ``face`` cut to one short epoch per loss: the default of ``facerec run`` on the
   embedded synthetic data, so the main job ends with the real face model, in minutes.
 - ``face-gpu``: the same on a GPU: more epochs and steps, larger batches, every layer trains.
@@ -86,7 +88,7 @@ def build_sweep(preset: str, data_dir: str, out_dir: str, train_overrides: dict[
 
 def _face_train(**changes) -> dict[str, Any]:
     base = {"image_size": 150, "embedding_dim": 128, "epochs": 3, "steps_per_epoch": 30, "p": 8, "k": 4,
-            "lr": 1e-4, "loss_lr": 1e-2, "freeze": "seed", "val_max_images": 400, "max_failures": 1,
+            "lr": 1e-4, "loss_lr": 1e-3, "freeze": "seed", "val_max_images": 400, "max_failures": 1,
             "score_attribute": "val_map_at_r"}
     return {**base, **changes}
 
