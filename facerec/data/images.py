@@ -106,3 +106,27 @@ def encode_png(rgb: np.ndarray) -> bytes:
     if not ok:
         raise ValueError("PNG encoding failed")
     return buf.tobytes()
+
+
+def to_uint8_chw(image) -> np.ndarray:
+    """``H x W x 3`` uint8 RGB numpy array or PIL image -> ``3 x H x W`` uint8 array (a view when it
+    can be). Numpy only: the input step of a model served without torch; ``to_uint8_tensor`` of
+    :mod:`facerec.data.transforms` wraps it."""
+    if not isinstance(image, np.ndarray):
+        if isinstance(image, Image.Image):
+            image = np.asarray(image.convert("RGB"))
+        else:
+            raise ImageDecodeError(
+                "bad_array",
+                f"expected an H x W x 3 uint8 RGB numpy array or a PIL image, got {type(image).__name__}; "
+                "decode bytes with facerec.data.images.decode_image first",
+            )
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
+        raise ImageDecodeError(
+            "bad_array",
+            f"expected an H x W x 3 uint8 RGB array, got shape {image.shape} dtype {image.dtype}; "
+            "convert grayscale/RGBA images to RGB and keep values as uint8 0-255",
+        )
+    if not image.flags.writeable:  # e.g. np.asarray(PIL image); torch warns on read-only memory
+        image = image.copy()
+    return np.ascontiguousarray(image).transpose(2, 0, 1)

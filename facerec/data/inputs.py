@@ -38,6 +38,9 @@ class InputKind:
     default_size: int = 0
     fixed_size: bool = False
     describe: str = ""
+    supports_numpy: bool = False
+    """True when :meth:`array` makes the model input with numpy alone, so a model of this kind can
+    be served without torch (through ONNX Runtime, :mod:`facerec.models.onnx_runtime`)."""
 
     def check_size(self, size: int) -> int:
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 16:
@@ -53,6 +56,11 @@ class InputKind:
     def faces_many(self, images: Sequence[np.ndarray], boxes: Sequence, size: int, margin: float = 0.2) -> list[np.ndarray]:
         """One input per (image, box) pair; subclasses batch the work across images."""
         return [self.faces(img, np.asarray(box).reshape(1, 4), size, margin)[0] for img, box in zip(images, boxes)]
+
+    def array(self, image: np.ndarray, size: int) -> np.ndarray:
+        """Deterministic ``3 x size x size`` float32 numpy array of a stored input, numpy only
+        (serving without torch); only kinds with ``supports_numpy`` implement it."""
+        raise NotImplementedError(f"input kind {self.name} has no numpy path; serve it with torch (runtime='torch')")
 
     def tensor(self, image: np.ndarray, size: int):
         """Deterministic ``3 x size x size`` float32 tensor of a stored input (evaluation, serving)."""
@@ -80,6 +88,12 @@ class HaarCrop(InputKind):
         from facerec.data.haar import crop_face
 
         return [crop_face(rgb, b, margin=margin, size=size) for b in np.asarray(boxes).reshape(-1, 4)]
+
+    def array(self, image, size):
+        raise NotImplementedError(
+            f"input kind {self.name} has no numpy path: the Haar crop's resize and ImageNet normalisation "
+            f"(facerec.data.transforms.test_transform) need torch; a {self.name} model is served with runtime='torch'"
+        )
 
     def tensor(self, image, size):
         return _haar_test_transform(size)(image)
@@ -118,6 +132,7 @@ class AlignedChip5pt(InputKind):
     default_size = CHIP_SIZE
     fixed_size = True
     describe = "dlib's 5-point aligned face chip, 150 x 150 px, padding 0.25"
+    supports_numpy = True  # the chip goes in as raw RGB values: no resize, no normalisation
 
     def faces(self, rgb, boxes, size, margin=0.2):
         boxes = np.asarray(boxes).reshape(-1, 4)
@@ -134,18 +149,23 @@ class AlignedChip5pt(InputKind):
         landmarks = shape_predictor().predict_many(list(images), rects)
         return [extract_face_chip(img, pts, size=CHIP_SIZE, padding=CHIP_PADDING) for img, pts in zip(images, landmarks)]
 
-    def tensor(self, image, size):
-        import torch
+    def array(self, image, size):
+        """The chip's channels-first copy as float32 (``dlib_resnet`` normalises raw RGB itself)."""
+        from facerec.data.images import to_uint8_chw
 
-        from facerec.data.transforms import to_uint8_tensor
-
-        x = to_uint8_tensor(image)
+        x = to_uint8_chw(image)
         if tuple(x.shape[1:]) != (size, size):
             raise ArtifactMismatchError(
                 f"an {self.name} input must be {size} x {size} px, got {x.shape[2]} x {x.shape[1]}: it was not made "
                 f"by `facerec preprocess --input-kind {self.name}`"
             )
-        return x.to(torch.float32)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def tensor(self, image, size):
+        import torch
+
+        # One implementation of the chip's input: the torch and ONNX Runtime paths embed the same values.
+        return torch.from_numpy(self.array(image, size))
 
     def train_transform(self, size):
         from torchvision import transforms as T

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from facerec.errors import ConfigError, ImageDecodeError
+from facerec.data.images import to_uint8_chw
+from facerec.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,29 +49,9 @@ def _check_size(size) -> None:
 
 
 def to_uint8_tensor(image) -> torch.Tensor:
-    """``H x W x 3`` uint8 RGB numpy array or PIL image -> ``3 x H x W`` uint8 tensor."""
-    if not isinstance(image, np.ndarray):
-        try:
-            from PIL import Image
-        except ImportError:  # pragma: no cover - pillow is a dependency
-            Image = None
-        if Image is not None and isinstance(image, Image.Image):
-            image = np.asarray(image.convert("RGB"))
-        else:
-            raise ImageDecodeError(
-                "bad_array",
-                f"expected an H x W x 3 uint8 RGB numpy array or a PIL image, got {type(image).__name__}; "
-                "decode bytes with facerec.data.images.decode_image first",
-            )
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
-        raise ImageDecodeError(
-            "bad_array",
-            f"expected an H x W x 3 uint8 RGB array, got shape {image.shape} dtype {image.dtype}; "
-            "convert grayscale/RGBA images to RGB and keep values as uint8 0-255",
-        )
-    if not image.flags.writeable:  # e.g. np.asarray(PIL image); torch warns on read-only memory
-        image = image.copy()
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    """``H x W x 3`` uint8 RGB numpy array or PIL image -> ``3 x H x W`` uint8 tensor
+    (:func:`facerec.data.images.to_uint8_chw`, shared with the torch-free serving path)."""
+    return torch.from_numpy(to_uint8_chw(image))
 
 
 class ToNormalizedTensor(nn.Module):

@@ -231,3 +231,9 @@ def load_pretrained(model: nn.Module, name: str, weights: str | os.PathLike | No
         candidates[0].name,
     )
     return "random"
+
+
+# dlib_resnet registers itself in BACKBONES when imported. Imported last (it needs BACKBONES and
+# BackboneSpec above), so that every reader of the registry sees the default model however this
+# module was reached: ``facerec.models`` no longer imports its submodules eagerly.
+from facerec.models import dlib_resnet as _dlib_resnet  # noqa: E402,F401

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,9 @@ from torch import nn
 from facerec.errors import ArtifactMismatchError, ConfigError, DataNotFoundError
 from facerec.io import atomic_write_bytes, atomic_write_json, sha256_file
 from facerec.models.embedder import Embedder, build_embedder
+# Re-exported: the torch-free reader lives in metadata.py so serving without torch can use it.
+from facerec.models.metadata import META_FILE, MODEL_FILE, read_checkpoint_metadata  # noqa: F401
 
-MODEL_FILE = "model.pt"
-META_FILE = "model.json"
 REQUIRED_METADATA = ("image_size", "data_version", "loss", "epoch")
 """Keys the caller must supply; backbone, embedding_dim, freeze, init come from the model."""
 
@@ -62,31 +61,6 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, metadata: di
     # model.pt first: a model.json never points at weights that were not fully written.
     atomic_write_bytes(directory / MODEL_FILE, data)
     atomic_write_json(directory / META_FILE, meta)
-    return meta
-
-
-def read_checkpoint_metadata(directory: str | os.PathLike) -> dict[str, Any]:
-    """The ``model.json`` of a checkpoint folder (no weights read)."""
-    directory = Path(directory)
-    meta_path = directory / META_FILE
-    if not directory.is_dir():
-        raise DataNotFoundError(
-            f"checkpoint folder {directory} not found; pass a folder written by save_checkpoint, "
-            f"such as RUN/<trial_name>/best of a training run"
-        )
-    if not meta_path.is_file():
-        raise DataNotFoundError(
-            f"{meta_path} not found; {directory} is not a checkpoint folder (it needs {MODEL_FILE} and "
-            f"{META_FILE}, as written by save_checkpoint into RUN/<trial_name>/best)"
-        )
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactMismatchError(f"{meta_path} is not valid JSON ({exc}); re-export the checkpoint") from exc
-    needed = ("backbone", "embedding_dim", "freeze", "model_id")
-    absent = [k for k in needed if not isinstance(meta, dict) or k not in meta]
-    if absent:
-        raise ArtifactMismatchError(f"{meta_path} lacks the keys {absent}; it was not written by save_checkpoint")
     return meta
 
 

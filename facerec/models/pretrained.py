@@ -54,9 +54,11 @@ def cache_root() -> Path:
 
 
 def pretrained_checkpoint(name: str) -> Path:
-    """The checkpoint folder of the registered pretrained model ``name`` (built on first use)."""
-    from facerec.models.checkpoint import META_FILE, read_checkpoint_metadata, save_checkpoint
-    from facerec.models.embedder import build_embedder
+    """The checkpoint folder of the registered pretrained model ``name`` (built on first use).
+
+    Reusing the cached folder reads only its model.json, without torch: a Serve replica that runs
+    the model through ONNX Runtime resolves ``dlib_resnet`` this way."""
+    from facerec.models.metadata import META_FILE, read_checkpoint_metadata
 
     entry = PRETRAINED.get(name)
     folder = cache_root() / "models" / f"{name}-{entry.source_sha256()[:12]}"
@@ -66,7 +68,10 @@ def pretrained_checkpoint(name: str) -> Path:
             return folder
         except Exception:  # a damaged cache entry is rebuilt, never fatal
             pass
+    # Building it needs the model, hence torch: imported here, only when the cache misses.
     from facerec.models.backbones import BACKBONES
+    from facerec.models.checkpoint import save_checkpoint
+    from facerec.models.embedder import build_embedder
 
     spec = BACKBONES.get(entry.backbone)
     model = build_embedder(entry.backbone, spec.fixed_embedding_dim or 128, freeze="none")
@@ -88,7 +93,7 @@ def check_checkpoint(spec: str | os.PathLike, flag: str = "--checkpoint") -> Non
     """``spec`` names a registered pretrained model or a checkpoint folder with model.json;
     DataNotFoundError / ArtifactMismatchError otherwise. Nothing is built or loaded."""
     from facerec.errors import DataNotFoundError
-    from facerec.models.checkpoint import read_checkpoint_metadata
+    from facerec.models.metadata import read_checkpoint_metadata
 
     if isinstance(spec, str) and spec in PRETRAINED:
         return
@@ -131,7 +136,7 @@ def record_lfw(checkpoint_dir: str | os.PathLike, lfw: dict[str, Any], lfw_root:
     """Record an LFW result (``facerec.eval.lfw.lfw_verification``) beside the checkpoint, and beside
     the cached pretrained checkpoint with the same weights (same ``model_id``), so ``/v1/models``
     shows it whichever folder is served."""
-    from facerec.models.checkpoint import read_checkpoint_metadata
+    from facerec.models.metadata import read_checkpoint_metadata
 
     value = {"accuracy_pct": round(100 * float(lfw["mean"]), 2), "std_pct": round(100 * float(lfw["std"]), 2),
              "folds": int(lfw["folds"]), "pairs": int(lfw["pairs"]),

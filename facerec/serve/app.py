@@ -18,7 +18,8 @@ from typing import Any
 from facerec.errors import ArtifactMismatchError, ConfigError
 from facerec.serve.config import ModelConfig, ServeConfig
 
-__all__ = ["ModelConfig", "ServeConfig", "app_builder", "build_app", "check_artifacts", "check_fits", "required_resources"]
+__all__ = ["ModelConfig", "ServeConfig", "app_builder", "build_app", "check_artifacts", "check_fits", "required_resources",
+           "resolve_runtime"]
 
 
 def check_artifacts(config: ServeConfig) -> dict[str, Any]:
@@ -50,7 +51,26 @@ def check_artifacts(config: ServeConfig) -> dict[str, Any]:
                 f"model {m.name!r}: checkpoint {m.checkpoint} has model_id {meta['model_id']} but the gallery index was "
                 f"built with {entry['model_id']}; rebuild the gallery with this checkpoint"
             )
+        resolve_runtime(m, meta)  # runtime: onnx where it cannot run fails here, before any replica
     return manifest
+
+
+def resolve_runtime(m: ModelConfig, meta: dict[str, Any]) -> str:
+    """``"onnx"`` or ``"torch"``: what will run model ``m`` (checkpoint metadata ``meta``) in its
+    replicas. ``auto`` picks onnx when the input kind is made with numpy, onnxruntime is installed
+    and the replicas get no GPU; an explicit ``onnx`` that cannot run is a ConfigError saying why."""
+    from facerec.data.inputs import kind_of
+    from facerec.models.onnx_runtime import why_not_onnx
+
+    if m.runtime == "torch":
+        return "torch"
+    reason = why_not_onnx(kind_of(meta), gpu=m.num_gpus > 0)
+    if reason is None:
+        return "onnx"
+    if m.runtime == "onnx":
+        raise ConfigError(f"models[{m.name}].runtime", m.runtime, f"'auto' or 'torch': {m.checkpoint} cannot run on "
+                                                                  f"ONNX Runtime because {reason}")
+    return "torch"
 
 
 def required_resources(config: ServeConfig) -> dict[str, float]:
@@ -98,7 +118,14 @@ def build_app(config: ServeConfig):
     model_ids = {m.name: read_checkpoint_metadata(m.checkpoint)["model_id"] for m in config.models}
     embedders = {}
     for m in config.models:
-        model = {**m.__dict__, "checkpoint": str(Path(m.checkpoint).resolve())}
+        model = {**m.__dict__, "checkpoint": str(Path(m.checkpoint).resolve()), "onnx_path": None}
+        if resolve_runtime(m, read_checkpoint_metadata(m.checkpoint)) == "onnx":
+            from facerec.models.onnx_runtime import ensure_onnx
+
+            # Exported (and checked against torch) here, once, in the driver that has torch: the
+            # replicas then only read the file and never import torch. Like the checkpoint, the
+            # path must be readable where the replicas run (one node, or a shared cache folder).
+            model["onnx_path"] = str(ensure_onnx(m.checkpoint).resolve())
         embedders[m.name] = Embedder.options(user_config=m.batching(), **m.deployment_options()).bind(model, crop)
     retriever = Retriever.options(
         num_replicas=config.retriever_replicas,

@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from facerec.errors import ImageDecodeError
+from facerec.errors import ArtifactMismatchError, ConfigError, ImageDecodeError
 from facerec.serve.batching import IdleGate
+from facerec.serve.config import RUNTIMES
 
 # HTTP status of each failure reason; the Ingress turns them into the response.
 STATUS_OF_REASON = {
@@ -52,27 +53,53 @@ class FaceError(Exception):
 
 class FaceEmbedderCore:
     """Everything an Embedder replica does, without Ray: usable in-process by tests and the
-    gallery builder. ``prepare`` is per image (and raises FaceError), ``forward`` is batched."""
+    gallery builder. ``prepare`` is per image (and raises FaceError), ``forward`` is batched.
+
+    ``runtime``: ``"torch"`` (the checkpoint's Embedder, on ``device``), ``"onnx"`` (the file
+    ``onnx_path`` made by :func:`facerec.models.onnx_runtime.ensure_onnx`, on ONNX Runtime's CPU
+    provider; torch is never imported, which keeps a replica of ``dlib_resnet`` ~600 MB smaller),
+    or ``"auto"``: onnx when an ``onnx_path`` is given, the model's input kind can be made with
+    numpy (``InputKind.supports_numpy``), onnxruntime is installed and no GPU is requested
+    (``device`` None or cpu: the Serve app passes ``onnx_path`` only to replicas without GPUs);
+    torch otherwise. ``torch_threads`` sets the forward's threads in either runtime.
+    """
 
     def __init__(self, checkpoint: str, crop_size: int = 218, margin: float = 0.2, max_pixels: int = 40_000_000,
                  max_faces: int = 10, haar_scale_factor: float = 1.1, haar_min_neighbors: int = 5,
                  haar_min_size: int = 24, device: str | None = None, torch_threads: int | None = None,
-                 prepare_threads: int = 1):
-        import torch
-
+                 prepare_threads: int = 1, runtime: str = "auto", onnx_path: str | None = None):
         from facerec.data.haar import HaarDetector
         from facerec.data.inputs import kind_of
-        from facerec.models import load_embedder
+        from facerec.models.metadata import read_checkpoint_metadata
         from facerec.models.pretrained import resolve_checkpoint
 
-        if torch_threads:
-            torch.set_num_threads(int(torch_threads))
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.checkpoint = resolve_checkpoint(checkpoint)
-        self.model, self.metadata = load_embedder(self.checkpoint, map_location=self.device)
+        # model.json first, torch-free: it decides whether torch is needed at all.
+        self.metadata = read_checkpoint_metadata(self.checkpoint)
+        self.kind = kind_of(self.metadata)
+        self.runtime = self._choose_runtime(runtime, device, onnx_path)
+        if self.runtime == "onnx":
+            from facerec.models.onnx_runtime import OnnxModel, read_sidecar
+
+            exported = read_sidecar(onnx_path)
+            if exported["model_id"] != self.metadata["model_id"]:
+                raise ArtifactMismatchError(
+                    f"onnx_path {onnx_path} was exported from model_id {exported['model_id']} but the checkpoint "
+                    f"{self.checkpoint} is {self.metadata['model_id']}; export this checkpoint with ensure_onnx")
+            self.device = "cpu"
+            self.model = OnnxModel(onnx_path, threads=int(torch_threads) if torch_threads else None)
+        else:
+            import torch
+
+            from facerec.models import load_embedder
+
+            if torch_threads:
+                torch.set_num_threads(int(torch_threads))
+            self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            self.model, self.metadata = load_embedder(self.checkpoint, map_location=self.device)
+        self.onnx_path = str(onnx_path) if self.runtime == "onnx" else None
         self.model_id = self.metadata["model_id"]
         self.image_size = int(self.metadata.get("image_size", crop_size))
-        self.kind = kind_of(self.metadata)
         # A fixed-size kind (dlib's chip) is made at the model's size; a crop at the gallery's.
         self.crop_size = self.image_size if self.kind.fixed_size else int(crop_size)
         self.margin = float(margin)
@@ -84,6 +111,23 @@ class FaceEmbedderCore:
         # Decoding (PIL) and the Haar scan (OpenCV) release the GIL, so the items of one batch
         # are prepared in parallel; an unbatched replica handles one image at a time.
         self._pool = ThreadPoolExecutor(prepare_threads, thread_name_prefix="prepare") if prepare_threads > 1 else None
+
+    def _choose_runtime(self, runtime: str, device: str | None, onnx_path: str | None) -> str:
+        from facerec.models.onnx_runtime import why_not_onnx
+
+        if runtime not in RUNTIMES:
+            raise ConfigError("runtime", runtime, f"one of {list(RUNTIMES)}")
+        if runtime == "torch":
+            return "torch"
+        gpu = device is not None and not str(device).startswith("cpu")
+        reason = why_not_onnx(self.kind, gpu)
+        if reason is None and onnx_path is None:
+            reason = "no onnx_path was given (export the checkpoint with facerec.models.onnx_runtime.ensure_onnx)"
+        if reason is None:
+            return "onnx"
+        if runtime == "onnx":
+            raise ConfigError("runtime", runtime, f"'auto' or 'torch' for {self.checkpoint}: {reason}")
+        return "torch"
 
     def _detector(self):
         from facerec.data.haar import HaarDetector
@@ -103,6 +147,7 @@ class FaceEmbedderCore:
             "image_size": self.image_size,
             "input_kind": self.kind.name,
             "device": str(self.device),
+            "runtime": self.runtime,
             **model_card(self.metadata, self.checkpoint),
         }
 
@@ -127,15 +172,23 @@ class FaceEmbedderCore:
             "width": int(rgb.shape[1]),
             "height": int(rgb.shape[0]),
             "boxes": [[int(v) for v in b] for b in boxes],
-            "tensors": [self.kind.tensor(c, self.image_size) for c in crops],
+            # numpy arrays on the ONNX path (no torch in the process), torch tensors otherwise
+            "tensors": [self._make_input(c) for c in crops],
             "crops": crops if return_crops else None,
         }
 
-    def forward(self, tensors: list) -> np.ndarray:
-        import torch
+    def _make_input(self, crop: np.ndarray):
+        if self.runtime == "onnx":
+            return self.kind.array(crop, self.image_size)
+        return self.kind.tensor(crop, self.image_size)
 
+    def forward(self, tensors: list) -> np.ndarray:
         if not tensors:
             return np.zeros((0, int(self.metadata["embedding_dim"])), dtype=np.float32)
+        if self.runtime == "onnx":
+            return self.model(np.stack(tensors))
+        import torch
+
         with torch.inference_mode():
             out = self.model(torch.stack(tensors).to(self.device))
         return out.float().cpu().numpy()
@@ -200,14 +253,16 @@ class FaceEmbedderCore:
 class Embedder:
     """One replica holds one model (loaded once in ``__init__``); ``embed`` is batched.
 
-    ``model``: a ModelConfig as a dict; ``crop``: keyword arguments of FaceEmbedderCore
+    ``model``: a ModelConfig as a dict (plus ``onnx_path`` when the driver exported the model for
+    ONNX Runtime, see ``build_app``); ``crop``: keyword arguments of FaceEmbedderCore
     (crop size and margin of the gallery, pixel limit, Haar parameters).
     """
 
     def __init__(self, model: dict[str, Any], crop: dict[str, Any]):
         self.name = model["name"]
         self.core = FaceEmbedderCore(model["checkpoint"], torch_threads=model.get("torch_threads"),
-                                     prepare_threads=model.get("prepare_threads") or 1, **crop)
+                                     prepare_threads=model.get("prepare_threads") or 1,
+                                     runtime=model.get("runtime") or "auto", onnx_path=model.get("onnx_path"), **crop)
         self._gate = IdleGate()
         self.reconfigure({"max_batch_size": model["max_batch_size"], "batch_wait_timeout_s": model["batch_wait_timeout_s"]})
 

@@ -127,6 +127,7 @@ class ModelInfo(BaseModel):
     image_size: int
     input_kind: str = "haar_crop"
     device: str
+    runtime: str | None = None  # "onnx" (ONNX Runtime, no torch in the replica) or "torch"
     index_kind: str
     max_batch_size: int
     batch_wait_timeout_s: float

