@@ -29,12 +29,12 @@ from benchmarks._common import SHARED_DATA, write_table  # noqa: E402
 
 
 def leave_one_out(emb: np.ndarray, labels: np.ndarray) -> tuple[float, float, int]:
-    """(precision@1, MAP@R, queries) of leave-one-out L2 retrieval among unit-normalised
-    embeddings: each photo queries all the others; photos whose identity has no other photo are
+    """(precision@1, MAP@R, queries) of leave-one-out L2 retrieval among the embeddings as the model
+    gives them: each photo queries all the others; photos whose identity has no other photo are
     no query (``facerec.train.loop.leave_one_out_metrics``, the validation metric of training)."""
     from facerec.train.loop import leave_one_out_metrics
 
-    x = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    x = np.asarray(emb, dtype=np.float64)
     labels = np.asarray(labels)
     counts = pd.Series(labels).map(pd.Series(labels).value_counts()).to_numpy()
     m = leave_one_out_metrics(x, labels)

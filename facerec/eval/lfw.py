@@ -1,4 +1,4 @@
-"""LFW face verification end to end: pairs file -> Haar boxes -> model inputs -> embeddings -> cosine scores ->
+"""LFW face verification end to end: pairs file -> Haar boxes -> model inputs -> embeddings -> distances ->
 k-fold accuracy (Huang et al. 2007, "Labeled Faces in the Wild", UMass TR 07-49, View 2
 protocol; :func:`facerec.eval.verification.kfold_verification_accuracy`).
 
@@ -13,8 +13,9 @@ images are aligned so the named person is at the centre; hence
   image side (the median Haar box on deep-funneled LFW, 117 px of 250) is used and counted
   (``centre_fallback``), never silently.
 
-The score of a pair is the cosine similarity of the two L2-normalised embeddings; the
-threshold is fit on the other folds.
+The score of a pair is the negative Euclidean distance of its two embeddings (cosine order for
+unit-norm embeddings; dlib_resnet's raw descriptors keep their norm); the threshold is fit on the
+other folds.
 """
 
 from __future__ import annotations
@@ -208,11 +209,13 @@ def lfw_verification(lfw_root: str | os.PathLike, model: Any, pairs_path: str | 
     crops = crop_lfw_images(root, images, crop_dir, cfg)
     emb, stats = embed_crops_with_stats(crops, crop_dir, model, EmbedConfig(batch_size=batch_size, num_actors=num_actors,
                                                                            use_gpu=use_gpu))
-    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
     pos = {img: i for i, img in enumerate(crops["image"])}
     i1 = pairs["path1"].map(pos).to_numpy()
     i2 = pairs["path2"].map(pos).to_numpy()
-    scores = np.einsum("ij,ij->i", emb[i1], emb[i2]).astype(np.float64)
+    # Negative Euclidean distance of the embeddings as the model gives them: for unit-norm
+    # embeddings the same order as cosine similarity; for dlib_resnet's raw descriptors it keeps
+    # the norm, which verifies better (lfw-sample: 98.28 % against 97.39 % after normalising).
+    scores = -np.linalg.norm(emb[i1].astype(np.float64) - emb[i2].astype(np.float64), axis=1)
     mean, std, per_fold = kfold_verification_accuracy(scores, pairs["same"].to_numpy(), pairs["fold"].to_numpy())
     methods = crops["method"].value_counts().to_dict()
     out = {

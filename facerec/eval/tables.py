@@ -401,7 +401,7 @@ def evaluate_tables(cfg: TablesConfig) -> dict[str, Any]:
         md += ["## Did fine-tuning help?", ""] + [f"- {v}" for v in verdicts] + [""]
     if "lfw_accuracy_pct" in summary.columns:
         md += ["## LFW verification", "",
-               "Pairs file folds; threshold fit on the other folds, cosine similarity of the embeddings; inputs made "
+               "Pairs file folds; threshold fit on the other folds, Euclidean distance of the embeddings; inputs made "
                "by each model's input kind from Haar boxes (deep-funneled images where Haar finds no face: a centred "
                "box, counted).", "",
                "| table | backbone | accuracy % | std % | per fold % | pairs | centre-crop fallbacks / images |",

@@ -5,8 +5,10 @@ The network and its weights are dlib's ``dlib_face_recognition_resnet_model_v1.d
 with half the filters, trained with a pairwise hinge metric loss on ~3M faces), ported to PyTorch
 in :mod:`facerec.dlibport.resnet`. It takes dlib's aligned 150 x 150 chips (input kind
 ``aligned_chip_5pt``) and ends in its own 128-d ``fc_no_bias`` layer: that layer's output is the
-embedding, L2-normalised like every facerec embedding (FaceNet's convention; dlib's own 0.6
-Euclidean threshold applies to the raw descriptors, whose norms are 1.3-1.6).
+embedding, as dlib gives it -- not L2-normalised (norms 1.3-1.6), so Euclidean distances are dlib's
+own and its 0.6 same-person threshold applies. The norm carries information: on lfw-sample the raw
+descriptors verify at 98.28 % by Euclidean distance against 97.39 % after normalising, while
+celeba-sample retrieval is the same either way (MAP@R 0.789 / 0.788).
 
 Freezing (``freeze="seed"``, the study's "lower blocks frozen"): the stem and the 32-, 64- and
 128-filter stages stay fixed; the two 256-filter stages (``layer4``, ``layer5``) and the final
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import os
 
-import torch.nn.functional as F
 from torch import nn
 
 from facerec.data.inputs import ALIGNED_CHIP_5PT
@@ -28,10 +29,10 @@ EMBEDDING_DIM = 128
 
 
 class DescriptorHead(nn.Module):
-    """The head of a network that computes its own descriptor: L2 normalisation only."""
+    """The head of a network that computes its own descriptor: the descriptor as it is."""
 
     def forward(self, x):
-        return F.normalize(x, p=2, dim=1)
+        return x
 
 
 def _build() -> nn.Module:

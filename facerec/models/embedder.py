@@ -15,7 +15,8 @@ from facerec.models.head import EmbeddingHead
 
 class Embedder(nn.Module):
     """Maps ``N x 3 x H x W`` inputs of the backbone's input kind (``facerec.data.inputs``) to
-    ``N x d`` unit-norm embeddings.
+    ``N x d`` embeddings: unit-norm through :class:`EmbeddingHead`, or the network's own descriptor
+    (``dlib_resnet``: dlib's, not normalised). Distances are Euclidean either way.
 
     ``metadata`` is ``{"backbone", "embedding_dim", "freeze", "init", "input_kind", "image_size"}``;
     ``init`` is ``"imagenet"``, ``"random"``, ``"dlib"`` or the weights path the trunk was

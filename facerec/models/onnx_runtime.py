@@ -30,6 +30,9 @@ from facerec.io import atomic_path, atomic_write_json, sha256_file
 from facerec.models.metadata import read_checkpoint_metadata
 
 ONNX_OPSET = 17
+# Bumped whenever what a checkpoint's model computes changes without its weights changing (the
+# model_id hashes the weights only): v2 = dlib_resnet gives dlib's raw descriptors, no L2 head.
+EXPORT_VERSION = 2
 MAX_ABS_DIFF = 1e-4
 """Largest |ORT - torch| accepted on the parity inputs (the dlib_resnet export measures ~2.5e-7)."""
 PARITY_SEED = 0
@@ -99,7 +102,7 @@ def _reusable(onnx_path: Path, model_id: str) -> bool:
     except (ArtifactMismatchError, DataNotFoundError, OSError):
         return False  # absent or damaged: exported again
     return (meta["model_id"] == model_id and meta["opset"] == ONNX_OPSET
-            and float(meta["max_abs_diff_vs_torch"]) <= MAX_ABS_DIFF)
+            and meta.get("export_version") == EXPORT_VERSION and float(meta["max_abs_diff_vs_torch"]) <= MAX_ABS_DIFF)
 
 
 def parity_inputs(image_size: int) -> list[np.ndarray]:
@@ -170,6 +173,7 @@ def ensure_onnx(checkpoint_dir: str | os.PathLike, cache_dir: str | os.PathLike 
     atomic_write_json(sidecar_path(onnx_path), {
         "model_id": model_id,
         "opset": ONNX_OPSET,
+        "export_version": EXPORT_VERSION,
         "max_abs_diff_vs_torch": diff,
         "parity": {"seed": PARITY_SEED, "batches": list(PARITY_BATCHES), "values": "uniform integers 0-255"},
         "inputs": [{"name": INPUT_NAME, "shape": ["n", 3, size, size], "dtype": "float32",

@@ -58,14 +58,14 @@ def fake_lfw(tmp_path_factory):
 def test_known_answer_on_a_constructed_folder(ray_local, fake_lfw, tiny_checkpoint, tmp_path):
     res = lfw_verification(fake_lfw, tiny_checkpoint, crop_dir=tmp_path / "crops",
                            crop_config=LFWCropConfig(crop_size=64), num_actors=1)
-    # Matched pairs score cosine 1 (same pixels); mismatched ones less, so the threshold fit
+    # Matched pairs score distance 0 (same pixels); mismatched ones less (-distance), so the threshold fit
     # on the other fold separates them: 100 % on both folds.
     assert res["folds"] == 2 and res["pairs"] == 8
     assert list(res["per_fold"]["n_pairs"]) == [4, 4]
     assert list(res["per_fold"]["accuracy"]) == [1.0, 1.0]
     assert res["mean"] == 1.0 and res["std"] == 0.0
-    np.testing.assert_allclose(res["scores"][res["same"]], 1.0, atol=1e-5)
-    assert (res["scores"][~res["same"]] < 0.9999).all()
+    np.testing.assert_allclose(res["scores"][res["same"]], 0.0, atol=1e-5)
+    assert (res["scores"][~res["same"]] < -1e-4).all()
     # Gradients hold no face: every image took the counted centre-crop fallback.
     assert res["images"] == 6 and res["centre_fallback"] == 6  # A1 A2 B1 B2 C1 D2
     assert res["crop_methods"] == {"haar": 0, "haar_nearest_centre": 0, "centre": 6}

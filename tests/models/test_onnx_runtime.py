@@ -45,7 +45,7 @@ def test_export_matches_torch_and_records_the_figure(exported):
     got = OnnxModel(path, threads=1)(x)
     assert got.dtype == np.float32 and got.shape == (5, 128)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert ((np.linalg.norm(got, axis=1) > 1.0) & (np.linalg.norm(got, axis=1) < 2.0)).all()  # dlib's raw descriptors
     assert OnnxModel(path, threads=1)(np.zeros((0, 3, 150, 150), np.float32)).shape == (0, 128)
 
 
