@@ -138,6 +138,9 @@ FREEZE_POLICIES: Registry[Callable[[BackboneSpec], "tuple[str, ...] | None"]] = 
 
 FREEZE_POLICIES.register("seed")(lambda spec: spec.seed_trainable)
 FREEZE_POLICIES.register("none")(lambda spec: None)
+# Only the last module the study's policy trains (dlib_resnet: its final fc layer; ResNets: layer4):
+# a pretrained face model fine-tuned on a few thousand photos keeps everything it learned below.
+FREEZE_POLICIES.register("last")(lambda spec: spec.seed_trainable[-1:])
 
 
 def apply_freeze(trunk: nn.Module, spec: BackboneSpec, freeze: str) -> None:

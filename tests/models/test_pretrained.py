@@ -105,3 +105,11 @@ def test_lfw_result_reaches_the_cached_pretrained_copy(cache, tmp_path):
     for folder in (evaluated, cached):
         card = model_card(read_checkpoint_metadata(folder), folder)
         assert card["lfw_accuracy_pct"] == 98.51 and card["lfw_measured_on"] == "lfw-sample, 3 folds of pairs.txt"
+
+
+def test_last_policy_trains_only_the_final_layer():
+    model = build_embedder("dlib_resnet", 128, freeze="last", pretrained=False)
+    assert {n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad} == {"fc"}
+    r18 = build_embedder("resnet18", 16, freeze="last", pretrained=False)
+    trainable = {n.split(".")[1] for n, p in r18.backbone.named_parameters() if p.requires_grad}
+    assert trainable == {"layer4"}
