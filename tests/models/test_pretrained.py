@@ -111,5 +111,5 @@ def test_last_policy_trains_only_the_final_layer():
     model = build_embedder("dlib_resnet", 128, freeze="last", pretrained=False)
     assert {n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad} == {"fc"}
     r18 = build_embedder("resnet18", 16, freeze="last", pretrained=False)
-    trainable = {n.split(".")[1] for n, p in r18.backbone.named_parameters() if p.requires_grad}
+    trainable = {n.split(".")[0] for n, p in r18.backbone.named_parameters() if p.requires_grad}
     assert trainable == {"layer4"}
