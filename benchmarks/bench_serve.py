@@ -144,7 +144,14 @@ def in_process_baseline(checkpoint: str, queries: list[bytes], gallery: Path, n:
     from facerec.serve.embedder import FaceEmbedderCore
     from facerec.serve.gallery import read_manifest
 
-    core = FaceEmbedderCore(checkpoint)
+    from facerec.data.inputs import kind_of
+    from facerec.models import read_checkpoint_metadata
+    from facerec.models.onnx_runtime import ensure_onnx, why_not_onnx
+
+    # The runtime the served replica uses (build_app exports the ONNX file the same way).
+    onnx = None if why_not_onnx(kind_of(read_checkpoint_metadata(checkpoint)), gpu=False) else str(ensure_onnx(checkpoint))
+    core = FaceEmbedderCore(checkpoint, runtime="auto", onnx_path=onnx, device="cpu")
+    print(f"in-process baseline runtime: {core.runtime}", flush=True)
     entry = read_manifest(gallery)["models"][model]
     index = load_index(gallery / entry["path"] / "index")
     core.embed_many([(queries[0], "largest", False)])  # warm-up: first-call allocations
@@ -154,25 +161,16 @@ def in_process_baseline(checkpoint: str, queries: list[bytes], gallery: Path, n:
         for face in res.get("faces", []):
             index.search(face["embedding"], 9)
     secs = time.perf_counter() - t0
-    return {"images": n, "seconds": secs, "images_per_s": n / secs}
+    return {"images": n, "seconds": secs, "images_per_s": n / secs, "runtime": core.runtime}
 
 
-def replica_memory(class_fragment: str = "Embedder") -> dict:
-    """VmRSS / VmHWM (MB) of the live Serve replica actors whose class name contains the fragment."""
-    from ray.util.state import list_actors
+def replica_memory(url: str) -> dict:
+    """RSS / peak RSS (MB) each Embedder replica reports about its own process on /v1/models."""
+    import httpx
 
-    out = {}
-    for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
-        name = a.class_name or ""
-        if class_fragment in name and a.pid:
-            try:
-                status = Path(f"/proc/{a.pid}/status").read_text()
-            except OSError:
-                continue
-            vals = {line.split(":")[0]: int(line.split()[1]) / 1024 for line in status.splitlines()
-                    if line.startswith(("VmRSS", "VmHWM"))}
-            out[name] = {"pid": a.pid, "rss_mb": vals.get("VmRSS"), "peak_mb": vals.get("VmHWM")}
-    return out
+    models = httpx.get(url + "/v1/models", timeout=60).json()["models"]
+    return {m["name"]: {"rss_mb": m.get("rss_mb"), "peak_mb": m.get("peak_rss_mb"), "runtime": m.get("runtime")}
+            for m in models}
 
 
 def markdown(rows: list[dict], header: str) -> str:
@@ -270,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"p99 {res['p99_ms']:8.1f} ms  mean batch {res['mean_batch']:.1f}  ingress embed-wait {res['ingress_embed_ms']:.0f} ms "
                       f"total {res['ingress_total_ms']:.0f} ms  2xx {res['ok_2xx']} 4xx {res['err_4xx']} "
                       f"5xx {res['err_5xx']} conn-err {res['conn_errors']}", flush=True)
-            memory[label] = replica_memory()
+            memory[label] = replica_memory(url)
             print(f"replica memory after batching {label}: {memory[label]}", flush=True)
     finally:
         serve.shutdown()

@@ -22,25 +22,30 @@ from facerec.errors import ConfigError, ImageDecodeError
 
 class PhotoSteps:
     """The per-photo steps with one model and one detector: usable in-process (the benchmark's
-    single-process loop) and as the body of :class:`EmbedPhotosBatch`."""
+    single-process loop) and as the body of :class:`EmbedPhotosBatch`. The model runs through
+    :class:`facerec.serve.embedder.FaceEmbedderCore`, so on ONNX Runtime when its input kind allows
+    it (as served), else on torch; detection is preprocess's two-pass scan."""
 
     def __init__(self, checkpoint: str, torch_threads: int | None = None, opencv_threads: int | None = None,
-                 several_faces: str = "largest"):
+                 several_faces: str = "largest", runtime: str = "auto"):
         import cv2
-        import torch
 
         from facerec.data.haar import HaarDetector
         from facerec.data.inputs import kind_of
-        from facerec.models import load_embedder
+        from facerec.models import read_checkpoint_metadata
+        from facerec.models.onnx_runtime import ensure_onnx, why_not_onnx
         from facerec.models.pretrained import resolve_checkpoint
+        from facerec.serve.embedder import FaceEmbedderCore
 
-        if torch_threads:
-            torch.set_num_threads(int(torch_threads))
         if opencv_threads:
             cv2.setNumThreads(int(opencv_threads))
-        self.model, self.meta = load_embedder(resolve_checkpoint(checkpoint))
-        self.kind = kind_of(self.meta)
-        self.size = int(self.meta.get("image_size") or self.kind.default_size)
+        checkpoint = resolve_checkpoint(checkpoint)
+        kind = kind_of(read_checkpoint_metadata(checkpoint))
+        onnx = None if runtime == "torch" or why_not_onnx(kind, gpu=False) else str(ensure_onnx(checkpoint))
+        self.core = FaceEmbedderCore(checkpoint, torch_threads=torch_threads, runtime=runtime, onnx_path=onnx,
+                                     device="cpu")
+        self.meta, self.kind = self.core.metadata, self.core.kind
+        self.size = self.core.crop_size
         self.detector = HaarDetector()
         self.several_faces = several_faces
 
@@ -59,16 +64,12 @@ class PhotoSteps:
 
     def embed(self, paths: list[str]) -> tuple[np.ndarray, list[str]]:
         """(n, d) embeddings (NaN rows for photos without a usable face) and each photo's status."""
-        import torch
-
         found = [self.detect(p) for p in paths]
         keep = [i for i, (rgb, _, _) in enumerate(found) if rgb is not None]
         inputs = self.kind.faces_many([found[i][0] for i in keep], [found[i][1] for i in keep], self.size)
         out = np.full((len(paths), int(self.meta["embedding_dim"])), np.nan, dtype=np.float32)
         if keep:
-            x = torch.stack([self.kind.tensor(f, self.size) for f in inputs])
-            with torch.inference_mode():
-                out[keep] = self.model(x).float().numpy()
+            out[keep] = self.core.forward([self.core.make_input(f) for f in inputs])
         return out, [s for _, _, s in found]
 
 
@@ -103,6 +104,11 @@ def embed_photos(paths: list[str | os.PathLike], checkpoint: str, batch_size: in
         raise ConfigError("paths", "[]", "at least one photo")
     checkpoint = resolve_checkpoint(checkpoint)
     dim = int(read_checkpoint_metadata(checkpoint)["embedding_dim"])  # a bad checkpoint fails before Ray
+    from facerec.data.inputs import kind_of
+    from facerec.models.onnx_runtime import ensure_onnx, why_not_onnx
+
+    if why_not_onnx(kind_of(read_checkpoint_metadata(checkpoint)), gpu=False) is None:
+        ensure_onnx(checkpoint)  # exported once here, not by every actor at once
     init_ray()
     actors = num_actors or cluster_cpus()
     t0 = time.perf_counter()

@@ -40,6 +40,16 @@ STATUS_OF_REASON = {
 }
 
 
+def process_memory_mb() -> dict[str, float | None]:
+    """This process's resident memory now and at its peak (VmRSS / VmHWM, MB; Linux only)."""
+    try:
+        lines = open("/proc/self/status").read().splitlines()
+    except OSError:
+        return {"rss_mb": None, "peak_rss_mb": None}
+    vals = {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in lines if ln.startswith(("VmRSS", "VmHWM"))}
+    return {"rss_mb": round(vals.get("VmRSS", 0.0), 1) or None, "peak_rss_mb": round(vals.get("VmHWM", 0.0), 1) or None}
+
+
 class FaceError(Exception):
     """A per-item failure: ``reason`` (a key of ``STATUS_OF_REASON``) and a user-facing message."""
 
@@ -148,6 +158,7 @@ class FaceEmbedderCore:
             "input_kind": self.kind.name,
             "device": str(self.device),
             "runtime": self.runtime,
+            **process_memory_mb(),
             **model_card(self.metadata, self.checkpoint),
         }
 
@@ -173,11 +184,12 @@ class FaceEmbedderCore:
             "height": int(rgb.shape[0]),
             "boxes": [[int(v) for v in b] for b in boxes],
             # numpy arrays on the ONNX path (no torch in the process), torch tensors otherwise
-            "tensors": [self._make_input(c) for c in crops],
+            "tensors": [self.make_input(c) for c in crops],
             "crops": crops if return_crops else None,
         }
 
-    def _make_input(self, crop: np.ndarray):
+    def make_input(self, crop: np.ndarray):
+        """A stored model input (chip or crop) as the runtime's input: a numpy array or a tensor."""
         if self.runtime == "onnx":
             return self.kind.array(crop, self.image_size)
         return self.kind.tensor(crop, self.image_size)

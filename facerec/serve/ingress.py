@@ -127,7 +127,9 @@ class ModelInfo(BaseModel):
     image_size: int
     input_kind: str = "haar_crop"
     device: str
-    runtime: str | None = None  # "onnx" (ONNX Runtime, no torch in the replica) or "torch"
+    runtime: str | None = None
+    rss_mb: float | None = None       # the replica process's resident memory (VmRSS) when asked
+    peak_rss_mb: float | None = None  # and its peak (VmHWM)  # "onnx" (ONNX Runtime, no torch in the replica) or "torch"
     index_kind: str
     max_batch_size: int
     batch_wait_timeout_s: float
