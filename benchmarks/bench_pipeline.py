@@ -3,8 +3,8 @@ decode -> Haar -> landmarks -> aligned chip -> dlib_resnet forward) against a si
 of the same steps (``PhotoSteps``: OpenCV single-threaded, torch on every core, batches of the
 same size), in one run, on the same photos.
 
-    python benchmarks/bench_pipeline.py                       # 1,000 photos of ../shared/data/celeba-sample
-    python benchmarks/bench_pipeline.py --limit 0 --model dlib_resnet --repeats 2
+    python benchmarks/bench_pipeline.py                       # all photos of ../shared/data/celeba-sample
+    python benchmarks/bench_pipeline.py --limit 2000 --batch-size 16 --repeats 2
 
 Both must give the same embeddings for the same photos (max |difference| is reported; the
 forward runs in batches of different composition, so float reductions may differ in the last
@@ -47,9 +47,9 @@ def ray_path(paths: list[str], model: str, batch_size: int) -> tuple[np.ndarray,
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(SHARED_DATA / "celeba-sample"), help="CelebA-layout folder")
-    ap.add_argument("--limit", type=int, default=1000, help="first N listed photos (0: all)")
+    ap.add_argument("--limit", type=int, default=0, help="first N listed photos (0: all)")
     ap.add_argument("--model", default="dlib_resnet", help="checkpoint folder or pretrained name")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=1, help="runs of each engine, alternating which goes first")
     ap.add_argument("--out", default="results/bench_pipeline")
     args = ap.parse_args(argv)
