@@ -125,8 +125,9 @@ def fine_tuning_verdicts(summary: pd.DataFrame) -> list[str]:
                                   ("lfw_accuracy_pct", "LFW accuracy %", 1)):
             if key in rows.columns and pd.notna(bef.get(key)) and pd.notna(aft.get(key)):
                 parts.append(f"{label} {bef[key] * scale:.4g} -> {aft[key] * scale:.4g}")
-        better = aft["map_at_r"] > bef["map_at_r"]
-        verdict = "improved" if better else "made it WORSE"
+        change = float(aft["map_at_r"]) - float(bef["map_at_r"])
+        # Below a thousandth of MAP@R the two rankings are the same for practical purposes.
+        verdict = "left it unchanged" if abs(change) < 1e-3 else "improved" if change > 0 else "made it WORSE"
         out.append(f"{b}: fine-tuning ({aft.get('weights')}) {verdict} on the test split's MAP@R: " + "; ".join(parts) + ".")
     return out
 

@@ -170,10 +170,14 @@ def test_fine_tuning_verdict_says_when_it_made_things_worse():
         {"backbone": "resnet18", "stage": "before", "weights": "random", "map_at_r": 0.02, "precision_at_1": 0.1},
         {"backbone": "resnet18", "stage": "after", "weights": "trial x", "map_at_r": 0.05, "precision_at_1": 0.2},
         {"backbone": "mobilenet_v2", "stage": "before", "weights": "random", "map_at_r": 0.01, "precision_at_1": 0.1},
+        {"backbone": "resnet50", "stage": "before", "weights": "random", "map_at_r": 0.9940, "precision_at_1": 1.0},
+        {"backbone": "resnet50", "stage": "after", "weights": "trial y", "map_at_r": 0.9938, "precision_at_1": 1.0},
     ])
     v = fine_tuning_verdicts(summary)
     assert v == [
         "dlib_resnet: fine-tuning (trial triplet-dlib_resnet) made it WORSE on the test split's MAP@R: "
         "MAP@R 0.8 -> 0.78; precision@1 0.95 -> 0.96.",
         "resnet18: fine-tuning (trial x) improved on the test split's MAP@R: MAP@R 0.02 -> 0.05; precision@1 0.1 -> 0.2.",
+        "resnet50: fine-tuning (trial y) left it unchanged on the test split's MAP@R: MAP@R 0.994 -> 0.9938; "
+        "precision@1 1 -> 1.",
     ]
