@@ -37,6 +37,14 @@ HISTORY_FILE = "history.json"
 COLLAPSE_SPREAD = 0.05
 
 
+def is_collapsed(spread: float, initial_spread: float | None) -> bool:
+    """Collapsed: the validation spread is below :data:`COLLAPSE_SPREAD` and training shrank it to
+    less than half its value under the initial weights (random initialisations start tiny)."""
+    if not np.isfinite(spread) or spread >= COLLAPSE_SPREAD:
+        return False
+    return initial_spread is None or not np.isfinite(initial_spread) or spread < 0.5 * initial_spread
+
+
 def embedding_spread(embeddings: np.ndarray) -> float:
     """RMS distance of the L2-normalised ``embeddings`` to their centroid (0 = collapsed)."""
     x = np.asarray(embeddings, dtype=np.float64)
@@ -285,6 +293,19 @@ def train_loop_per_worker(config: dict) -> None:
     test_tf = kind_tensor(embedder, cfg.image_size)
     inner = _unwrap(module)
 
+    def val_embeddings() -> np.ndarray:
+        """Validation embeddings of all ranks, in ``val_rows`` order."""
+        emb = embed_rows(inner.embedder, cache, val_cache_rows, test_tf, device)
+        gathered = _all_gather((my_val.index.to_numpy(), emb), world)
+        order = np.concatenate([g[0] for g in gathered])
+        return np.concatenate([g[1] for g in gathered])[np.argsort(order)]
+
+    # The spread before any step: a randomly initialised network already maps every face close to
+    # one point, which is no collapse; training that shrinks a spread is.
+    initial_spread = state.get("initial_spread")
+    if initial_spread is None:
+        initial_spread = embedding_spread(val_embeddings())
+
     for epoch in range(start_epoch, cfg.epochs):
         if stopped:
             break
@@ -309,13 +330,10 @@ def train_loop_per_worker(config: dict) -> None:
         cpu_seconds = time.process_time() - t_cpu  # all threads of this process, Ray's own included
 
         t_val = time.perf_counter()
-        emb = embed_rows(inner.embedder, cache, val_cache_rows, test_tf, device)
-        gathered = _all_gather((my_val.index.to_numpy(), emb), world)
-        order = np.concatenate([g[0] for g in gathered])
-        all_emb = np.concatenate([g[1] for g in gathered])[np.argsort(order)]
+        all_emb = val_embeddings()
         scores = leave_one_out_metrics(all_emb, val_rows["identity"].to_numpy())
         spread = embedding_spread(all_emb)
-        collapsed = bool(np.isfinite(spread) and spread < COLLAPSE_SPREAD)
+        collapsed = is_collapsed(spread, initial_spread)
         val_seconds = time.perf_counter() - t_val
 
         score = scores["map_at_r"] if cfg.score_attribute == "val_map_at_r" else scores["precision_at_1"]
@@ -340,6 +358,7 @@ def train_loop_per_worker(config: dict) -> None:
             "val_map_at_r": scores["map_at_r"],
             "val_seconds": val_seconds,
             "val_embedding_spread": spread,
+            "initial_embedding_spread": initial_spread,
             "collapsed": collapsed,
             "best_score": best_score,
             "early_stopped": stopped,
@@ -353,7 +372,8 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             with tempfile.TemporaryDirectory(prefix="facerec-ckpt-") as tmp:
                 _save(Path(tmp), inner, optimizer, cfg, meta, epoch + 1, history,
-                      {"history": history, "best_score": best_score, "bad_epochs": bad_epochs, "stopped": stopped})
+                      {"history": history, "best_score": best_score, "bad_epochs": bad_epochs, "stopped": stopped,
+                       "initial_spread": initial_spread})
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                                  checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
         else:

@@ -180,7 +180,9 @@ def export_result(result, cfg: TrainConfig, trial_dir: str | os.PathLike, trial_
 
         row = summarize(trial_name, cfg, history, best_epoch, counts=counts, status="failed",
                         error=f"collapsed: validation embeddings spread {collapsed['val_embedding_spread']:.2g} "
-                              f"< {COLLAPSE_SPREAD} at epoch {collapsed['epoch']} (every face maps to nearly one point); "
+                              f"< {COLLAPSE_SPREAD} at epoch {collapsed['epoch']}, down from "
+                              f"{collapsed.get('initial_embedding_spread', float('nan')):.2g} before training "
+                              f"(every face maps to nearly one point); "
                               f"lower the learning rate or change the loss parameters")
     else:
         row = summarize(trial_name, cfg, history, best_epoch, counts=counts)

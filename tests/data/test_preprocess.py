@@ -229,9 +229,9 @@ def test_crops_table_and_files(dataset, local_run):
         assert 0 <= row["box_y"] and row["box_y"] + row["box_h"] <= row["orig_h"]
         assert row["box_w"] >= 24
     # the crop of the grayscale photo is gray, that of a colour photo is not
-    gray = read_image(out / "crops" / "900001.jpg").astype(int)
+    gray = read_image(out / "crops" / "900001.jpg.png").astype(int)
     assert np.abs(gray[..., 0] - gray[..., 1]).max() <= 3
-    colour = read_image(out / "crops" / "000114.jpg").astype(int)
+    colour = read_image(out / "crops" / "000114.jpg.png").astype(int)
     assert np.abs(colour[..., 0] - colour[..., 2]).mean() > 5
 
 
@@ -257,7 +257,7 @@ def test_resume_processes_only_the_missing_work(dataset, local_run, tmp_path):
         lost |= set(pd.read_parquet(p)["image_id"])
         p.unlink()
     for name in lost:  # and their crops had never been written
-        (out / "crops" / name).unlink(missing_ok=True)
+        (out / "crops" / f"{name}.png").unlink(missing_ok=True)
     for name in (CROPS_TABLE, DROPPED_TABLE, SUMMARY_FILE):
         (out / name).unlink()
 
@@ -270,7 +270,7 @@ def test_resume_processes_only_the_missing_work(dataset, local_run, tmp_path):
     pd.testing.assert_frame_equal(after[0], before[0])
     pd.testing.assert_frame_equal(after[1], before[1])
     for name in before[0]["image_id"]:  # same settings -> byte-identical crops
-        assert (out / "crops" / name).read_bytes() == (local_run[0] / "crops" / name).read_bytes()
+        assert (out / "crops" / f"{name}.png").read_bytes() == (local_run[0] / "crops" / f"{name}.png").read_bytes()
 
 
 def test_resume_from_a_run_over_a_subset(dataset, tmp_path):
@@ -305,7 +305,7 @@ def test_other_crop_settings_on_the_same_folder_are_refused_then_overwrite(datas
     kept, meta = load_crops(out)
     assert set(kept["image_id"]) == _expected_kept()
     assert meta["crop_size"] == 64 and meta["data_version"] != local_run[1]["data_version"]
-    assert read_image(out / "crops" / "000114.jpg").shape == (64, 64, 3)
+    assert read_image(out / "crops" / "000114.jpg.png").shape == (64, 64, 3)
     assert len(list((out / PARTS_DIR).glob("part-*.parquet"))) == 3  # the old parts are gone
 
 
@@ -327,7 +327,7 @@ def test_ray_engine_gives_the_same_result(dataset, local_run, ray_cluster, tmp_p
     pd.testing.assert_frame_equal(ray_kept, local_kept)
     pd.testing.assert_frame_equal(ray_dropped, local_dropped)
     for name in ray_kept["image_id"]:
-        assert (out / "crops" / name).read_bytes() == (local_run[0] / "crops" / name).read_bytes()
+        assert (out / "crops" / f"{name}.png").read_bytes() == (local_run[0] / "crops" / f"{name}.png").read_bytes()
     # the Ray workers wrote the resume record: one part per batch, every image once
     parts = sorted((out / PARTS_DIR).glob("part-*.parquet"))
     assert len(parts) == 6

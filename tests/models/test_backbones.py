@@ -68,7 +68,7 @@ def test_freeze_none_trains_everything_and_unknown_policy_is_rejected():
     model = build_embedder("mobilenet_v3_small", embedding_dim=8, freeze="none", pretrained=False)
     assert all(p.requires_grad for p in model.parameters())
     assert all(m.training for m in model.modules())
-    with pytest.raises(ConfigError, match=r"freeze='all' is invalid: expected one of \['none', 'seed'\]"):
+    with pytest.raises(ConfigError, match=r"freeze='all' is invalid: expected one of \['last', 'none', 'seed'\]"):
         build_embedder("resnet18", freeze="all", pretrained=False)
 
 

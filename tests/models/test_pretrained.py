@@ -93,6 +93,15 @@ def test_embedding_spread_by_hand():
     assert embedding_spread(collapsed) < COLLAPSE_SPREAD
 
 
+def test_collapse_means_training_shrank_a_spread():
+    from facerec.train.loop import is_collapsed
+
+    assert is_collapsed(0.004, 0.6)          # a pretrained embedding squeezed to a point
+    assert not is_collapsed(0.2, 0.6)        # narrower, but not collapsed
+    assert not is_collapsed(0.01, 0.012)     # a random initialisation starts that tight
+    assert is_collapsed(2e-8, 0.012)         # ...and training squeezing it further is collapse
+
+
 def test_lfw_result_reaches_the_cached_pretrained_copy(cache, tmp_path):
     import shutil
 
