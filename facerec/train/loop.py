@@ -38,11 +38,16 @@ COLLAPSE_SPREAD = 0.05
 
 
 def is_collapsed(spread: float, initial_spread: float | None) -> bool:
-    """Collapsed: the validation spread is below :data:`COLLAPSE_SPREAD` and training shrank it to
-    less than half its value under the initial weights (random initialisations start tiny)."""
+    """Collapsed: training squeezed a spread-out embedding to a point -- the validation spread is below
+    :data:`COLLAPSE_SPREAD` and under half its value under the initial weights, which were spread out
+    themselves. A randomly initialised network in eval mode (batch norms with their initial
+    statistics) already starts near one point; from such a start a tiny spread says "not trained
+    yet", not "collapsed", so it is recorded (``val_embedding_spread``) but not judged."""
     if not np.isfinite(spread) or spread >= COLLAPSE_SPREAD:
         return False
-    return initial_spread is None or not np.isfinite(initial_spread) or spread < 0.5 * initial_spread
+    if initial_spread is None or not np.isfinite(initial_spread):
+        return True
+    return initial_spread >= COLLAPSE_SPREAD and spread < 0.5 * initial_spread
 
 
 def embedding_spread(embeddings: np.ndarray) -> float:

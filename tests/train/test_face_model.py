@@ -46,13 +46,13 @@ def test_fine_tuning_trains_only_the_top(ray_local, tiny_chips, tmp_path):
     from facerec.models import load_embedder
     from facerec.train.trainer import train
 
-    cfg = TrainConfig(data_dir=str(tiny_chips), backbone="dlib_resnet", loss="arcface", image_size=150,
-                      embedding_dim=128, freeze="seed", lr=1e-3, loss_lr=1e-2, epochs=1, steps_per_epoch=2,
+    cfg = TrainConfig(data_dir=str(tiny_chips), backbone="dlib_resnet", loss="softmax", image_size=150,
+                      embedding_dim=128, freeze="seed", lr=1e-4, loss_lr=1e-3, epochs=1, steps_per_epoch=2,
                       p=2, k=2, val_max_images=None, val_fraction=0.3, test_fraction=0.2, cpus_per_worker=2,
                       max_failures=0)
     row = train(cfg, tmp_path / "run")
     assert row["status"] == "ok" and row["epochs"] == 1
-    model, meta = load_embedder(tmp_path / "run" / "arcface-dlib_resnet" / "best")
+    model, meta = load_embedder(tmp_path / "run" / "softmax-dlib_resnet" / "best")
     assert meta["backbone"] == "dlib_resnet" and meta["input_kind"] == "aligned_chip_5pt" and meta["init"] == "dlib"
     pretrained = load_dlib_resnet_state()
     tuned = {k.removeprefix("backbone."): v for k, v in model.state_dict().items()}
