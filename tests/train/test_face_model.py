@@ -47,7 +47,7 @@ def test_fine_tuning_trains_only_the_top(ray_local, tiny_chips, tmp_path):
     from facerec.train.trainer import train
 
     cfg = TrainConfig(data_dir=str(tiny_chips), backbone="dlib_resnet", loss="softmax", image_size=150,
-                      embedding_dim=128, freeze="seed", lr=1e-4, loss_lr=1e-3, epochs=1, steps_per_epoch=2,
+                      embedding_dim=128, freeze="seed", lr=1e-5, loss_lr=1e-4, epochs=1, steps_per_epoch=2,
                       p=2, k=2, val_max_images=None, val_fraction=0.3, test_fraction=0.2, cpus_per_worker=2,
                       max_failures=0)
     row = train(cfg, tmp_path / "run")
