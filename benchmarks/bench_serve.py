@@ -144,12 +144,10 @@ def in_process_baseline(checkpoint: str, queries: list[bytes], gallery: Path, n:
     from facerec.serve.embedder import FaceEmbedderCore
     from facerec.serve.gallery import read_manifest
 
-    from facerec.data.inputs import kind_of
-    from facerec.models import read_checkpoint_metadata
-    from facerec.models.onnx_runtime import ensure_onnx, why_not_onnx
+    from facerec.models.onnx_runtime import cpu_export
 
     # The runtime the served replica uses (build_app exports the ONNX file the same way).
-    onnx = None if why_not_onnx(kind_of(read_checkpoint_metadata(checkpoint)), gpu=False) else str(ensure_onnx(checkpoint))
+    onnx = cpu_export(checkpoint)
     core = FaceEmbedderCore(checkpoint, runtime="auto", onnx_path=onnx, device="cpu")
     print(f"in-process baseline runtime: {core.runtime}", flush=True)
     entry = read_manifest(gallery)["models"][model]

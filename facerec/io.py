@@ -111,6 +111,13 @@ def read_parquet_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+def cache_root() -> Path:
+    """Where facerec keeps what it derives and reuses (synthetic data, parsed model files, exports):
+    ``$FACEREC_CACHE``, default ``~/.cache/facerec``."""
+    base = os.environ.get("FACEREC_CACHE")
+    return Path(base).expanduser() if base else Path.home() / ".cache" / "facerec"
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -101,8 +101,13 @@ class HaarDetector:
         boxes = self._scan(gray, scale, self.scale_factor)
         if len(boxes) == 0:
             boxes = self._scan(gray, scale, 1.0 + (self.scale_factor - 1.0) / 2.0)
-        order = np.argsort(-(boxes[:, 2] * boxes[:, 3]), kind="stable")
-        return boxes[order]
+        return largest_first(boxes)
+
+
+def largest_first(boxes: np.ndarray) -> np.ndarray:
+    """Boxes (x, y, w, h) ordered by area, largest first (ties keep their order)."""
+    boxes = np.asarray(boxes).reshape(-1, 4)
+    return boxes[np.argsort(-(boxes[:, 2] * boxes[:, 3]), kind="stable")]
 
 
 def crop_face(rgb: np.ndarray, box, margin: float = 0.2, size: int = 218) -> np.ndarray:

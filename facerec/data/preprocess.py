@@ -139,7 +139,9 @@ class CropBatch:
         row["faces_pass1"], row["faces_pass2"], row["haar_pass"] = det.faces_pass1, det.faces_pass2, det.pass_used
         boxes = det.boxes
         if det.reason == "several_faces" and self.cfg.several_faces == "largest":
-            boxes = boxes[np.argsort(-(boxes[:, 2] * boxes[:, 3]), kind="stable")][:1]
+            from facerec.data.haar import largest_first
+
+            boxes = largest_first(boxes)[:1]
             row["detail"] = f"largest of {max(det.faces_pass1, det.faces_pass2)} faces"
         elif det.reason is not None:
             row.update(reason=det.reason, detail=f"pass 1 found {det.faces_pass1} faces, pass 2 found {det.faces_pass2}")

@@ -796,8 +796,9 @@ def image_name(number: int) -> str:
 def default_synthetic_dir() -> Path:
     """Where ``ensure_synthetic`` keeps its dataset: ``$FACEREC_CACHE`` (or ``~/.cache/facerec``)
     ``/synthetic-v1``."""
-    base = os.environ.get("FACEREC_CACHE")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "facerec") / "synthetic-v1"
+    from facerec.io import cache_root
+
+    return cache_root() / "synthetic-v1"
 
 
 def _read_marker(root: Path) -> dict | None:

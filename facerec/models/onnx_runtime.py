@@ -47,7 +47,7 @@ def onnx_available() -> bool:
 
 def onnx_cache_dir() -> Path:
     """``$FACEREC_CACHE/onnx`` (default ``~/.cache/facerec/onnx``)."""
-    from facerec.models.pretrained import cache_root
+    from facerec.io import cache_root
 
     return cache_root() / "onnx"
 
@@ -63,6 +63,18 @@ def why_not_onnx(kind, gpu: bool) -> str | None:
     if not onnx_available():
         return "onnxruntime is not installed (pip install onnxruntime)"
     return None
+
+
+def cpu_export(checkpoint_dir: str | os.PathLike) -> Path | None:
+    """The ONNX export of a checkpoint that can run on ONNX Runtime on this machine's CPU
+    (:func:`why_not_onnx` says nothing against it), made once by :func:`ensure_onnx`; None
+    otherwise, and the checkpoint runs on torch."""
+    from facerec.data.inputs import kind_of
+    from facerec.models.metadata import read_checkpoint_metadata
+
+    if why_not_onnx(kind_of(read_checkpoint_metadata(checkpoint_dir)), gpu=False) is not None:
+        return None
+    return ensure_onnx(checkpoint_dir)
 
 
 def sidecar_path(onnx_path: str | os.PathLike) -> Path:

@@ -49,8 +49,11 @@ PRETRAINED.register("dlib_resnet")(PretrainedModel(
 ))
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("FACEREC_CACHE", Path.home() / ".cache" / "facerec"))
+def cached_folder(name: str) -> Path:
+    """The cache folder of the registered pretrained model ``name`` (named by its source file's hash)."""
+    from facerec.io import cache_root
+
+    return cache_root() / "models" / f"{name}-{PRETRAINED.get(name).source_sha256()[:12]}"
 
 
 def pretrained_checkpoint(name: str) -> Path:
@@ -61,7 +64,7 @@ def pretrained_checkpoint(name: str) -> Path:
     from facerec.models.metadata import META_FILE, read_checkpoint_metadata
 
     entry = PRETRAINED.get(name)
-    folder = cache_root() / "models" / f"{name}-{entry.source_sha256()[:12]}"
+    folder = cached_folder(name)
     if (folder / META_FILE).is_file():
         try:
             read_checkpoint_metadata(folder)
@@ -144,7 +147,7 @@ def record_lfw(checkpoint_dir: str | os.PathLike, lfw: dict[str, Any], lfw_root:
     record_measurement(checkpoint_dir, "lfw", value)
     model_id = read_checkpoint_metadata(checkpoint_dir)["model_id"]
     for name in PRETRAINED.names():
-        folder = cache_root() / "models" / f"{name}-{PRETRAINED.get(name).source_sha256()[:12]}"
+        folder = cached_folder(name)
         try:
             if folder.resolve() != Path(checkpoint_dir).resolve() and read_checkpoint_metadata(folder)["model_id"] == model_id:
                 record_measurement(folder, "lfw", value)

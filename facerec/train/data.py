@@ -5,7 +5,6 @@ build the Ray Data datasets the workers read their shards from."""
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,8 +124,9 @@ def resolve_data(data: str | None, crops: str | None = None, progress: bool = Tr
     config = PreprocessConfig(input_kind=input_kind)
     # The same key as facerec.serve.local.ensure_crops: the same photos are preprocessed once per kind.
     key = hashlib.sha256(f"{source.resolve()}|{config.fingerprint()}".encode()).hexdigest()[:10]
-    base = Path(os.environ.get("FACEREC_CACHE", Path.home() / ".cache" / "facerec"))
-    out = Path(crops) if crops else base / "crops" / f"{source.name}-{key}"
+    from facerec.io import cache_root
+
+    out = Path(crops) if crops else cache_root() / "crops" / f"{source.name}-{key}"
     if not (out / CROPS_TABLE).is_file():
         print(f"preprocessing {source} -> {out} ({input_kind})", flush=True)
         summary = preprocess(source, out, config, progress=progress)
