@@ -12,8 +12,10 @@ import ctypes.util
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -76,6 +78,89 @@ def sync_filesystem(path: str | os.PathLike) -> None:
             raise OSError(err, f"syncfs failed on {path}: {os.strerror(err)}")
     finally:
         os.close(fd)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _load_renameat2():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_RENAMEAT2 = _load_renameat2()
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux ``renameat2(RENAME_EXCHANGE)``; False if unavailable."""
+    if _RENAMEAT2 is None:
+        return False
+    return _RENAMEAT2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync a folder, so the renames inside it survive a power cut (best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def swap_in_folder(new: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Make ``new`` (a complete folder) become ``target``; an old ``target`` is removed after."""
+    new, target = Path(new), Path(target)
+    if not target.exists():
+        os.rename(new, target)
+    elif _exchange(new, target):
+        shutil.rmtree(new)  # ``new`` now holds the previous version
+    else:
+        # No atomic exchange (non-Linux / old kernel / some filesystems): two renames; a reader
+        # between them sees no folder and gets a not-found error rather than mixed files.
+        old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+        os.rename(target, old)
+        os.rename(new, target)
+        shutil.rmtree(old)
+    fsync_dir(target.parent)
+
+
+@contextmanager
+def publish_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """Publish a version folder: yield an empty temporary folder beside ``target``; when the
+    block ends without error, fsync what it holds and swap it in as ``target`` in one rename, so
+    a reader sees the previous folder or the complete new one, never a mix. On error the
+    temporary folder is removed and ``target`` is untouched.
+
+    The one "publish a version" step of the gallery segments (:mod:`facerec.gallery`) and the
+    saved indexes (:meth:`facerec.index.Index.save`)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        fsync_dir(tmp)
+        swap_in_folder(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:

@@ -13,21 +13,17 @@ On-disk layout (``save``), one folder per index::
       hnsw.bin        (hnsw only) hnswlib's own binary graph file, checksummed like the rest
 
 No pickle anywhere: tree indexes are rebuilt from the arrays on load. A save writes a complete
-new folder beside ``DIR`` and swaps it in with one rename (``renameat2(RENAME_EXCHANGE)`` on
-Linux), so readers see either the old version or the new one, never a mix; the previous
+new folder beside ``DIR`` and swaps it in with one rename (:func:`facerec.io.publish_folder`:
+``renameat2(RENAME_EXCHANGE)`` on Linux), so readers see either the old version or the new one, never a mix; the previous
 version stays readable until that rename.
 """
 
 from __future__ import annotations
 
 import abc
-import ctypes
-import ctypes.util
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from facerec.errors import ArtifactMismatchError, ConfigError, DataNotFoundError
-from facerec.io import atomic_write_json, sha256_file
+from facerec.io import atomic_write_json, publish_folder, sha256_file
 from facerec.registry import Registry
 
 FORMAT_VERSION = 1
@@ -112,53 +108,6 @@ def make_params(cls: type, params: dict[str, Any]) -> Any:
 
 def params_to_json(params: Any) -> dict[str, Any]:
     return dataclasses.asdict(params)
-
-
-# --------------------------------------------------------------------------- atomic folder swap
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths with Linux ``renameat2(RENAME_EXCHANGE)``; False if unavailable."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    return rc == 0
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def swap_in_folder(new: Path, target: Path) -> None:
-    """Make ``new`` (a complete folder) become ``target``; the old ``target`` is removed after."""
-    if not target.exists():
-        os.rename(new, target)
-    elif _exchange(new, target):
-        shutil.rmtree(new)  # ``new`` now holds the previous version
-    else:
-        # No atomic exchange (non-Linux / old kernel / some filesystems): two renames; a reader
-        # between them sees no folder and gets DataNotFoundError rather than mixed files.
-        old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-        os.rename(target, old)
-        os.rename(new, target)
-        shutil.rmtree(old)
-    _fsync_dir(target.parent)
 
 
 # --------------------------------------------------------------------------- the interface
@@ -286,16 +235,12 @@ class Index(abc.ABC):
                     f"an empty folder or an existing index folder (with {MANIFEST}); "
                     "refusing to replace a folder with other content",
                 )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-        try:
+        with publish_folder(target) as tmp:
             files: dict[str, str] = {}
             for name, arr in self._arrays().items():
                 fn = f"{name}.npy"
                 with open(tmp / fn, "wb") as f:
                     np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
-                    f.flush()
-                    os.fsync(f.fileno())
                 files[fn] = sha256_file(tmp / fn)
             for fn in self._write_extra(tmp):
                 files[fn] = sha256_file(tmp / fn)
@@ -313,11 +258,6 @@ class Index(abc.ABC):
                 "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             atomic_write_json(tmp / MANIFEST, manifest)
-            _fsync_dir(tmp)
-            swap_in_folder(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return target
 
     @classmethod
