@@ -142,23 +142,14 @@ def _load_model(source: ModelSource, device: str):
     return model.to(device).eval()
 
 
-def _decode(paths, image_size: int, input_kind: str = "haar_crop") -> np.ndarray:
-    """(n, 3, S, S) float32 network inputs of the stored input files (the input kind's tensor)."""
-    import torch
-
-    from facerec.data.images import read_image
-    from facerec.data.inputs import input_kind as get_kind
-
-    kind = get_kind(input_kind)
-    return torch.stack([kind.tensor(read_image(str(p)), image_size) for p in paths]).numpy()
-
-
 def decode_batch(batch: dict[str, np.ndarray], image_size: int, input_kind: str = "haar_crop") -> dict[str, np.ndarray]:
     """Task-stage function (GPU pipelines): stored input files -> input tensors."""
     import torch
 
+    from facerec.models.inference import read_inputs
+
     torch.set_num_threads(1)  # one task per core is the parallelism here
-    return {"row": np.asarray(batch["row"], dtype=np.int64), "pixels": _decode(batch["path"], image_size, input_kind)}
+    return {"row": np.asarray(batch["row"], dtype=np.int64), "pixels": read_inputs(batch["path"], image_size, input_kind)}
 
 
 class EmbedBatch:
@@ -176,13 +167,11 @@ class EmbedBatch:
         self.input_kind = source.input_kind
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
+        from facerec.models.inference import forward, read_inputs
 
         t0 = time.perf_counter()
-        pixels = batch["pixels"] if "pixels" in batch else _decode(batch["path"], self.image_size, self.input_kind)
-        x = torch.as_tensor(np.ascontiguousarray(pixels), dtype=torch.float32).to(self.device)
-        with torch.inference_mode():
-            emb = self.model(x).float().cpu().numpy()
+        pixels = batch["pixels"] if "pixels" in batch else read_inputs(batch["path"], self.image_size, self.input_kind)
+        emb = forward(self.model, pixels, self.device)
         n = len(batch["row"])
         # Each row's share of the batch's compute time: the driver can sum it over any subset
         # of rows (e.g. the gallery) without counting actor start-up or model loading.

@@ -127,12 +127,88 @@ def map_at_r(query_labels: Any, retrieved_labels: Any, gallery_labels: Any) -> f
             f"at least max R = {int(R.max())} (query {i}); search with k >= {int(R.max())}",
         )
     kmax = int(R.max())
-    rel = r[:, :kmax] == q[:, None]
+    return float(average_precision_at_r(r[:, :kmax] == q[:, None], R).mean())
+
+
+def average_precision_at_r(relevant: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """Per-query AP@R (Musgrave et al. 2020, §3.2): ``relevant`` (m, >= max R) says whether the
+    i-th result of each query has its label, ``R`` (m,) >= 1 how many relevant items exist.
+    (1/R) sum_{i<=R} P(i) rel(i), with P(i) the precision at rank i."""
+    kmax = int(R.max())
+    rel = relevant[:, :kmax]
     ranks = np.arange(1, kmax + 1)
     prec = np.cumsum(rel, axis=1) / ranks
     within = ranks[None, :] <= R[:, None]
-    ap = (prec * rel * within).sum(axis=1) / R
-    return float(ap.mean())
+    return (prec * rel * within).sum(axis=1) / R
+
+
+# --------------------------------------------------------------------------- leave-one-out retrieval
+
+LOO_BLOCK_BYTES = 64 << 20
+"""Default memory budget of :func:`leave_one_out_metrics`'s per-block arrays (64 MiB): the full
+n x n float64 distance matrix of 20k validation images would take 3.2 GB in every worker."""
+
+
+def loo_row_bytes(n: int, k: int, dim: int) -> int:
+    """Bytes one query row of a :func:`leave_one_out_metrics` block holds: its float32 scores
+    against all ``n`` items and argpartition's int64 positions (12 n), and for its ``k``
+    candidates the gathered float32 rows with their float64 copy (12 dim each) plus positions,
+    distances and relevance (32 each)."""
+    return 12 * int(n) + int(k) * (12 * int(dim) + 32)
+
+
+def loo_block_rows(n: int, k: int, dim: int, block_bytes: int = LOO_BLOCK_BYTES) -> int:
+    """Query rows per block so a block's arrays stay within ``block_bytes`` (at least one row)."""
+    if isinstance(block_bytes, bool) or not isinstance(block_bytes, (int, np.integer)) or block_bytes < 1:
+        raise ConfigError("block_bytes", block_bytes, "a positive number of bytes, e.g. 64 << 20")
+    return max(1, min(int(n), int(block_bytes) // loo_row_bytes(n, k, dim)))
+
+
+def leave_one_out_metrics(embeddings: Any, labels: Any, block_bytes: int = LOO_BLOCK_BYTES) -> dict[str, float]:
+    """precision@1 and MAP@R (Musgrave et al. 2020, §3.2) of leave-one-out retrieval among
+    ``embeddings`` by L2 distance: every item with at least one other item of its label is a
+    query, all other items are its gallery (R = number of others with its label); items alone
+    with their label are gallery only. The protocol of pytorch-metric-learning's
+    ``AccuracyCalculator(...).get_accuracy(x, labels)`` (``ref_includes_query=True``).
+
+    Exact top-R neighbours without an n x n matrix: queries go in blocks whose arrays fit
+    ``block_bytes`` (:func:`loo_block_rows`); each block scores all items with one float32
+    matrix product (||x||^2/2 - q.x ranks like ||q - x||^2), ``np.argpartition`` keeps its R
+    best, and those are re-ranked by float64 distances computed from the differences (no
+    cancellation), ties by position as a stable sort would. Returns NaNs when no item has a match.
+    """
+    x = np.asarray(embeddings, dtype=np.float32)
+    lab = np.asarray(labels)
+    if x.ndim != 2:
+        raise ConfigError("embeddings", f"array of shape {x.shape}", "a 2-D array (items, dimensions)")
+    if lab.ndim != 1 or lab.shape[0] != x.shape[0]:
+        raise ConfigError("labels", f"array of shape {lab.shape}", f"a 1-D array of {x.shape[0]} labels, one per embedding")
+    R = relevant_counts(lab, lab) - 1  # the query itself is not in its gallery
+    queries = np.flatnonzero(R > 0)
+    if queries.size == 0:
+        return {"precision_at_1": float("nan"), "map_at_r": float("nan")}
+    n, dim = x.shape
+    xt = np.ascontiguousarray(x.T)
+    half_sq = 0.5 * np.einsum("ij,ij->i", x, x)
+    step = loo_block_rows(n, int(R[queries].max()), dim, block_bytes)
+    hits = ap_sum = 0.0
+    for s in range(0, queries.size, step):
+        q = queries[s:s + step]
+        k = int(R[q].max())
+        scores = x[q] @ xt
+        np.subtract(half_sq, scores, out=scores)
+        scores[np.arange(q.size), q] = np.inf  # leave the query out
+        cand = np.argpartition(scores, k - 1, axis=1)[:, :k] if k < n - 1 else np.argsort(scores, axis=1)[:, :k]
+        del scores
+        diff = x[cand].astype(np.float64)
+        diff -= x[q, None, :]
+        d2 = np.einsum("bkd,bkd->bk", diff, diff)
+        del diff
+        cand = np.take_along_axis(cand, np.lexsort((cand, d2), axis=-1), axis=1)
+        rel = lab[cand] == lab[q, None]
+        hits += float(rel[:, 0].sum())
+        ap_sum += float(average_precision_at_r(rel, R[q]).sum())
+    return {"precision_at_1": hits / queries.size, "map_at_r": ap_sum / queries.size}
 
 
 # --------------------------------------------------------------------------- attribute metrics

@@ -109,9 +109,16 @@ class FaceEmbedderCore:
             self.model, self.metadata = load_embedder(self.checkpoint, map_location=self.device)
         self.onnx_path = str(onnx_path) if self.runtime == "onnx" else None
         self.model_id = self.metadata["model_id"]
+        from facerec.models.calibration import read_calibration
+
+        # Read once: a replica decides with the thresholds it started with (calibrate, then restart).
+        self.calibration = read_calibration(self.checkpoint, self.metadata)
         self.image_size = int(self.metadata.get("image_size", crop_size))
         # A fixed-size kind (dlib's chip) is made at the model's size; a crop at the gallery's.
         self.crop_size = self.image_size if self.kind.fixed_size else int(crop_size)
+        from facerec.models.inference import input_maker
+
+        self._make_input = input_maker(self.model, self.image_size, self.kind)
         self.margin = float(margin)
         self.max_pixels = int(max_pixels)
         self.max_faces = int(max_faces)
@@ -148,6 +155,7 @@ class FaceEmbedderCore:
         return det
 
     def info(self) -> dict[str, Any]:
+        from facerec.models.calibration import summary as calibration_summary
         from facerec.models.pretrained import model_card
 
         return {
@@ -160,6 +168,7 @@ class FaceEmbedderCore:
             "runtime": self.runtime,
             **process_memory_mb(),
             **model_card(self.metadata, self.checkpoint),
+            "calibration": calibration_summary(self.calibration),
         }
 
     def prepare(self, data: bytes, faces: str = "largest", return_crops: bool = False) -> dict[str, Any]:
@@ -190,20 +199,15 @@ class FaceEmbedderCore:
 
     def make_input(self, crop: np.ndarray):
         """A stored model input (chip or crop) as the runtime's input: a numpy array or a tensor."""
-        if self.runtime == "onnx":
-            return self.kind.array(crop, self.image_size)
-        return self.kind.tensor(crop, self.image_size)
+        return self._make_input(crop)
 
     def forward(self, tensors: list) -> np.ndarray:
+        """One forward pass of the inputs of all faces of a batch (facerec.models.inference.forward)."""
+        from facerec.models.inference import forward
+
         if not tensors:
             return np.zeros((0, int(self.metadata["embedding_dim"])), dtype=np.float32)
-        if self.runtime == "onnx":
-            return self.model(np.stack(tensors))
-        import torch
-
-        with torch.inference_mode():
-            out = self.model(torch.stack(tensors).to(self.device))
-        return out.float().cpu().numpy()
+        return forward(self.model, tensors, self.device)
 
     def _safe_prepare(self, item: tuple[bytes, str, bool]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         data, faces, return_crops = item

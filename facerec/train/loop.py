@@ -4,14 +4,14 @@ Each worker: reads its rows from the ``train``/``val`` dataset shards, decodes i
 (:class:`~facerec.train.batches.ImageCache`), builds ``build_embedder`` + ``build_loss`` wrapped in
 one module (so a single DDP wrapper synchronises the classifier weights of the softmax-family
 losses too), trains with Adam, and every epoch reports loss, seconds, images/s and validation
-precision@1 / mAP@R (leave-one-out retrieval among held-out validation identities). Rank 0
-writes the checkpoint (model.pt + model.json via ``facerec.models.save_checkpoint``, plus the
+precision@1 / mAP@R (leave-one-out retrieval among held-out validation identities,
+``facerec.eval.metrics.leave_one_out_metrics``; embeddings by ``facerec.models.inference``).
+Rank 0 writes the checkpoint (model.pt + model.json via ``facerec.models.save_checkpoint``, plus the
 optimizer/loss/epoch state); a restarted worker group resumes from ``ray.train.get_checkpoint()``.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from facerec.eval.metrics import leave_one_out_metrics
 from facerec.train.batches import BATCH_PLANS, ImageCache, mix_seed
 from facerec.train.config import TrainConfig
 
@@ -78,35 +79,6 @@ class TrainModule(nn.Module):
         return self.loss(emb, labels)
 
 
-def leave_one_out_metrics(embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Precision@1 and MAP@R of leave-one-out retrieval among ``embeddings`` (L2 distance).
-
-    MAP@R (Musgrave, Belongie, Lim 2020, "A Metric Learning Reality Check", Sec. 3.2): for a
-    query with R other images of its identity, ``MAP@R = 1/R * sum_{i<=R} P(i)``, where ``P(i)``
-    is the precision at rank i when the i-th neighbour is a match and 0 otherwise. Queries
-    without any match are skipped. Uses ``facerec.eval.metrics`` when it is available.
-    """
-    x = np.asarray(embeddings, dtype=np.float64)
-    labels = np.asarray(labels)
-    sq = (x * x).sum(1)
-    dist = sq[:, None] + sq[None, :] - 2.0 * x @ x.T
-    np.fill_diagonal(dist, np.inf)
-    order = np.argsort(dist, axis=1, kind="stable")[:, :-1]  # drop self (inf, last)
-    match = labels[order] == labels[:, None]
-    r = match.sum(1)
-    ok = r > 0
-    if not ok.any():
-        return {"precision_at_1": float("nan"), "map_at_r": float("nan")}
-    match, r = match[ok], r[ok]
-    p_at_1 = float(match[:, 0].mean())
-    maxr = int(r.max())
-    m = match[:, :maxr].astype(np.float64)
-    precision = np.cumsum(m, 1) / np.arange(1, maxr + 1)
-    within = np.arange(1, maxr + 1)[None, :] <= r[:, None]
-    ap = (precision * m * within).sum(1) / r
-    return {"precision_at_1": p_at_1, "map_at_r": float(ap.mean())}
-
-
 def _shard_rows(name: str) -> pd.DataFrame:
     import ray.train
 
@@ -143,30 +115,19 @@ def run_steps(module: nn.Module, optimizer: torch.optim.Optimizer, batches: Sequ
     return total / max(1, len(batches)), seen
 
 
-@torch.no_grad()
-def embed_rows(embedder: nn.Module, cache: ImageCache, rows: np.ndarray, transform: Callable, device: torch.device,
+def embed_rows(embedder: nn.Module, cache: ImageCache, rows: np.ndarray, image_size: int, device: torch.device,
                batch_size: int = 128) -> np.ndarray:
-    was_training = embedder.training
-    embedder.eval()
-    out = []
-    for start in range(0, len(rows), batch_size):
-        x = make_batch(cache, rows[start : start + batch_size], transform).to(device)
-        out.append(embedder(x).float().cpu().numpy())
-    embedder.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+    """Embeddings of the cached images ``rows`` (facerec.models.inference: eval mode, the input
+    kind's deterministic transform), the embedder's train/eval mode left as it was."""
+    from facerec.models.inference import embed_images
 
-
-def kind_tensor(embedder: nn.Module, size: int) -> Callable:
-    """The deterministic input transform of the embedder's input kind (``facerec.data.inputs``)."""
-    from facerec.data.inputs import input_kind
-
-    return functools.partial(input_kind(embedder.metadata["input_kind"]).tensor, size=size)
+    return embed_images(embedder, [cache.images[r] for r in rows], image_size, batch_size=batch_size, device=device)
 
 
 IMPRINT_IMAGES = 4  # images per class averaged into its initial centre: cheap, and enough for a start
 
 
-def imprint_class_centres(module: TrainModule, local: pd.DataFrame, cache: ImageCache, transform: Callable,
+def imprint_class_centres(module: TrainModule, local: pd.DataFrame, cache: ImageCache, image_size: int,
                           device: torch.device, num_classes: int, world: int) -> None:
     """Set the loss's class centres to the mean embedding of up to IMPRINT_IMAGES training images
     of each class under the initial model (Qi, Brown & Lowe, CVPR 2018, "Low-Shot Learning with
@@ -174,7 +135,7 @@ def imprint_class_centres(module: TrainModule, local: pd.DataFrame, cache: Image
     start from the same weights."""
     rows = local.groupby("label", sort=True).head(IMPRINT_IMAGES)
     cache.add(rows["crop_path"])
-    emb = embed_rows(module.embedder, cache, cache.rows(list(rows["crop_path"])), transform, device)
+    emb = embed_rows(module.embedder, cache, cache.rows(list(rows["crop_path"])), image_size, device)
     labels = rows["label"].to_numpy()
     sums = np.zeros((num_classes, emb.shape[1]), np.float64)
     counts = np.zeros(num_classes, np.int64)
@@ -282,7 +243,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     if checkpoint is None and cfg.class_init == "imprint" and hasattr(loss_fn, "imprint"):
         t_imp = time.perf_counter()
-        imprint_class_centres(module, local, cache, kind_tensor(embedder, cfg.image_size), device,
+        imprint_class_centres(module, local, cache, cfg.image_size, device,
                               meta["num_classes"], world)
         data_seconds += time.perf_counter() - t_imp
     module = ray.train.torch.prepare_model(module)
@@ -295,12 +256,11 @@ def train_loop_per_worker(config: dict) -> None:
     if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
     train_tf = input_kind(embedder.metadata["input_kind"]).train_transform(cfg.image_size)
-    test_tf = kind_tensor(embedder, cfg.image_size)
     inner = _unwrap(module)
 
     def val_embeddings() -> np.ndarray:
         """Validation embeddings of all ranks, in ``val_rows`` order."""
-        emb = embed_rows(inner.embedder, cache, val_cache_rows, test_tf, device)
+        emb = embed_rows(inner.embedder, cache, val_cache_rows, cfg.image_size, device)
         gathered = _all_gather((my_val.index.to_numpy(), emb), world)
         order = np.concatenate([g[0] for g in gathered])
         return np.concatenate([g[1] for g in gathered])[np.argsort(order)]

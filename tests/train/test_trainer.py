@@ -11,7 +11,7 @@ import torch
 
 from facerec.train.config import TrainConfig
 from facerec.train.data import prepare_data
-from facerec.train.loop import leave_one_out_metrics
+from facerec.eval.metrics import leave_one_out_metrics
 from facerec.train.trainer import train
 
 pytestmark = pytest.mark.slow
