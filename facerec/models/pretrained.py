@@ -139,20 +139,29 @@ def record_lfw(checkpoint_dir: str | os.PathLike, lfw: dict[str, Any], lfw_root:
     """Record an LFW result (``facerec.eval.lfw.lfw_verification``) beside the checkpoint, and beside
     the cached pretrained checkpoint with the same weights (same ``model_id``), so ``/v1/models``
     shows it whichever folder is served."""
-    from facerec.models.metadata import read_checkpoint_metadata
-
     value = {"accuracy_pct": round(100 * float(lfw["mean"]), 2), "std_pct": round(100 * float(lfw["std"]), 2),
              "folds": int(lfw["folds"]), "pairs": int(lfw["pairs"]),
              "data": f"{Path(lfw_root).name}, {int(lfw['folds'])} folds of pairs.txt"}
-    record_measurement(checkpoint_dir, "lfw", value)
+    record_for_same_weights(checkpoint_dir, "lfw", value)
+
+
+def record_for_same_weights(checkpoint_dir: str | os.PathLike, key: str, value: dict[str, Any]) -> list[str]:
+    """:func:`record_measurement` beside ``checkpoint_dir`` and beside each cached pretrained
+    checkpoint with the same weights (same ``model_id``). Returns the folders written."""
+    from facerec.models.metadata import read_checkpoint_metadata
+
+    record_measurement(checkpoint_dir, key, value)
+    written = [str(checkpoint_dir)]
     model_id = read_checkpoint_metadata(checkpoint_dir)["model_id"]
     for name in PRETRAINED.names():
         folder = cached_folder(name)
         try:
             if folder.resolve() != Path(checkpoint_dir).resolve() and read_checkpoint_metadata(folder)["model_id"] == model_id:
-                record_measurement(folder, "lfw", value)
+                record_measurement(folder, key, value)
+                written.append(str(folder))
         except Exception:  # no cached copy (or a damaged one): nothing to annotate
             continue
+    return written
 
 
 def model_card(meta: dict[str, Any], checkpoint_dir: str | os.PathLike | None = None) -> dict[str, Any]:

@@ -1,0 +1,100 @@
+"""A model's verification calibration, stored beside its checkpoint: the distance thresholds at
+which "same person" holds at each calibrated false accept rate, with the data they came from.
+
+Written by ``facerec calibrate`` (:mod:`facerec.eval.calibrate`) into ``measured.json`` under
+``calibration`` (:func:`facerec.models.pretrained.record_measurement`: never into ``model.json``,
+whose weights are the model's identity), read by the server (:func:`read_calibration`). Torch-free:
+a Serve replica on ONNX Runtime reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from facerec.errors import ArtifactMismatchError, ConfigError
+
+KEY = "calibration"
+FOLDER = "calibration"  # the ROC PNG and the tables, beside model.json
+FORMAT_VERSION = 1
+
+
+def store_calibration(checkpoint_dir: str | os.PathLike, calibration: dict[str, Any]) -> list[str]:
+    """Store ``calibration`` beside the checkpoint (atomically), and beside every cached pretrained
+    checkpoint with the same weights, so the folder that is served has it. Returns the folders."""
+    from facerec.models.pretrained import record_for_same_weights
+
+    return record_for_same_weights(checkpoint_dir, KEY, calibration)
+
+
+def read_calibration(checkpoint_dir: str | os.PathLike, meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The calibration stored beside ``checkpoint_dir``, or None for an uncalibrated model.
+
+    A calibration measured on other weights (another ``model_id``) or on another input kind than
+    the checkpoint's raises :class:`ArtifactMismatchError`: its thresholds would be meaningless."""
+    from facerec.data.inputs import kind_of
+    from facerec.models.metadata import read_checkpoint_metadata
+    from facerec.models.pretrained import MEASURED_FILE
+
+    path = Path(checkpoint_dir) / MEASURED_FILE
+    if not path.is_file():
+        return None
+    try:
+        cal = json.loads(path.read_text()).get(KEY)
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ArtifactMismatchError(f"{path} is damaged ({exc}); delete it and re-run `facerec calibrate`") from None
+    if not cal:
+        return None
+    meta = meta if meta is not None else read_checkpoint_metadata(checkpoint_dir)
+    fix = f"re-run `facerec calibrate --model {checkpoint_dir} ...` for these weights"
+    if cal.get("model_id") != meta.get("model_id"):
+        raise ArtifactMismatchError(f"{path}: the calibration was measured on model_id {cal.get('model_id')} but the "
+                                    f"checkpoint is {meta.get('model_id')}; {fix}")
+    if cal.get("input_kind") != kind_of(meta).name:
+        raise ArtifactMismatchError(f"{path}: the calibration was measured on {cal.get('input_kind')} inputs but the "
+                                    f"model takes {kind_of(meta).name}; {fix}")
+    if not thresholds(cal):
+        return None  # measured, but no FAR was resolvable: nothing to decide with
+    return cal
+
+
+def thresholds(calibration: dict[str, Any]) -> dict[float, float]:
+    """{far: distance threshold} of the resolvable operating points ("same" iff distance <= it)."""
+    return {float(p["far"]): float(p["threshold"]) for p in calibration.get("operating_points", [])
+            if p.get("resolvable") and p.get("threshold") is not None}
+
+
+def threshold_for(calibration: dict[str, Any], far: float | None = None) -> tuple[float, float]:
+    """(far, threshold) for ``far`` (default: the calibration's default FAR); ConfigError naming
+    the calibrated FARs for any other value."""
+    table = thresholds(calibration)
+    far = float(calibration.get("default_far", 1e-3)) if far is None else far
+    for f, t in table.items():
+        if abs(f - far) <= 1e-12 * max(1.0, f):
+            return f, t
+    raise ConfigError("far", far, f"one of the calibrated false accept rates {sorted(table, reverse=True)}")
+
+
+def summary(calibration: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What /v1/models shows: thresholds, cross-validated TAR, EER and where they come from."""
+    if calibration is None:
+        return None
+    data = calibration.get("data") or {}
+    points = []
+    for p in calibration.get("operating_points", []):
+        points.append({k: p.get(k) for k in ("far", "resolvable", "threshold", "tar_mean", "tar_std", "far_mean",
+                                             "tar_pooled", "far_pooled", "note")})
+    eer = calibration.get("eer") or {}
+    return {
+        "default_far": calibration.get("default_far"),
+        "fars": sorted(thresholds(calibration), reverse=True),
+        "operating_points": points,
+        "eer": eer.get("mean"),
+        "eer_std": eer.get("std"),
+        "accuracy": (calibration.get("accuracy") or {}).get("mean"),
+        "data": {k: data.get(k) for k in ("source", "name", "data_version", "folds")},
+        "pairs": calibration.get("pairs", {}).get("total"),
+        "date": calibration.get("date"),
+    }
