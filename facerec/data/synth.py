@@ -35,7 +35,6 @@ means the person is redrawn (about 1 in 40).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -885,13 +884,11 @@ def generate_synthetic(
 
 @contextmanager
 def _folder_lock(root: Path) -> Iterator[None]:
+    from filelock import FileLock
+
     root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{root.name}.lock", "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with FileLock(root.parent / f".{root.name}.lock"):
+        yield
 
 
 def _generate(root: Path, cfg: SynthConfig, progress: bool) -> Path:
