@@ -48,3 +48,7 @@ class ArtifactMismatchError(FacerecError, ValueError):
 
 class DeploymentStartError(FacerecError, RuntimeError):
     """A Serve application whose replicas failed to start: names the deployment and its error."""
+
+
+class NotFoundError(FacerecError, LookupError):
+    """A gallery image or identity named by a request does not exist (or was deleted)."""
