@@ -6,6 +6,7 @@
     facerec train-sweep             losses x backbones sweep (Ray Tune + Ray Train)
     facerec build-index             embed a gallery (Ray Data actors) and build its index
     facerec evaluate                the study's retrieval tables, verification accuracy
+    facerec calibrate               same-person distance thresholds at fixed false accept rates
     facerec serve                   the Ray Serve HTTP API and web page
     facerec run                     the whole chain end to end (synthetic data by default)
 """
@@ -20,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
-from facerec.errors import DataNotFoundError, FacerecError
+from facerec.errors import ConfigError, DataNotFoundError, FacerecError
 
 # subcommand -> "module:function" taking argv and returning an exit code. A table, not an
 # if/elif chain, so a stage is added in one line.
@@ -30,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-sweep": ("facerec.train.cli:main", "train a losses x backbones sweep on Ray Train/Tune"),
     "build-index": ("facerec.eval.build_index_cli:main", "embed a gallery and build its index"),
     "evaluate": ("facerec.eval.evaluate_cli:main", "reproduce the study's tables"),
+    "calibrate": ("facerec.eval.calibrate_cli:main", "verification thresholds at fixed false accept rates"),
     "serve": ("facerec.serve.cli:main", "start the Ray Serve HTTP API and web page"),
     "run": ("facerec.run:main", "the whole chain end to end"),
 }
@@ -97,6 +99,29 @@ def check_crops(crops: str | os.PathLike, flag: str = "--crops") -> None:
     if not (Path(crops) / CROPS_TABLE).is_file():
         raise DataNotFoundError(f"{flag} {crops}: not a preprocessed folder (no {CROPS_TABLE}); "
                                 f"run `facerec preprocess --data PHOTOS --out {crops}` first")
+
+
+def parse_checkpoints(items: list[str]) -> dict[str, str]:
+    """``["NAME=DIR", "DIR", "dlib_resnet", ...]`` -> {name: dir}, each checked to be a checkpoint
+    folder or pretrained model name; a bare DIR is named after its backbone, a bare pretrained
+    model name (``facerec.models.pretrained.PRETRAINED``) after itself."""
+    from facerec.models import read_checkpoint_metadata
+    from facerec.models.pretrained import PRETRAINED, check_checkpoint
+
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep and item in PRETRAINED:
+            name, path = item, item
+        elif not sep:
+            path, name = item, read_checkpoint_metadata(item)["backbone"]
+        if not name or not path:
+            raise ConfigError("--checkpoint", item, "NAME=CHECKPOINT_DIR (or just CHECKPOINT_DIR)")
+        if name in out:
+            raise ConfigError("--checkpoint", item, f"each model name once ({name!r} appears twice)")
+        check_checkpoint(path)
+        out[name] = path
+    return out
 
 
 def _usage() -> str:

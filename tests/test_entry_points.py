@@ -87,6 +87,16 @@ CASES = [
      "facerec preprocess", "/nonexistent"),
     ("preprocess.py --input-kind", pipeline("preprocess") + ["--input-kind", "nosuch", "--out", "{base}/p"], None,
      "facerec preprocess", "nosuch"),
+    ("calibrate --model", FACEREC + ["calibrate", "--model", "/nonexistent", "--lfw", "{base}"], None,
+     "facerec calibrate", "/nonexistent"),
+    ("calibrate.py --fars", pipeline("calibrate") + ["--model", "dlib_resnet", "--lfw", "{base}", "--fars", "0.1,x"], None,
+     "facerec calibrate", "'x'"),
+    ("calibrate --default-far", FACEREC + ["calibrate", "--model", "dlib_resnet", "--lfw", "{base}", "--default-far",
+                                           "0.05"], None, "facerec calibrate", "default_far=0.05"),
+    ("calibrate --lfw", FACEREC + ["calibrate", "--model", "dlib_resnet", "--lfw", "{base}/nolfw"], None,
+     "facerec calibrate", "nolfw"),
+    ("calibrate --crops", FACEREC + ["calibrate", "--model", "dlib_resnet", "--crops", "{base}/crops"], None,
+     "facerec calibrate", "crops.parquet"),
 ]
 
 
@@ -155,8 +165,9 @@ def test_valid_sweep_is_checked_before_its_photos_are_preprocessed(preset, tmp_p
         main(["--preset", preset, "--data", str(tmp_path), "--out", str(tmp_path / "run")])
 
 
-HELP = [["data", "synth"], ["preprocess"], ["train-sweep"], ["build-index"], ["evaluate"], ["serve"], ["run"]]
-PIPELINES = ["preprocess", "train_sweep", "build_index", "evaluate", "serve"]
+HELP = [["data", "synth"], ["preprocess"], ["train-sweep"], ["build-index"], ["evaluate"], ["calibrate"], ["serve"],
+        ["run"]]
+PIPELINES = ["preprocess", "train_sweep", "build_index", "evaluate", "calibrate", "serve"]
 
 
 def _machine_paths() -> list[str]:

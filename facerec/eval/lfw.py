@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,40 +84,22 @@ def choose_box(boxes: np.ndarray, height: int, width: int) -> tuple[tuple[int, i
     return centre_box(height, width), "centre"
 
 
-class LFWCropBatch:
-    """Actor of the crop stage: one Haar cascade per actor; crops and writes one batch."""
+def subject_box(det, height: int, width: int):
+    """The box rule of deep-funneled LFW for :class:`facerec.data.cropper.HaarCropper`: the
+    :func:`choose_box` of the detection (never drops a photo)."""
+    from facerec.data.cropper import BoxChoice
 
-    def __init__(self, root: str, out_dir: str, config: dict):
-        import cv2
+    box, method = choose_box(det.boxes, height, width)
+    return BoxChoice(box, method)
 
-        from facerec.data.haar import HaarDetector
 
-        from facerec.data.inputs import input_kind
+def cropper_config(cfg: LFWCropConfig):
+    """The cropper settings of ``cfg``: its input kind, size and margin, the default two-pass Haar
+    detector, one OpenCV thread (one image per core is the parallelism)."""
+    from facerec.data.preprocess import PreprocessConfig
 
-        cv2.setNumThreads(1)  # one image per core is the parallelism
-        self.root, self.out = Path(root), Path(out_dir)
-        self.cfg = LFWCropConfig(**config)
-        self.kind = input_kind(self.cfg.input_kind)
-        self.detector = HaarDetector()
-
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        from facerec.data.images import encode_png, read_image
-        from facerec.data.inputs import crop_relpath
-        from facerec.io import atomic_write_bytes
-
-        rows, images, boxes = [], [], []
-        for rel in batch["image"]:
-            rgb = read_image(self.root / rel)
-            det = self.detector.detect(rgb)
-            box, method = choose_box(det.boxes, rgb.shape[0], rgb.shape[1])
-            images.append(rgb)
-            boxes.append(box)
-            rows.append({"image": rel, "crop_path": crop_relpath(rel), "method": method,
-                         "box_x": box[0], "box_y": box[1], "box_w": box[2], "box_h": box[3]})
-        # The same code as preprocess and serving; one call so the landmarker runs batched.
-        for row, face in zip(rows, self.kind.faces_many(images, boxes, self.cfg.crop_size, self.cfg.margin)):
-            atomic_write_bytes(self.out / row["crop_path"], encode_png(face))
-        return pd.DataFrame(rows, columns=["image", "crop_path", "method", "box_x", "box_y", "box_w", "box_h"])
+    return PreprocessConfig(input_kind=cfg.input_kind, crop_size=cfg.crop_size, margin=cfg.margin,
+                            batch_size=cfg.batch_size, num_workers=cfg.num_workers, opencv_threads=1)
 
 
 def crop_lfw_images(lfw_root: str | os.PathLike, images: list[str], out_dir: str | os.PathLike,
@@ -125,10 +107,8 @@ def crop_lfw_images(lfw_root: str | os.PathLike, images: list[str], out_dir: str
     """Haar-crop ``images`` (paths relative to ``lfw_root``) into ``out_dir/crops/`` on a Ray
     Data actor pool; crops already listed in ``out_dir/lfw_crops.parquet`` with the same
     settings are reused. Returns one row per image: image, crop_path, method, box_*."""
-    import ray
-
+    from facerec.data.inputs import crop_relpath
     from facerec.io import atomic_write_parquet, read_parquet_metadata
-    from facerec.ray_utils import cluster_cpus, init_ray
 
     cfg = config or LFWCropConfig()
     root, out = Path(lfw_root), Path(out_dir)
@@ -147,16 +127,17 @@ def crop_lfw_images(lfw_root: str | os.PathLike, images: list[str], out_dir: str
     todo = [p for p in images if p not in set(done["image"])]
     t0 = time.perf_counter()
     if todo:
-        init_ray()
-        workers = cfg.num_workers or cluster_cpus()
-        blocks = [pd.DataFrame({"image": todo[i:i + cfg.batch_size]}) for i in range(0, len(todo), cfg.batch_size)]
-        ds = ray.data.from_pandas(blocks).map_batches(
-            LFWCropBatch, fn_constructor_kwargs={"root": str(root), "out_dir": str(out), "config": asdict(cfg)},
-            batch_size=cfg.batch_size, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=min(workers, len(blocks))),
-            num_cpus=1,
-        )
-        new = [b for b in ds.iter_batches(batch_size=None, batch_format="pandas")]
-        done = pd.concat([done, *new], ignore_index=True) if new else done
+        from facerec.data.cropper import crop_images
+
+        rows = crop_images(todo, root, out, cropper_config(cfg), box_rule=subject_box)
+        bad = rows[rows["status"] != "kept"]
+        if len(bad):
+            first = bad.iloc[0]
+            raise DataNotFoundError(f"{len(bad)} of the {len(todo)} LFW images could not be cropped (first: "
+                                    f"{root / first['image_id']}: {first['detail']}); replace or remove them")
+        rows["crop_path"] = [crop_relpath(i) for i in rows["image_id"]]
+        new = rows.rename(columns={"image_id": "image"})[list(done.columns)]
+        done = pd.concat([done, new], ignore_index=True)
         atomic_write_parquet(table_path, done, metadata={"fingerprint": cfg.fingerprint(), "root": str(root.resolve()),
                                                          "input_kind": cfg.input_kind, "crop_size": cfg.crop_size,
                                                          "margin": cfg.margin})
@@ -173,22 +154,12 @@ def default_crop_dir(lfw_root: str | os.PathLike, config: LFWCropConfig) -> Path
     return Path.home() / ".cache" / "facerec" / "lfw-crops" / f"{Path(lfw_root).name}-{key}"
 
 
-def lfw_verification(lfw_root: str | os.PathLike, model: Any, pairs_path: str | os.PathLike | None = None,
-                     crop_dir: str | os.PathLike | None = None, crop_config: LFWCropConfig | None = None,
-                     batch_size: int = 64, num_actors: int | None = None, use_gpu: bool | None = None,
-                     max_pairs_per_fold: int | None = None) -> dict[str, Any]:
-    """Verification accuracy of ``model`` (checkpoint folder or Embedder) on LFW pairs.
+def read_lfw_pairs(lfw_root: str | os.PathLike, pairs_path: str | os.PathLike | None = None,
+                   max_pairs_per_fold: int | None = None) -> pd.DataFrame:
+    """The pairs of ``pairs_path`` (default ``lfw_root/pairs.txt``; :func:`read_pairs`), optionally
+    the first n matched and n mismatched pairs of each fold."""
+    from facerec.eval.verification import read_pairs
 
-    ``pairs_path`` defaults to ``lfw_root/pairs.txt`` (any number of folds).
-    ``max_pairs_per_fold`` keeps the first n matched and n mismatched pairs of each fold (for
-    quick checks; None = all). Returns {mean, std, per_fold (DataFrame: fold, threshold,
-    accuracy, n_pairs), folds, pairs, images, crop_methods {method: n}, centre_fallback,
-    model_id, seconds}.
-    """
-    from facerec.eval.embed import EmbedConfig, embed_crops_with_stats
-    from facerec.eval.verification import kfold_verification_accuracy, read_pairs
-
-    t0 = time.perf_counter()
     root = Path(lfw_root)
     if not root.is_dir():
         raise DataNotFoundError(f"LFW folder {root} not found; pass the folder holding pairs.txt and lfw-deepfunneled/")
@@ -197,6 +168,19 @@ def lfw_verification(lfw_root: str | os.PathLike, model: Any, pairs_path: str | 
         if not isinstance(max_pairs_per_fold, int) or max_pairs_per_fold < 1:
             raise ConfigError("max_pairs_per_fold", max_pairs_per_fold, "None or an integer >= 1")
         pairs = pairs.groupby(["fold", "same"], sort=False).head(max_pairs_per_fold).reset_index(drop=True)
+    return pairs
+
+
+def lfw_embeddings(lfw_root: str | os.PathLike, model: Any, pairs: pd.DataFrame,
+                   crop_dir: str | os.PathLike | None = None, crop_config: LFWCropConfig | None = None,
+                   batch_size: int = 64, num_actors: int | None = None, use_gpu: bool | None = None
+                   ) -> tuple[pd.DataFrame, np.ndarray, dict[str, Any]]:
+    """Every image the pairs name, cropped as ``model`` needs (:func:`crop_lfw_images`) and
+    embedded (:func:`facerec.eval.embed.embed_crops_with_stats`): (crops table with its ``image``
+    column, embeddings row i = crops row i, embedding stats)."""
+    from facerec.eval.embed import EmbedConfig, embed_crops_with_stats
+
+    root = Path(lfw_root)
     if crop_config is None:
         from facerec.eval.embed import resolve_model_source
 
@@ -209,6 +193,26 @@ def lfw_verification(lfw_root: str | os.PathLike, model: Any, pairs_path: str | 
     crops = crop_lfw_images(root, images, crop_dir, cfg)
     emb, stats = embed_crops_with_stats(crops, crop_dir, model, EmbedConfig(batch_size=batch_size, num_actors=num_actors,
                                                                            use_gpu=use_gpu))
+    return crops, emb, stats
+
+
+def lfw_verification(lfw_root: str | os.PathLike, model: Any, pairs_path: str | os.PathLike | None = None,
+                     crop_dir: str | os.PathLike | None = None, crop_config: LFWCropConfig | None = None,
+                     batch_size: int = 64, num_actors: int | None = None, use_gpu: bool | None = None,
+                     max_pairs_per_fold: int | None = None) -> dict[str, Any]:
+    """Verification accuracy of ``model`` (checkpoint folder or Embedder) on LFW pairs.
+
+    ``pairs_path`` defaults to ``lfw_root/pairs.txt`` (any number of folds).
+    ``max_pairs_per_fold`` keeps the first n matched and n mismatched pairs of each fold (for
+    quick checks; None = all). Returns {mean, std, per_fold (DataFrame: fold, threshold,
+    accuracy, n_pairs), folds, pairs, images, crop_methods {method: n}, centre_fallback,
+    model_id, seconds}.
+    """
+    from facerec.eval.verification import kfold_verification_accuracy
+
+    t0 = time.perf_counter()
+    pairs = read_lfw_pairs(lfw_root, pairs_path, max_pairs_per_fold)
+    crops, emb, stats = lfw_embeddings(lfw_root, model, pairs, crop_dir, crop_config, batch_size, num_actors, use_gpu)
     pos = {img: i for i, img in enumerate(crops["image"])}
     i1 = pairs["path1"].map(pos).to_numpy()
     i2 = pairs["path2"].map(pos).to_numpy()

@@ -1,0 +1,390 @@
+"""``facerec calibrate`` end to end: a model's genuine and impostor distances on LFW folds or on the
+identity-disjoint validation split of a crops folder -> cross-validated operating points
+(:mod:`facerec.eval.calibration`) -> stored beside the checkpoint
+(:mod:`facerec.models.calibration`) with a ROC PNG and Markdown/CSV tables.
+
+Pairs
+-----
+* LFW (``--lfw``): the genuine pairs are the matched pairs of ``pairs.txt`` (the protocol's); the
+  impostor pairs are *every* pair of images of different people inside a fold -- the file's 300
+  mismatched pairs per fold cannot resolve a FAR of 1e-3, every pair of a fold's ~800 images can.
+  Pairs never cross folds, and the folds must be identity-disjoint (LFW View 2's are; checked and
+  recorded as ``folds_identity_disjoint``), so a threshold fitted on other folds was fitted on other
+  people. Held-out accuracy is the LFW protocol's, on the file's pairs
+  (:func:`facerec.eval.verification.kfold_verification_accuracy`).
+* Crops (``--crops``): the validation split of :func:`facerec.data.splits.assign_splits` (the split
+  recorded in the checkpoint, else the default), its identities dealt into ``folds`` folds; every
+  pair inside a fold is genuine or impostor by identity. Held-out accuracy uses each fold's genuine
+  pairs and as many seeded impostor pairs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from facerec.errors import ConfigError, DataNotFoundError
+from facerec.eval.calibration import (DEFAULT_FAR, DEFAULT_FARS, MIN_FALSE_ACCEPTS, FoldedDistances, cross_validate,
+                                      identity_folds, pair_distances, pairs_within_folds, roc_curve)
+
+SOURCES = ("lfw", "crops")
+
+
+@dataclass
+class CalibrateConfig:
+    """Validated settings of a calibration (checked before Ray or any data is touched)."""
+
+    fars: tuple[float, ...] = DEFAULT_FARS
+    default_far: float = DEFAULT_FAR
+    min_false_accepts: int = MIN_FALSE_ACCEPTS
+    folds: int = 3                      # crops only: identity folds of the validation split
+    max_pairs_per_fold: int | None = 2_000_000
+    seed: int = 0
+    split_args: dict | None = None      # crops only: assign_splits arguments (default: the checkpoint's)
+    batch_size: int = 64
+    num_actors: int | None = None
+    use_gpu: bool | None = None
+
+    def __post_init__(self) -> None:
+        self.fars = tuple(float(f) for f in self.fars)
+        if not self.fars or any(not 0 < f < 1 for f in self.fars):
+            raise ConfigError("fars", self.fars, "false accept rates in (0, 1), e.g. 0.1,0.01,0.001")
+        if len(set(self.fars)) != len(self.fars):
+            raise ConfigError("fars", self.fars, "distinct values")
+        if float(self.default_far) not in self.fars:
+            raise ConfigError("default_far", self.default_far, f"one of fars {list(self.fars)}")
+        for name, low in (("min_false_accepts", 1), ("folds", 2), ("batch_size", 1)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ConfigError(name, v, f"an integer >= {low}")
+        if self.max_pairs_per_fold is not None and (not isinstance(self.max_pairs_per_fold, int) or self.max_pairs_per_fold < 100):
+            raise ConfigError("max_pairs_per_fold", self.max_pairs_per_fold, "None or an integer >= 100")
+
+
+def _model_meta(model: str | os.PathLike) -> tuple[str, dict]:
+    from facerec.models.metadata import read_checkpoint_metadata
+    from facerec.models.pretrained import resolve_checkpoint
+
+    folder = resolve_checkpoint(model)
+    return folder, read_checkpoint_metadata(folder)
+
+
+def check_crops_source(crops_dir: str | os.PathLike, model: str | os.PathLike) -> None:
+    """Refuse crops of another input kind (or size) than the model's, before anything runs."""
+    from facerec.data.inputs import check_inputs_match
+    from facerec.data.schema import CROPS_TABLE
+    from facerec.io import read_parquet_metadata
+    from facerec.models.metadata import read_checkpoint_metadata
+    from facerec.models.pretrained import PRETRAINED
+
+    table = Path(crops_dir) / CROPS_TABLE
+    if isinstance(model, str) and model in PRETRAINED:
+        from facerec.models.backbones import BACKBONES
+
+        spec = BACKBONES.get(PRETRAINED.get(model).backbone)
+        meta = {"input_kind": spec.input_kind, "image_size": spec.default_image_size}
+    else:
+        meta = read_checkpoint_metadata(model)
+    try:
+        crops_meta = read_parquet_metadata(table)
+    except Exception as exc:
+        raise DataNotFoundError(f"--crops {crops_dir}: {table} is not a readable Parquet table ({type(exc).__name__}); "
+                                f"run `facerec preprocess` again") from None
+    check_inputs_match(meta, crops_meta, f"--crops {crops_dir}", str(model))
+
+
+def _folded(genuine: np.ndarray, g_fold: np.ndarray, impostor: np.ndarray, i_fold: np.ndarray) -> FoldedDistances:
+    return FoldedDistances(genuine, g_fold, impostor, i_fold)
+
+
+def lfw_distances(lfw_root: str | os.PathLike, model: str | os.PathLike, config: CalibrateConfig,
+                  pairs_path: str | os.PathLike | None = None, crop_dir: str | os.PathLike | None = None
+                  ) -> tuple[FoldedDistances, dict[str, Any]]:
+    """LFW genuine/impostor distances by fold and the provenance of the data (see module docstring)."""
+    from facerec.eval.lfw import LFWCropConfig, lfw_embeddings, read_lfw_pairs
+    from facerec.eval.verification import kfold_verification_accuracy
+    from facerec.io import sha256_file
+
+    root = Path(lfw_root)
+    pairs_file = Path(pairs_path) if pairs_path else root / "pairs.txt"
+    pairs = read_lfw_pairs(root, pairs_file)
+    folder, meta = _model_meta(model)
+    from facerec.data.inputs import kind_of
+
+    kind = kind_of(meta)
+    crop_cfg = LFWCropConfig(input_kind=kind.name, crop_size=int(meta.get("image_size")) if kind.fixed_size else None)
+    crops, emb, stats = lfw_embeddings(root, folder, pairs, crop_dir, crop_cfg, config.batch_size, config.num_actors,
+                                       config.use_gpu)
+    pos = {img: i for i, img in enumerate(crops["image"])}
+    person = {img: img.split("/")[-2] for img in crops["image"]}
+    # The images of each fold (an image named by two folds is in both lists).
+    rows = []
+    for f, sub in pairs.groupby("fold", sort=True):
+        for img in dict.fromkeys(sub["path1"].tolist() + sub["path2"].tolist()):
+            rows.append((pos[img], person[img], int(f)))
+    table = pd.DataFrame(rows, columns=["emb_row", "person", "fold"])
+    people = table.groupby("fold")["person"].apply(set)
+    shared = sorted({p for a in people.index for b in people.index if a < b for p in people[a] & people[b]})
+    _, _, imp_pairs, imp_fold = pairs_within_folds(table["person"].to_numpy(), table["fold"].to_numpy(),
+                                                   config.max_pairs_per_fold, config.seed)
+    emb_rows = table["emb_row"].to_numpy()
+    impostor = pair_distances(emb, emb_rows[imp_pairs])
+    matched = pairs[pairs["same"]]
+    g_pairs = np.stack([matched["path1"].map(pos).to_numpy(), matched["path2"].map(pos).to_numpy()], 1)
+    genuine = pair_distances(emb, g_pairs)
+    all_pairs = np.stack([pairs["path1"].map(pos).to_numpy(), pairs["path2"].map(pos).to_numpy()], 1)
+    scores = -pair_distances(emb, all_pairs)
+    acc_mean, acc_std, _ = kfold_verification_accuracy(scores, pairs["same"].to_numpy(), pairs["fold"].to_numpy())
+    crop_methods = crops["method"].value_counts().to_dict()
+    official_mismatched = int((~pairs["same"]).sum())
+    data = {
+        "source": "lfw", "name": root.name, "path": str(root.resolve()), "pairs_file": str(pairs_file.resolve()),
+        "fingerprint": sha256_file(pairs_file)[:16], "data_version": f"lfw-pairs:{sha256_file(pairs_file)[:12]}",
+        "crop_fingerprint": crop_cfg.fingerprint(), "images": int(len(crops)),
+        "folds": int(pairs["fold"].nunique()), "folds_identity_disjoint": not shared,
+        "people_in_several_folds": shared[:10], "centre_fallback": int(crop_methods.get("centre", 0)),
+        "genuine_pairs": "the matched pairs of the pairs file",
+        "impostor_pairs": f"every pair of images of different people inside a fold (includes the file's "
+                          f"{official_mismatched} mismatched pairs)",
+        "impostor_official": official_mismatched, "impostor_generated": int(len(impostor) - official_mismatched),
+    }
+    accuracy = {"mean": acc_mean, "std": acc_std, "protocol": "LFW View 2 on the file's pairs: threshold maximising "
+                "accuracy on the other folds"}
+    return _folded(genuine, matched["fold"].to_numpy(), impostor, imp_fold), {"data": data, "accuracy": accuracy,
+                                                                              "embed": stats, "checkpoint": folder,
+                                                                              "meta": meta}
+
+
+def crops_distances(crops_dir: str | os.PathLike, model: str | os.PathLike, config: CalibrateConfig
+                    ) -> tuple[FoldedDistances, dict[str, Any]]:
+    """Validation-split genuine/impostor distances by identity fold (see module docstring)."""
+    from facerec.data.schema import CROPS_TABLE
+    from facerec.data.splits import assign_splits
+    from facerec.eval.embed import EmbedConfig, embed_crops_with_stats
+    from facerec.eval.gallery_index import check_data_version, resolve_split_args
+    from facerec.eval.verification import kfold_verification_accuracy
+    from facerec.io import read_parquet_metadata
+
+    root = Path(crops_dir)
+    check_crops_source(root, model)
+    folder, meta = _model_meta(model)
+    crops_meta = read_parquet_metadata(root / CROPS_TABLE)
+    check_data_version(meta, crops_meta, folder)  # a trained model's validation people must be held out
+    split_args = resolve_split_args([meta], config.split_args)
+    df = assign_splits(pd.read_parquet(root / CROPS_TABLE), **split_args)
+    val = df[df["split"] == "val"].reset_index(drop=True)
+    if val["identity"].nunique() < config.folds:
+        raise ConfigError("split", split_args, f"a validation split of at least {config.folds} identities (it has "
+                          f"{val['identity'].nunique()} of {len(val)} images); pass more data or fewer folds")
+    fold = identity_folds(val["identity"].to_numpy(), config.folds, config.seed)
+    emb, stats = embed_crops_with_stats(val, root, folder, EmbedConfig(batch_size=config.batch_size,
+                                                                        num_actors=config.num_actors,
+                                                                        use_gpu=config.use_gpu))
+    g_pairs, g_fold, i_pairs, i_fold = pairs_within_folds(val["identity"].to_numpy(), fold, config.max_pairs_per_fold,
+                                                          config.seed)
+    genuine, impostor = pair_distances(emb, g_pairs), pair_distances(emb, i_pairs)
+    # Balanced pairs for an accuracy comparable to LFW's: each fold's genuine pairs and as many impostors.
+    rng = np.random.default_rng(config.seed)
+    keep = np.concatenate([rng.choice(np.flatnonzero(i_fold == f), size=min(int((g_fold == f).sum()), int((i_fold == f).sum())),
+                                      replace=False) for f in np.unique(g_fold)])
+    scores = -np.concatenate([genuine, impostor[keep]])
+    same = np.concatenate([np.ones(genuine.size, bool), np.zeros(keep.size, bool)])
+    acc_mean, acc_std, _ = kfold_verification_accuracy(scores, same, np.concatenate([g_fold, i_fold[keep]]))
+    data = {
+        "source": "crops", "name": root.name, "path": str(root.resolve()),
+        "fingerprint": str(crops_meta.get("data_version")), "data_version": crops_meta.get("data_version"),
+        "split": split_args, "split_part": "val", "images": int(len(val)), "identities": int(val["identity"].nunique()),
+        "folds": int(config.folds), "folds_identity_disjoint": True,
+        "genuine_pairs": "every pair of images of one identity inside a fold",
+        "impostor_pairs": "every pair of images of different identities inside a fold",
+        "sampled": bool(config.max_pairs_per_fold is not None
+                        and any(n * (n - 1) // 2 > config.max_pairs_per_fold for n in np.bincount(fold))),
+    }
+    accuracy = {"mean": acc_mean, "std": acc_std, "protocol": "each fold's genuine pairs and as many impostor pairs; "
+                "threshold maximising accuracy on the other folds"}
+    return _folded(genuine, g_fold, impostor, i_fold), {"data": data, "accuracy": accuracy, "embed": stats,
+                                                        "checkpoint": folder, "meta": meta}
+
+
+def build_calibration(dist: FoldedDistances, info: dict[str, Any], config: CalibrateConfig) -> tuple[dict, pd.DataFrame]:
+    """The stored calibration (JSON-able) and the per-fold table."""
+    from facerec.data.inputs import kind_of
+
+    cv = cross_validate(dist, config.fars, config.min_false_accepts)
+    meta = info["meta"]
+    per_fold_counts = {str(f): {"genuine": int((dist.genuine_fold == f).sum()), "impostor": int((dist.impostor_fold == f).sum())}
+                       for f in dist.folds}
+    cal = {
+        "format": 1,
+        "model_id": meta["model_id"], "backbone": meta.get("backbone"), "input_kind": kind_of(meta).name,
+        "image_size": int(meta.get("image_size") or kind_of(meta).default_size),
+        "metric": "euclidean", "rule": "same person iff distance <= threshold",
+        "default_far": float(config.default_far), "min_false_accepts": int(config.min_false_accepts),
+        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "data": info["data"],
+        "pairs": {"genuine": int(dist.genuine.size), "impostor": int(dist.impostor.size),
+                  "total": int(dist.genuine.size + dist.impostor.size), "per_fold": per_fold_counts},
+        "operating_points": cv["operating_points"],
+        "eer": cv["eer"],
+        "accuracy": info["accuracy"],
+        "protocol": "thresholds fitted on the other folds, scored on the held-out fold; mean and sample std over "
+                    "held-out folds; pooled = all held-out decisions together; served thresholds fitted on all folds",
+        "config": {k: v for k, v in asdict(config).items() if k not in ("batch_size", "num_actors", "use_gpu")},
+    }
+    return cal, cv["per_fold"]
+
+
+def _fmt(v: Any, spec: str = ".4f") -> str:
+    return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
+
+
+def summary_table(cal: dict[str, Any]) -> pd.DataFrame:
+    """One row per operating point (each FAR, then the EER)."""
+    rows = []
+    for p in cal["operating_points"]:
+        rows.append({"point": f"FAR={p['far']:g}", "far_target": p["far"], "resolvable": p["resolvable"],
+                     "threshold": p.get("threshold"), "tar_mean": p.get("tar_mean"), "tar_std": p.get("tar_std"),
+                     "far_mean": p.get("far_mean"), "far_std": p.get("far_std"), "tar_pooled": p.get("tar_pooled"),
+                     "far_pooled": p.get("far_pooled"), "threshold_cv_mean": p.get("threshold_cv_mean"),
+                     "threshold_cv_std": p.get("threshold_cv_std"), "note": p.get("note") or ""})
+    e = cal["eer"]
+    rows.append({"point": "EER", "far_target": None, "resolvable": True, "threshold": e["threshold"],
+                 "tar_mean": 1 - e["heldout_frr_mean"], "tar_std": None, "far_mean": e["heldout_far_mean"], "far_std": None,
+                 "tar_pooled": None, "far_pooled": None, "threshold_cv_mean": None, "threshold_cv_std": None,
+                 "note": f"EER {e['mean']:.4f} +- {e['std']:.4f} over held-out folds, {e['pooled']:.4f} pooled"})
+    return pd.DataFrame(rows)
+
+
+def markdown(cal: dict[str, Any]) -> str:
+    d, pairs = cal["data"], cal["pairs"]
+    lines = [
+        f"# Verification calibration: {cal.get('backbone')} (model_id {cal['model_id']})", "",
+        f"Data: {d['source']} `{d['name']}` ({d.get('data_version')}), {d['folds']} folds, "
+        f"identity-disjoint: {d.get('folds_identity_disjoint')}; {pairs['genuine']:,} genuine and "
+        f"{pairs['impostor']:,} impostor pairs. Measured {cal['date']}. Input kind {cal['input_kind']}.",
+        f"Genuine pairs: {d['genuine_pairs']}. Impostor pairs: {d['impostor_pairs']}.", "",
+        f"Rule: {cal['rule']} (Euclidean distance of the embeddings). {cal['protocol'].capitalize()}.", "",
+        "| operating point | threshold (all folds) | TAR held-out (mean ± std) | FAR held-out (mean ± std) "
+        "| TAR pooled | FAR pooled |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in cal["operating_points"]:
+        if p["resolvable"]:
+            lines.append(f"| FAR = {p['far']:g} | {p['threshold']:.4f} | {p['tar_mean']:.4f} ± {p['tar_std']:.4f} "
+                         f"| {p['far_mean']:.5f} ± {p['far_std']:.5f} | {p['tar_pooled']:.4f} | {p['far_pooled']:.5f} |")
+        else:
+            lines.append(f"| FAR = {p['far']:g} | {p['note']} | – | – | – | – |")
+    e = cal["eer"]
+    lines.append(f"| EER = {e['mean']:.4f} ± {e['std']:.4f} (pooled {e['pooled']:.4f}) | {e['threshold']:.4f} "
+                 f"| {1 - e['heldout_frr_mean']:.4f} | {e['heldout_far_mean']:.5f} | – | – |")
+    acc = cal["accuracy"]
+    lines += ["", f"Held-out accuracy: {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} % ({acc['protocol']}).",
+              f"Default FAR of the server: {cal['default_far']:g}."]
+    return "\n".join(lines) + "\n"
+
+
+def roc_png(dist: FoldedDistances, cal: dict[str, Any], target: str | os.PathLike) -> Path:
+    """The pooled ROC (TAR against FAR, log FAR axis) with the served operating points."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    from facerec.io import atomic_write_bytes
+
+    _, far, tar = roc_curve(dist.genuine, dist.impostor)
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
+    floor = 0.5 / dist.impostor.size  # FAR 0 drawn at half the smallest step, not at -inf
+    ax.plot(np.maximum(far, floor), tar, lw=1.5, label=f"ROC ({dist.genuine.size:,} genuine, {dist.impostor.size:,} impostor pairs)")
+    for p in cal["operating_points"]:
+        if p["resolvable"]:
+            ax.errorbar([p["far_mean"]], [p["tar_mean"]], yerr=[p["tar_std"]], fmt="o", capsize=3,
+                        label=f"FAR {p['far']:g}: TAR {p['tar_mean']:.3f} (held out), t={p['threshold']:.3f}")
+    e = cal["eer"]
+    ax.plot([e["pooled"]], [1 - e["pooled"]], "kx", label=f"EER {e['pooled']:.3f}")
+    ax.set_xscale("log")
+    ax.set_xlim(floor, 1)
+    ax.set_ylim(max(0.0, float(np.min(tar[far >= 1e-3])) - 0.05) if (far >= 1e-3).any() else 0, 1.005)
+    ax.set_xlabel("false accept rate (impostor pairs accepted)")
+    ax.set_ylabel("true accept rate (genuine pairs accepted)")
+    ax.set_title(f"{cal.get('backbone')} on {cal['data']['name']} ({cal['data']['source']})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(target, buf.getvalue())
+    return Path(target)
+
+
+def write_reports(dist: FoldedDistances, cal: dict[str, Any], per_fold: pd.DataFrame, folder: str | os.PathLike) -> dict[str, str]:
+    """roc.png, calibration.md, calibration.csv (summary) and calibration_folds.csv in ``folder``."""
+    from facerec.io import atomic_write_text
+
+    out = Path(folder)
+    files = {"roc_png": out / "roc.png", "table_md": out / "calibration.md", "table_csv": out / "calibration.csv",
+             "folds_csv": out / "calibration_folds.csv"}
+    roc_png(dist, cal, files["roc_png"])
+    atomic_write_text(files["table_md"], markdown(cal))
+    atomic_write_text(files["table_csv"], summary_table(cal).to_csv(index=False))
+    atomic_write_text(files["folds_csv"], per_fold.to_csv(index=False))
+    return {k: str(v) for k, v in files.items()}
+
+
+def calibrate(model: str | os.PathLike, source: str, path: str | os.PathLike, config: CalibrateConfig | None = None,
+              out_dir: str | os.PathLike | None = None, store: bool = True, pairs_path: str | os.PathLike | None = None,
+              crop_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Calibrate ``model`` (checkpoint folder or pretrained name) on ``source`` ("lfw" or "crops")
+    at ``path``; store it beside the checkpoint (``store``) and write the reports into its
+    ``calibration/`` folder and ``out_dir``. Returns {"calibration", "per_fold", "files", "stored_in"}."""
+    from facerec.models.calibration import FOLDER, store_calibration
+
+    cfg = config or CalibrateConfig()
+    if source not in SOURCES:
+        raise ConfigError("source", source, f"one of {SOURCES}")
+    t0 = time.perf_counter()
+    if source == "lfw":
+        dist, info = lfw_distances(path, model, cfg, pairs_path=pairs_path, crop_dir=crop_dir)
+    else:
+        dist, info = crops_distances(path, model, cfg)
+    cal, per_fold = build_calibration(dist, info, cfg)
+    default = next(p for p in cal["operating_points"] if p["far"] == cfg.default_far)
+    files: dict[str, str] = {}
+    stored_in: list[str] = []
+    if store and not default["resolvable"]:
+        if out_dir is not None:
+            write_reports(dist, cal, per_fold, out_dir)
+        usable = [p["far"] for p in cal["operating_points"] if p["resolvable"]]
+        raise ConfigError("default_far", cfg.default_far,
+                          f"a resolvable FAR to decide with ({default['note']}); nothing was stored"
+                          + (f" (reports in {out_dir})" if out_dir is not None else "")
+                          + (f"; pass --default-far one of {usable}" if usable else "; calibrate on more data"))
+    if store:
+        cal["files"] = {k: f"{FOLDER}/{Path(v).name}" for k, v in
+                        write_reports(dist, cal, per_fold, Path(info["checkpoint"]) / FOLDER).items()}
+        stored_in = store_calibration(info["checkpoint"], cal)
+        for other in stored_in[1:]:  # the cached pretrained copy gets the same figures
+            write_reports(dist, cal, per_fold, Path(other) / FOLDER)
+        files.update({k: str(Path(info["checkpoint"]) / v) for k, v in cal["files"].items()})
+    if out_dir is not None:
+        from facerec.io import atomic_write_json
+
+        files = write_reports(dist, cal, per_fold, out_dir)
+        atomic_write_json(Path(out_dir) / "calibration.json", cal)
+        files["json"] = str(Path(out_dir) / "calibration.json")
+    pts = ", ".join(f"TAR@FAR{p['far']:g} {p['tar_mean']:.4f}+-{p['tar_std']:.4f} (t={p['threshold']:.4f})"
+                    if p["resolvable"] else f"FAR{p['far']:g} {p['note']}" for p in cal["operating_points"])
+    print(f"calibrate: {cal['backbone']} on {cal['data']['name']} ({source}): {cal['pairs']['genuine']:,} genuine / "
+          f"{cal['pairs']['impostor']:,} impostor pairs in {len(dist.folds)} folds; {pts}; EER {cal['eer']['mean']:.4f}"
+          f"+-{cal['eer']['std']:.4f}; accuracy {100 * cal['accuracy']['mean']:.2f}+-{100 * cal['accuracy']['std']:.2f} % "
+          f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    return {"calibration": cal, "per_fold": per_fold, "files": files, "stored_in": stored_in, "distances": dist}
