@@ -140,9 +140,8 @@ async def closed_loop(url: str, queries: list[bytes], concurrency: int, duration
 def in_process_baseline(checkpoint: str, queries: list[bytes], gallery: Path, n: int, model: str) -> dict:
     """Images/s of the per-request steps in this process, no serving stack: the Embedder's own
     code (``FaceEmbedderCore``) then a top-k search of the gallery index, one photo at a time."""
-    from facerec.index import load_index
     from facerec.serve.embedder import FaceEmbedderCore
-    from facerec.serve.gallery import read_manifest
+    from facerec.gallery import load_saved_index
 
     from facerec.models.onnx_runtime import cpu_export
 
@@ -150,8 +149,7 @@ def in_process_baseline(checkpoint: str, queries: list[bytes], gallery: Path, n:
     onnx = cpu_export(checkpoint)
     core = FaceEmbedderCore(checkpoint, runtime="auto", onnx_path=onnx, device="cpu")
     print(f"in-process baseline runtime: {core.runtime}", flush=True)
-    entry = read_manifest(gallery)["models"][model]
-    index = load_index(gallery / entry["path"] / "index")
+    index = load_saved_index(gallery, model)
     core.embed_many([(queries[0], "largest", False)])  # warm-up: first-call allocations
     t0 = time.perf_counter()
     for i in range(n):

@@ -14,9 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from facerec.cli import check_crops, comma_list, reports_errors
+from facerec.cli import check_crops, comma_list, parse_checkpoints, reports_errors
 from facerec.errors import ConfigError
-from facerec.serve.local import parse_checkpoints  # the same NAME=DIR convention as `facerec serve`
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -319,7 +319,7 @@ def _load_segment(gallery_dir: Path, manifest: dict[str, Any], entry: dict[str, 
             indexes[name] = load_index(gallery_dir / saved, expected_model_id=m.model_id, expected_dim=m.embedding_dim)
         elif live.any():
             emb = read_embeddings(gallery_dir, sid, name, m.embedding_dim, n)
-            params = index_params if index_kind is not None else spec.get("index_params") or {}
+            params = (index_params if index_kind is not None else spec.get("index_params")) or {}
             indexes[name] = build_index(m.index_kind, emb[live], rows["row_id"][live].astype(np.int64), **params)
     return Segment(sid, "base", rows, indexes=indexes)
 

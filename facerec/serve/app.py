@@ -28,7 +28,7 @@ def check_artifacts(config: ServeConfig) -> dict[str, Any]:
     Returns the manifest."""
     from facerec.models import read_checkpoint_metadata
     from facerec.models.pretrained import is_untrained, resolve_checkpoint
-    from facerec.serve.gallery import read_manifest
+    from facerec.gallery import read_manifest
 
     manifest = read_manifest(config.gallery_dir)
     for m in config.models:

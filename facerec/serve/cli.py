@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -89,15 +90,57 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from facerec.errors import DeploymentStartError
     from facerec.ray_utils import init_ray
-    from facerec.serve.app import build_app, check_fits
-    from facerec.serve.local import prepare_gallery
-    from facerec.serve.runtime import apply_serve_env, run_app
+    from facerec.serve.runtime import apply_serve_env
 
     workdir = Path(args.workdir) if args.workdir else DEFAULT_WORKDIR
     apply_serve_env()  # before a local Ray starts: its Serve processes inherit it
     init_ray(num_cpus=args.num_cpus)
+    # After ray.init, which installs its own SIGTERM handler (sys.exit): a SIGTERM (docker stop,
+    # kill, a job scheduler) now stops the app exactly like Ctrl-C, through the finally below.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _serve(args, workdir, checkpoints)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        # Serve first (its controller, proxy and replicas), then the local Ray it ran on; the
+        # same on Ctrl-C, SIGTERM, a failed start or the end of --smoke.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the shutdown short
+        try:
+            if serve_started(ray):
+                serve.shutdown()
+        finally:
+            ray.shutdown()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def serve_started(ray) -> bool:
+    """Whether this driver's Ray runs a Serve controller (nothing to shut down otherwise)."""
+    if not ray.is_initialized():
+        return False
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return False
+    return True
+
+
+def _serve(args: argparse.Namespace, workdir: Path, checkpoints: dict[str, str]) -> int:
+    """Build or find the gallery, start the app, answer --smoke or serve until interrupted."""
+    import ray
+    from ray import serve
+
+    from facerec.serve.app import build_app, check_fits
+    from facerec.serve.local import prepare_gallery
+    from facerec.serve.runtime import run_app, serve_logs_dir
+
     gallery, checkpoints = prepare_gallery(
         workdir, gallery=args.gallery, crops=args.crops, data=args.data, checkpoints=checkpoints,
         index_kind=args.index_kind, image_size=args.image_size, rebuild=args.rebuild, preprocess_engine=args.preprocess_engine,
@@ -109,41 +152,31 @@ def main(argv: list[str] | None = None) -> int:
     application = build_app(config)  # artifacts checked here, before any replica starts
     serve.start(http_options={"host": args.host, "port": args.port})
     t0 = time.perf_counter()
-    try:
-        run_app(application, name="facerec", route_prefix="/")
-    except DeploymentStartError:
-        serve.shutdown()
-        raise
+    run_app(application, name="facerec", route_prefix="/")
     url = f"http://{args.host}:{args.port}/"
     print(f"serve: {sorted(checkpoints)} on gallery {gallery} up in {time.perf_counter() - t0:.1f}s -> {url} (API docs {url}docs)")
-    try:
-        if args.smoke:
-            import urllib.request
+    print(f"serve: replica and access logs in {serve_logs_dir()}")
+    if args.smoke:
+        import urllib.request
 
-            from facerec.serve.gallery import read_manifest
+        from facerec.gallery import read_manifest, read_table
 
-            table = __import__("pandas").read_parquet(gallery / "gallery.parquet")
-            data = (gallery / table["crop_path"].iloc[0]).read_bytes()
-            req = urllib.request.Request(url + "v1/search?k=3", data=data, headers={"Content-Type": "image/jpeg"})
-            try:
-                with urllib.request.urlopen(req, timeout=120) as r:
-                    body = json.loads(r.read())
-                top = body["faces"][0]["results"]
-                print(f"smoke: {r.status}, top-3 {[h['image_id'] for h in top]} (query {table['image_id'].iloc[0]}), "
-                      f"gallery v{read_manifest(gallery)['version']}")
-            except urllib.error.HTTPError as e:  # e.g. the crop of a synthetic face is too small for Haar
-                print(f"smoke: HTTP {e.code} {e.read()[:200]!r}")
-                return 1
-            return 0
-        print("Ctrl-C to stop.")
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-    return 0
+        table = read_table(gallery)
+        data = (gallery / table["crop_path"].iloc[0]).read_bytes()
+        req = urllib.request.Request(url + "v1/search?k=3", data=data, headers={"Content-Type": "image/jpeg"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                body = json.loads(r.read())
+            top = body["faces"][0]["results"]
+            print(f"smoke: {r.status}, top-3 {[h['image_id'] for h in top]} (query {table['image_id'].iloc[0]} = {table['source_id'].iloc[0]}), "
+                  f"gallery v{read_manifest(gallery)['version']}")
+        except urllib.error.HTTPError as e:  # e.g. the crop of a synthetic face is too small for Haar
+            print(f"smoke: HTTP {e.code} {e.read()[:200]!r}")
+            return 1
+        return 0
+    print("Ctrl-C (or SIGTERM) to stop.")
+    while True:
+        time.sleep(3600)
 
 
 if __name__ == "__main__":

@@ -15,34 +15,12 @@ import os
 import time
 from pathlib import Path
 
+from facerec.cli import parse_checkpoints  # noqa: F401  (re-exported: the NAME=DIR convention of every CLI)
 from facerec.errors import ConfigError
 
 DEFAULT_MODELS = ("dlib_resnet",)
 UNTRAINED_BACKBONES = ("resnet50", "mobilenet_v2")
 DEFAULT_WORKDIR = Path.home() / ".cache" / "facerec" / "serve"
-
-
-def parse_checkpoints(items: list[str]) -> dict[str, str]:
-    """``["NAME=DIR", "DIR", "dlib_resnet", ...]`` -> {name: dir}, each checked to be a checkpoint
-    folder or pretrained model name; a bare DIR is named after its backbone, a bare pretrained
-    model name (``facerec.models.pretrained.PRETRAINED``) after itself."""
-    from facerec.models import read_checkpoint_metadata
-    from facerec.models.pretrained import PRETRAINED, check_checkpoint
-
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep and item in PRETRAINED:
-            name, path = item, item
-        elif not sep:
-            path, name = item, read_checkpoint_metadata(item)["backbone"]
-        if not name or not path:
-            raise ConfigError("--checkpoint", item, "NAME=CHECKPOINT_DIR (or just CHECKPOINT_DIR)")
-        if name in out:
-            raise ConfigError("--checkpoint", item, f"each model name once ({name!r} appears twice)")
-        check_checkpoint(path)
-        out[name] = path
-    return out
 
 
 def ensure_crops(workdir: Path, crops: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
@@ -120,14 +98,14 @@ def prepare_gallery(
     """
     from facerec.models import read_checkpoint_metadata
     from facerec.models.pretrained import resolve_checkpoint
-    from facerec.serve.gallery import build_gallery, read_manifest
+    from facerec.gallery import GalleryBuildConfig, build_gallery, read_manifest
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoints = {n: resolve_checkpoint(p) for n, p in (checkpoints or {}).items()}
     target = Path(gallery) if gallery else None
     if target is not None and (target / "gallery.json").is_file() and not rebuild:
-        manifest = read_manifest(target)
+        manifest = read_manifest(target)  # a format-1 gallery: an error saying how to upgrade it
         if not checkpoints:
             checkpoints = {n: e["checkpoint"] for n, e in manifest["models"].items()}
         stale = sorted(n for n, p in checkpoints.items()
@@ -144,8 +122,11 @@ def prepare_gallery(
         checkpoints = untrained_checkpoints(workdir, crops_dir, image_size)
     if target is None:
         ids = "-".join(f"{n}:{read_checkpoint_metadata(p)['model_id']}" for n, p in sorted(checkpoints.items()))
-        key = hashlib.sha256(f"{crops_dir.resolve()}|{ids}|{index_kind}".encode()).hexdigest()[:10]
+        from facerec.gallery import GALLERY_FORMAT
+
+        key = hashlib.sha256(f"{crops_dir.resolve()}|{ids}|{index_kind}|{GALLERY_FORMAT}".encode()).hexdigest()[:10]
         target = workdir / f"gallery-{key}"
     if rebuild or not (target / "gallery.json").is_file():
-        build_gallery(crops_dir, target, checkpoints, index_kind=index_kind, overwrite=True)
+        build_gallery(GalleryBuildConfig(crops_dir=str(crops_dir), out_dir=str(target), checkpoints=dict(checkpoints),
+                                         kinds=[index_kind], engine="local", overwrite=True))
     return target, checkpoints

@@ -1,10 +1,13 @@
-"""The ``Retriever`` deployment: top-k search in the gallery's per-model indexes.
+"""The ``Retriever`` deployment: top-k search in the gallery (:mod:`facerec.gallery`), and its
+writes (add, delete, display names).
 
-Each replica serves an immutable :class:`GallerySnapshot`. A new gallery version (an add by any
-replica, or an index rebuilt by ``pipelines/build_index.py``) is picked up without downtime: a
-background thread polls ``gallery.json`` every ``reload_poll_s`` seconds, loads the new version
-beside the old one, and swaps one reference; searches in flight finish on the snapshot they
-started with. ``reload()`` does the same on demand, and ``add()`` swaps in its own write at once.
+Each replica serves an immutable :class:`~facerec.gallery.GallerySnapshot`. A new gallery version
+(a write by any replica, a compaction, or a rebuild) is applied without downtime: a background
+thread stats ``gallery.json`` every ``reload_poll_s`` seconds and, when it changed, loads the new
+version *incrementally* (segments the replica already holds are reused; an add costs its delta
+segment, a delete its tombstones) and swaps one reference; searches in flight finish on the
+snapshot they started with. A write swaps in its own result at once. After a write, a
+compaction runs in a background thread when :class:`~facerec.gallery.CompactionPolicy` says so.
 """
 
 from __future__ import annotations
@@ -18,34 +21,57 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from facerec.errors import ArtifactMismatchError, ConfigError
-from facerec.serve.gallery import GallerySnapshot, add_to_gallery, manifest_fingerprint
+from facerec.errors import ArtifactMismatchError, ConfigError, DataNotFoundError, NotFoundError
+from facerec.gallery import (
+    CompactionPolicy,
+    GallerySnapshot,
+    add_to_gallery,
+    compact,
+    delete_from_gallery,
+    manifest_fingerprint,
+    recover,
+    set_display_name,
+    write_lock,
+)
 
 logger = logging.getLogger("ray.serve")
 
 
 class RetrieverCore:
-    """The Retriever without Ray (tests use it in-process)."""
+    """The Retriever without Ray (tests and benchmarks use it in-process)."""
 
     def __init__(self, gallery_dir: str, models: dict[str, str], index_kind: str | None = None,
-                 index_params: dict[str, Any] | None = None):
+                 index_params: dict[str, Any] | None = None, compaction: CompactionPolicy | None = None,
+                 recover_on_start: bool = True):
         self.gallery_dir = Path(gallery_dir)
         self.expected_model_ids = dict(models)
         self.index_kind = index_kind
         self.index_params = dict(index_params or {})
+        self.compaction = compaction or CompactionPolicy()
         self._lock = threading.Lock()  # serialises loads and writes of this replica
-        self.snapshot = self._load()
+        self._compacting = threading.Lock()
+        if recover_on_start:
+            # A replica killed between a delete's commit and the end of its scrub: finish it now.
+            with write_lock(self.gallery_dir):
+                recover(self.gallery_dir)
+        self.snapshot = self._load(None)
 
-    def _load(self) -> GallerySnapshot:
-        return GallerySnapshot.load(self.gallery_dir, list(self.expected_model_ids), self.expected_model_ids,
-                                    self.index_kind, self.index_params)
+    def _load(self, previous: GallerySnapshot | None) -> GallerySnapshot:
+        # A delete redacts rows in place right after its commit: a load that raced one is redone
+        # so it holds the version whose tombstones cover them.
+        for _ in range(5):
+            snap = GallerySnapshot.load(self.gallery_dir, list(self.expected_model_ids), self.expected_model_ids,
+                                        self.index_kind, self.index_params, previous=previous)
+            if manifest_fingerprint(self.gallery_dir) == snap.fingerprint:
+                return snap
+        return snap
 
     def reload(self, force: bool = False) -> dict[str, Any]:
-        """Load the gallery again if ``gallery.json`` changed (or ``force``); swap atomically."""
+        """Apply the current version if ``gallery.json`` changed (``force``: reload everything)."""
         with self._lock:
             old = self.snapshot
             if force or manifest_fingerprint(self.gallery_dir) != old.fingerprint:
-                new = self._load()
+                new = self._load(None if force else old)
                 if new.version >= old.version or force:
                     self.snapshot = new
                     if new.version != old.version:
@@ -57,7 +83,7 @@ class RetrieverCore:
         return {
             "version": s.version,
             "rows": s.rows,
-            "identities": int(len(np.unique(s.identities[: s.rows]))),
+            "identities": int(len(s.identity_counts()[0])),
             "models": {n: {"model_id": m.model_id, "embedding_dim": m.embedding_dim, "index_kind": m.index_kind}
                        for n, m in s.models.items()},
         }
@@ -68,15 +94,63 @@ class RetrieverCore:
 
     def crop_bytes(self, image_id: str) -> bytes | None:
         path = self.snapshot.crop_file(image_id)
-        return path.read_bytes() if path is not None else None
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:  # deleted by another replica since this snapshot
+            return None
+
+    def identities(self, limit: int, after: int | None = None) -> dict[str, Any]:
+        return self.snapshot.identities_page(limit, after)
+
+    def _after_write(self) -> None:
+        self.snapshot = self._load(self.snapshot)
+        if self.compaction.due(self.snapshot.manifest) and self._compacting.acquire(blocking=False):
+            threading.Thread(target=self._compact, name="gallery-compact", daemon=True).start()
+
+    def _compact(self) -> None:
+        try:
+            compact(self.gallery_dir, self.compaction)
+            self.reload()
+        except Exception:  # the gallery stays valid (uncompacted); the next write retries
+            logger.exception("gallery compaction failed")
+        finally:
+            self._compacting.release()
 
     def add(self, embeddings: dict[str, np.ndarray], identities: list[int], crops_png: list[bytes],
-            boxes: list[list[int]] | None = None) -> dict[str, Any]:
+            boxes: list[list[int]] | None = None, display_name: str | None = None) -> dict[str, Any]:
         with self._lock:
-            out = add_to_gallery(self.gallery_dir, embeddings, identities, crops_png, boxes, self.expected_model_ids)
-            self.snapshot = self._load()
+            out = add_to_gallery(self.gallery_dir, embeddings, identities, crops_png, boxes, self.expected_model_ids,
+                                 display_name=display_name)
+            self._after_write()
             out["rows"] = self.snapshot.rows
             return out
+
+    def delete(self, image_ids: list[str] | None = None, identity: int | None = None) -> dict[str, Any]:
+        with self._lock:
+            out = delete_from_gallery(self.gallery_dir, image_ids=image_ids, identity=identity)
+            self._after_write()
+            out["rows"] = self.snapshot.rows
+            return out
+
+    def set_name(self, identity: int, name: str | None) -> dict[str, Any]:
+        with self._lock:
+            out = set_display_name(self.gallery_dir, identity, name)
+            self._after_write()
+            return out
+
+
+def _answer(fn, *args, **kwargs) -> dict[str, Any]:
+    """{"ok": True, ...} or {"ok": False, "status", "message"}: a refusal reaches the Ingress as
+    data, not as an opaque RayTaskError."""
+    try:
+        return {"ok": True, **fn(*args, **kwargs)}
+    except NotFoundError as exc:
+        return {"ok": False, "status": 404, "message": str(exc)}
+    except (ConfigError, ArtifactMismatchError) as exc:
+        return {"ok": False, "status": 409 if isinstance(exc, ArtifactMismatchError) or exc.field == "embeddings" else 422,
+                "message": str(exc)}
 
 
 @serve.deployment(name="Retriever", health_check_period_s=10)
@@ -84,7 +158,7 @@ class Retriever:
     """``models``: served model name -> model_id of its checkpoint (checked against the index)."""
 
     def __init__(self, gallery_dir: str, models: dict[str, str], index_kind: str | None = None,
-                 index_params: dict[str, Any] | None = None, reload_poll_s: float = 2.0):
+                 index_params: dict[str, Any] | None = None, reload_poll_s: float = 0.25):
         self.core = RetrieverCore(gallery_dir, models, index_kind, index_params)
         self._stop = threading.Event()
         self._poll_s = float(reload_poll_s)
@@ -95,6 +169,9 @@ class Retriever:
         while not self._stop.wait(self._poll_s):
             try:
                 self.core.reload()
+            except (DataNotFoundError, ArtifactMismatchError, OSError):
+                # mid-change on disk (a folder a delete just removed): the next poll gets the new version
+                logger.info("gallery reload deferred; still serving version %d", self.core.snapshot.version)
             except Exception:  # a half-copied gallery must not kill the replica; the old snapshot keeps serving
                 logger.exception("gallery reload failed; still serving version %d", self.core.snapshot.version)
 
@@ -114,16 +191,20 @@ class Retriever:
     async def crop_bytes(self, image_id: str) -> bytes | None:
         return self.core.crop_bytes(image_id)
 
+    async def identities(self, limit: int, after: int | None = None) -> dict[str, Any]:
+        return self.core.identities(limit, after)
+
     async def reload(self, force: bool = False) -> dict[str, Any]:
         return await asyncio.to_thread(self.core.reload, force)
 
     async def add(self, embeddings: dict[str, np.ndarray], identities: list[int], crops_png: list[bytes],
-                  boxes: list[list[int]] | None = None) -> dict[str, Any]:
-        """{"ok": True, "version", "row_ids", "image_ids", "rows"} or, when the gallery cannot
-        take these embeddings, {"ok": False, "message"} (a conflict for the caller, not a crash:
-        an exception would reach the Ingress as an opaque RayTaskError)."""
-        try:
-            out = await asyncio.to_thread(self.core.add, embeddings, identities, crops_png, boxes)
-        except (ConfigError, ArtifactMismatchError) as exc:
-            return {"ok": False, "message": str(exc)}
-        return {"ok": True, **out}
+                  boxes: list[list[int]] | None = None, display_name: str | None = None) -> dict[str, Any]:
+        """{"ok": True, "version", "row_ids", "image_ids", "rows"} or {"ok": False, "status", "message"}."""
+        return await asyncio.to_thread(_answer, self.core.add, embeddings, identities, crops_png, boxes, display_name)
+
+    async def delete(self, image_ids: list[str] | None = None, identity: int | None = None) -> dict[str, Any]:
+        """{"ok": True, "version", "deleted", ...} or {"ok": False, "status": 404, "message"}."""
+        return await asyncio.to_thread(_answer, self.core.delete, image_ids, identity)
+
+    async def set_name(self, identity: int, name: str | None) -> dict[str, Any]:
+        return await asyncio.to_thread(_answer, self.core.set_name, identity, name)

@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from facerec.errors import ArtifactMismatchError, ConfigError
@@ -44,20 +43,21 @@ def test_writes_embeddings_and_indexes_with_metadata(gallery, tiny_crops, tiny_c
     entry = manifest["models"]["resnet18"]
     assert manifest["rows"] == 32 and manifest["data_version"] == helpers.DATA_VERSION
     assert entry["model_id"] == model_id and entry["index_kind"] == "kdtree"
-    assert set(entry["extra_indexes"]) == {"exact"}
+    assert entry["extra_kinds"] == ["exact"]
+    assert set(manifest["segments"][0]["indexes"]["resnet18"]) == {"kdtree", "exact"}
 
     table, emb, meta = load_gallery_embeddings(gallery, expected_model_id=model_id)
     assert meta["model_id"] == model_id and meta["embedding_dim"] == 16
     assert meta["data_version"] == helpers.DATA_VERSION
-    schema = pq.read_schema(gallery / entry["path"] / "embeddings.parquet")
-    assert str(schema.field("embedding").type) == "list<element: float>"
-    assert {"row_id", "image_id", "identity", "crop_path", "Smiling", "Young"} <= set(schema.names)
+    assert {"row_id", "image_id", "source_id", "identity", "crop_path", "Smiling", "Young"} <= set(table.columns)
 
     df, _ = load_crops(tiny_crops)
-    assert list(table["image_id"]) == list(df["image_id"]) and list(table["row_id"]) == list(range(32))
+    # served ids are random; the crops folder's names are kept as source_id, in order
+    assert list(table["source_id"]) == list(df["image_id"]) and list(table["row_id"]) == list(range(32))
+    assert table["image_id"].nunique() == 32 and not set(table["image_id"]) & set(df["image_id"])
     ref = helpers.reference_embeddings(tiny_checkpoint, [tiny_crops / p for p in df["crop_path"]])
     np.testing.assert_allclose(emb, ref, atol=1e-5)
-    np.testing.assert_array_equal(np.load(gallery / entry["path"] / "embeddings.npy"), emb)
+    np.testing.assert_array_equal(np.load(gallery / "segments" / "s000001" / "emb-resnet18.npy"), emb)
     assert all((gallery / p).is_file() for p in table["crop_path"])
 
     for kind in ("kdtree", "exact"):
@@ -71,7 +71,7 @@ def test_writes_embeddings_and_indexes_with_metadata(gallery, tiny_crops, tiny_c
 
 @pytest.mark.slow
 def test_reloading_for_another_model_fails_clearly(gallery, tiny_checkpoint):
-    from facerec.serve.gallery import GallerySnapshot
+    from facerec.gallery import GallerySnapshot
 
     with pytest.raises(ArtifactMismatchError, match="embedded by model_id .* but model_id 0123456789ab was expected"):
         load_gallery_index(gallery, expected_model_id="0123456789ab")
@@ -83,7 +83,7 @@ def test_reloading_for_another_model_fails_clearly(gallery, tiny_checkpoint):
         load_gallery_index(gallery, kind="hnsw")
     # Serving reads the same folder and applies the same rule.
     snap = GallerySnapshot.load(gallery)
-    hits = snap.search("resnet18", np.load(next(gallery.glob("indexes/resnet18/v*/embeddings.npy")))[:1], 2)
+    hits = snap.search("resnet18", np.load(gallery / "segments" / "s000001" / "emb-resnet18.npy")[:1], 2)
     assert hits[0][0]["row_id"] == 0
     with pytest.raises(ArtifactMismatchError, match="served checkpoint is 0123456789ab"):
         GallerySnapshot.load(gallery, expected_model_ids={"resnet18": "0123456789ab"})

@@ -35,7 +35,7 @@ def serve_artifacts(tmp_path_factory):
     from facerec.data.preprocess import PreprocessConfig, preprocess
     from facerec.models import read_checkpoint_metadata
     from facerec.serve.defaults import make_default_checkpoint
-    from facerec.serve.gallery import build_gallery
+    from facerec.gallery import GalleryBuildConfig, build_gallery
 
     torch.set_num_threads(1)
     base = tmp_path_factory.mktemp("serve")
@@ -47,7 +47,7 @@ def serve_artifacts(tmp_path_factory):
         make_default_checkpoint(backbone, base / "ckpt" / name, crops, image_size=IMAGE_SIZE, embedding_dim=EMBED_DIM)
         checkpoints[name] = str(base / "ckpt" / name)
     gallery = base / "gallery"
-    build_gallery(crops, gallery, checkpoints, index_kind="kdtree")
+    build_gallery(GalleryBuildConfig(crops_dir=str(crops), out_dir=str(gallery), checkpoints=checkpoints, kinds=["kdtree"]))
     return {
         "base": base,
         "photos": photos,
@@ -56,6 +56,14 @@ def serve_artifacts(tmp_path_factory):
         "gallery": gallery,
         "model_ids": {n: read_checkpoint_metadata(p)["model_id"] for n, p in checkpoints.items()},
     }
+
+
+def served_ids(gallery: Path) -> dict[str, str]:
+    """Photo file name (the crops folder's image_id, kept as source_id) -> served image id."""
+    from facerec.gallery import read_table
+
+    table = read_table(gallery)
+    return dict(zip(table["source_id"], table["image_id"]))
 
 
 @pytest.fixture
