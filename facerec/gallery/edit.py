@@ -39,6 +39,7 @@ from facerec.data.schema import ATTRIBUTE_NAMES
 from facerec.errors import ArtifactMismatchError, ConfigError, NotFoundError
 from facerec.gallery.format import (
     CROPS,
+    IDENTITY_MAX,
     ROWS_FILE,
     SEGMENTS,
     TOMBSTONES,
@@ -249,6 +250,9 @@ def add_to_gallery(
         raise ConfigError("images", 0, "at least one image")
     if len(identities) != n:
         raise ConfigError("identities", len(identities), f"one identity per image ({n})")
+    for i in identities:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= int(i) <= IDENTITY_MAX:
+            raise ConfigError("identity", i, f"an integer in [0, {IDENTITY_MAX}]")
     display_name = check_display_name(display_name)
     boxes = boxes or [[0, 0, 0, 0]] * n
     with write_lock(gallery_dir):

@@ -54,6 +54,9 @@ ROWS_FILE = "rows.npy"
 IMAGE_ID_BYTES = 12  # secrets.token_urlsafe(12): 16 characters, 96 random bits
 IMAGE_ID_WIDTH = 24
 ORIGINS = ("dataset", "upload")
+# Identity labels: integers a JavaScript client reads back exactly (Number.MAX_SAFE_INTEGER),
+# inside the int64 record field.
+IDENTITY_MAX = 2**53 - 1
 
 _IMAGE_ID = re.compile(r"^[A-Za-z0-9_-]{1,24}$")
 

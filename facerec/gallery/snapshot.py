@@ -240,6 +240,20 @@ class GallerySnapshot:
             return None
         return path
 
+    def image_ids_of(self, identity: int) -> list[str]:
+        """The live images of an identity, in row order."""
+        out = []
+        for seg in self.segments:
+            pos = np.flatnonzero(seg.identities == int(identity))
+            if len(pos) and len(self.tombstones):
+                pos = pos[~np.isin(seg.row_ids[pos], self.tombstones)]
+            out.extend(str(i) for i in seg.image_ids[pos] if i)
+        return out
+
+    def row_id_of(self, image_id: str) -> int | None:
+        found = self._find(image_id)
+        return None if found is None else int(found[0].row_ids[found[1]])
+
     def identity_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """(identities ascending, live images of each)."""
         if self._identity_counts is None:

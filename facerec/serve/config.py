@@ -147,12 +147,15 @@ class ModelConfig:
 class ServeConfig:
     """The whole application.
 
-    ``gallery_dir``: a served gallery folder (:mod:`facerec.serve.gallery`) holding an index for
+    ``gallery_dir``: a served gallery folder (:mod:`facerec.gallery`) holding an index for
     every model in ``models``. ``index_kind``: None serves each index as saved; a name from
     ``facerec.index.INDEXES`` rebuilds that kind in memory from the stored embeddings.
     ``gallery_token``: bearer token for ``POST /v1/gallery``; when None the replica reads the
     environment variable ``gallery_token_env`` (a Kubernetes secret), and if that is unset
-    gallery writes are disabled (403).
+    gallery writes are disabled (403); the same token deletes and names identities.
+    ``read_token``: when set (or ``read_token_env`` is set and not empty), searches, gallery images
+    and identity listings need ``Authorization: Bearer <read token>`` (or the gallery token); unset:
+    open to anyone who reaches the server.
     """
 
     gallery_dir: str
@@ -170,7 +173,10 @@ class ServeConfig:
     haar_min_size: int = 24
     gallery_token: str | None = None
     gallery_token_env: str = "FACEREC_GALLERY_TOKEN"
-    reload_poll_s: float = 2.0
+    read_token: str | None = None
+    read_token_env: str = "FACEREC_READ_TOKEN"
+    # A stat of gallery.json per poll: cheap, and a write by one replica reaches the others within it.
+    reload_poll_s: float = 0.25
     retriever_replicas: int = 1
     retriever_num_cpus: float = 0.25
     ingress_replicas: int = 1
@@ -217,6 +223,10 @@ class ServeConfig:
             raise ConfigError("gallery_token", "<hidden>", "None or a secret string of at least 8 characters")
         if not isinstance(self.gallery_token_env, str) or not self.gallery_token_env:
             raise ConfigError("gallery_token_env", self.gallery_token_env, "an environment variable name")
+        if self.read_token is not None and (not isinstance(self.read_token, str) or len(self.read_token) < 8):
+            raise ConfigError("read_token", "<hidden>", "None or a secret string of at least 8 characters")
+        if not isinstance(self.read_token_env, str) or not self.read_token_env:
+            raise ConfigError("read_token_env", self.read_token_env, "an environment variable name")
         _check_num("reload_poll_s", self.reload_poll_s, 0.0, low_open=True)
         _check_int("retriever_replicas", self.retriever_replicas, 1, 1000)
         _check_num("retriever_num_cpus", self.retriever_num_cpus, 0.0)

@@ -13,6 +13,7 @@ compaction runs in a background thread when :class:`~facerec.gallery.CompactionP
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 from pathlib import Path
@@ -120,12 +121,57 @@ class RetrieverCore:
 
     def add(self, embeddings: dict[str, np.ndarray], identities: list[int], crops_png: list[bytes],
             boxes: list[list[int]] | None = None, display_name: str | None = None) -> dict[str, Any]:
+        """Add the images that are not already in the gallery: a stored crop whose bytes equal
+        those of a live row of the same identity (or of an earlier image of this request) is a
+        duplicate and not added again. Returns {"version", "image_ids", "row_ids" (one per
+        image: the new row or the one it duplicates), "duplicate_of" (None or that image_id),
+        "rows"}."""
+        from facerec.gallery.format import IDENTITY_MAX
+
+        for i in identities:  # before any write, like add_to_gallery (duplicates are looked up first)
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= int(i) <= IDENTITY_MAX:
+                raise ConfigError("identity", i, f"an integer in [0, {IDENTITY_MAX}]")
         with self._lock:
-            out = add_to_gallery(self.gallery_dir, embeddings, identities, crops_png, boxes, self.expected_model_ids,
-                                 display_name=display_name)
-            self._after_write()
-            out["rows"] = self.snapshot.rows
-            return out
+            self.snapshot = self._load(self.snapshot)  # another replica's adds count as "already there"
+            snap = self.snapshot
+            duplicate_of: list[str | None] = []
+            seen: dict[tuple[int, str], str | None] = {}
+            for identity, crop in zip(identities, crops_png):
+                digest = hashlib.sha256(crop).hexdigest()
+                if (int(identity), digest) not in seen:
+                    for image_id in snap.image_ids_of(int(identity)):
+                        path = snap.crop_file(image_id)
+                        if path is not None and hashlib.sha256(path.read_bytes()).hexdigest() == digest:
+                            seen[(int(identity), digest)] = image_id
+                            break
+                    else:
+                        seen[(int(identity), digest)] = None
+                        duplicate_of.append(None)
+                        continue
+                duplicate_of.append(seen[(int(identity), digest)] or "")
+            new = [j for j, d in enumerate(duplicate_of) if d is None]
+            out: dict[str, Any] = {"version": snap.version}
+            if new:
+                out = add_to_gallery(self.gallery_dir, {m: np.asarray(e)[new] for m, e in embeddings.items()},
+                                     [identities[j] for j in new], [crops_png[j] for j in new],
+                                     [boxes[j] for j in new] if boxes else None, self.expected_model_ids,
+                                     display_name=display_name)
+                self._after_write()
+            added = dict(zip(new, out.get("image_ids", [])))
+            # a repeat of an image added by this very request: the row that image got
+            first = {}
+            for j in new:
+                first.setdefault((int(identities[j]), hashlib.sha256(crops_png[j]).hexdigest()), added[j])
+            image_ids, dups = [], []
+            for j, d in enumerate(duplicate_of):
+                if d is None:
+                    image_ids.append(added[j]), dups.append(None)
+                else:
+                    target = d or first[(int(identities[j]), hashlib.sha256(crops_png[j]).hexdigest())]
+                    image_ids.append(target), dups.append(target)
+            row_ids = [self.snapshot.row_id_of(i) for i in image_ids]
+            return {"version": self.snapshot.version, "image_ids": image_ids, "row_ids": row_ids,
+                    "duplicate_of": dups, "rows": self.snapshot.rows}
 
     def delete(self, image_ids: list[str] | None = None, identity: int | None = None) -> dict[str, Any]:
         with self._lock:
