@@ -149,6 +149,9 @@ LOO_BLOCK_BYTES = 64 << 20
 n x n float64 distance matrix of 20k validation images would take 3.2 GB in every worker."""
 
 
+SELECTION_SPARE = 8
+
+
 def loo_row_bytes(n: int, k: int, dim: int) -> int:
     """Bytes one query row of a :func:`leave_one_out_metrics` block holds: its float32 scores
     against all ``n`` items and argpartition's int64 positions (12 n), and for its ``k``
@@ -174,8 +177,10 @@ def leave_one_out_metrics(embeddings: Any, labels: Any, block_bytes: int = LOO_B
     Exact top-R neighbours without an n x n matrix: queries go in blocks whose arrays fit
     ``block_bytes`` (:func:`loo_block_rows`); each block scores all items with one float32
     matrix product (||x||^2/2 - q.x ranks like ||q - x||^2), ``np.argpartition`` keeps its R
-    best, and those are re-ranked by float64 distances computed from the differences (no
-    cancellation), ties by position as a stable sort would. Returns NaNs when no item has a match.
+    best (and a few more), and those are re-ranked by float64 distances computed from the differences (no
+    cancellation), ties by position as a stable sort would. The embeddings are centred first and
+    :data:`SELECTION_SPARE` more candidates than R are kept, so the float32 selection does not
+    decide near-ties. Returns NaNs when no item has a match.
     """
     x = np.asarray(embeddings, dtype=np.float32)
     lab = np.asarray(labels)
@@ -188,23 +193,29 @@ def leave_one_out_metrics(embeddings: Any, labels: Any, block_bytes: int = LOO_B
     if queries.size == 0:
         return {"precision_at_1": float("nan"), "map_at_r": float("nan")}
     n, dim = x.shape
+    # Distances do not change under translation; centred, the float32 expansion's rounding scales
+    # with the embeddings' spread, not their norm (a model barely out of initialisation maps every
+    # face within ~1e-4 of one point: uncentred, float32 scores would rank those by rounding noise).
+    x = (x - x.mean(axis=0, dtype=np.float64)).astype(np.float32)
     xt = np.ascontiguousarray(x.T)
     half_sq = 0.5 * np.einsum("ij,ij->i", x, x)
-    step = loo_block_rows(n, int(R[queries].max()), dim, block_bytes)
+    spare = SELECTION_SPARE  # candidates beyond R, so float32 rounding at the R-th place cannot drop a neighbour
+    step = loo_block_rows(n, min(n - 1, int(R[queries].max()) + spare), dim, block_bytes)
     hits = ap_sum = 0.0
     for s in range(0, queries.size, step):
         q = queries[s:s + step]
         k = int(R[q].max())
+        c = min(n - 1, k + spare)
         scores = x[q] @ xt
         np.subtract(half_sq, scores, out=scores)
         scores[np.arange(q.size), q] = np.inf  # leave the query out
-        cand = np.argpartition(scores, k - 1, axis=1)[:, :k] if k < n - 1 else np.argsort(scores, axis=1)[:, :k]
+        cand = np.argpartition(scores, c - 1, axis=1)[:, :c] if c < n - 1 else np.argsort(scores, axis=1)[:, :c]
         del scores
         diff = x[cand].astype(np.float64)
         diff -= x[q, None, :]
         d2 = np.einsum("bkd,bkd->bk", diff, diff)
         del diff
-        cand = np.take_along_axis(cand, np.lexsort((cand, d2), axis=-1), axis=1)
+        cand = np.take_along_axis(cand, np.lexsort((cand, d2), axis=-1), axis=1)[:, :k]
         rel = lab[cand] == lab[q, None]
         hits += float(rel[:, 0].sum())
         ap_sum += float(average_precision_at_r(rel, R[q]).sum())
