@@ -226,12 +226,13 @@ def load_pretrained(model: nn.Module, name: str, weights: str | os.PathLike | No
             log.info("loaded ImageNet weights for %s from %s", name, path)
             return "imagenet"
     log.warning(
-        "ImageNet weights for %s not found in %s; starting from random init. Pass --weights PATH "
-        "(a torchvision %s state dict) or copy %s into that folder to fine-tune from ImageNet.",
+        "ImageNet weights for %s not found in %s; starting from random init. To start from ImageNet, copy "
+        "%s (a torchvision %s state dict) into that folder, or give its path as the weights (facerec "
+        "train-sweep --weights PATH).",
         name,
         candidates[0].parent,
-        name,
         candidates[0].name,
+        name,
     )
     return "random"
 

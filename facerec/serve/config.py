@@ -165,6 +165,9 @@ class ServeConfig:
     index_params: dict[str, Any] = field(default_factory=dict)
     default_k: int = 9
     max_upload_bytes: int = 10 * 1024 * 1024
+    # Request bodies one Ingress replica receives at once, in bytes (facerec.serve.middleware):
+    # beyond it a request is refused with 503 + Retry-After before its body is read.
+    max_inflight_upload_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 40_000_000
     max_faces: int = 10
     max_add_images: int = 16
@@ -213,6 +216,10 @@ class ServeConfig:
             raise ConfigError("index_params", self.index_params, "a mapping of index parameters")
         _check_int("default_k", self.default_k, 1, K_MAX)
         _check_int("max_upload_bytes", self.max_upload_bytes, 1024, 1 << 30)
+        one_search = self.max_upload_bytes * 4 // 3 + 64 * 1024  # a photo as base64 JSON, with the form's overhead
+        if not _is_int(self.max_inflight_upload_bytes) or self.max_inflight_upload_bytes < one_search:
+            raise ConfigError("max_inflight_upload_bytes", self.max_inflight_upload_bytes,
+                              f"an integer >= {one_search:,} (one search request at max_upload_bytes)")
         _check_int("max_pixels", self.max_pixels, 64 * 64, 1 << 31)
         _check_int("max_faces", self.max_faces, 1, 100)
         _check_int("max_add_images", self.max_add_images, 1, 1000)
@@ -223,6 +230,10 @@ class ServeConfig:
             raise ConfigError("gallery_token", "<hidden>", "None or a secret string of at least 8 characters")
         if not isinstance(self.gallery_token_env, str) or not self.gallery_token_env:
             raise ConfigError("gallery_token_env", self.gallery_token_env, "an environment variable name")
+        if self.read_token is not None and (not isinstance(self.read_token, str) or len(self.read_token) < 8):
+            raise ConfigError("read_token", "<hidden>", "None or a secret string of at least 8 characters")
+        if not isinstance(self.read_token_env, str) or not self.read_token_env:
+            raise ConfigError("read_token_env", self.read_token_env, "an environment variable name")
         if self.read_token is not None and (not isinstance(self.read_token, str) or len(self.read_token) < 8):
             raise ConfigError("read_token", "<hidden>", "None or a secret string of at least 8 characters")
         if not isinstance(self.read_token_env, str) or not self.read_token_env:

@@ -3,14 +3,22 @@
 
 Routes (schema at ``/docs``, ``/openapi.json``):
 
-- ``POST /v1/search``   photo -> faces -> top-k gallery matches per face
+- ``POST /v1/search``   photo -> faces -> top-k gallery matches per face (each flagged ``same_person``
+  at the model's calibrated threshold, :mod:`facerec.serve.verification`)
+- ``POST /v1/verify``   two photos -> same person or not, at a calibrated false accept rate
 - ``GET  /v1/images/{image_id}``  a gallery crop (looked up in the gallery table by id)
 - ``POST /v1/gallery``  add photos of an identity (bearer token)
 - ``GET  /v1/models``, ``GET /healthz``
 - ``GET  /``            the web page (``static/``)
 
-Every bad input ends as a 4xx with ``{"detail": message, "code": code}``; request bodies are
-size-limited while they are read, before any parsing.
+Every error, 4xx and 5xx, has one shape, ``{"detail": message, "code": code}`` (:class:`ErrorBody`),
+query-string and form validation included. Request bodies pass the :class:`~facerec.serve.middleware.
+UploadGate` first: a declared length over the route's limit is a 413 and a request that does not fit
+in the replica's budget of upload bytes in flight a 503 with ``Retry-After``, both before a byte of
+the body is read. Multipart bodies are parsed by FastAPI (``UploadFile``/``Form``) with Starlette's
+form limits; every response carries the security headers of
+:data:`~facerec.serve.middleware.SECURITY_HEADERS`. ``/docs`` is rendered on the server and needs no
+network (:mod:`facerec.serve.docs`).
 """
 
 # No ``from __future__ import annotations``: FastAPI must see the real types of the route
@@ -28,16 +36,21 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, ValidationError
 from ray import serve
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facerec.data.schema import ATTRIBUTE_NAMES
-from facerec.serve.config import FACES_MODES, K_MAX
+from facerec.serve import verification
+from facerec.serve.verification import Decision, VerifyJSON, VerifyResponse
+from facerec.gallery.format import IDENTITY_MAX  # JSON-safe (2**53 - 1), inside the int64 column
+from facerec.serve.config import K_MAX
+from facerec.serve.middleware import GateRefusal, SecurityHeaders, UploadBudget, UploadGate
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _IMAGE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
@@ -65,17 +78,24 @@ class Hit(BaseModel):
     image_id: str
     row_id: int
     identity: int
-    distance: float = Field(description="L2 distance between unit-norm embeddings, in [0, 2]")
+    distance: float = Field(description="Euclidean distance between the query's and this face's embeddings "
+                                        "(unit-norm embeddings: in [0, 2]; dlib_resnet's raw descriptors: not bounded)")
     attributes: dict[str, int] = Field(description="The 40 CelebA attributes, -1/1 (0 = unknown)")
     attribute_agreement: float | None = Field(
         description="Share of attributes (known on both) equal to those of the rank-1 result"
     )
     thumbnail_url: str
+    same_person: bool | None = Field(
+        None, description="distance <= the model's calibrated threshold at its default false accept rate "
+                          "(`verification`); null when the model is not calibrated")
 
 
 class FaceResult(BaseModel):
     box: Box = Field(description="Face box in the uploaded image, pixels")
     results: list[Hit]
+    match: bool | None = Field(
+        None, description="Whether any result is the same person (false: no match in the gallery); null when the "
+                          "model is not calibrated. With an approximate index kind it covers the results returned")
 
 
 class ImageSize(BaseModel):
@@ -91,11 +111,14 @@ class SearchResponse(BaseModel):
     image: ImageSize
     gallery_version: int
     faces: list[FaceResult]
+    verification: Decision | None = Field(
+        None, description="The threshold `same_person` was decided at; null when the model is not calibrated")
     timing_ms: dict[str, float]
 
 
 class SearchParams(BaseModel):
-    k: int = Field(9, ge=1, le=K_MAX, description=f"Results per face, 1-{K_MAX}")
+    # strict: a JSON true is not the number 1 (form and query values arrive parsed by FastAPI)
+    k: int = Field(9, ge=1, le=K_MAX, strict=True, description=f"Results per face, 1-{K_MAX}")
     model: str | None = Field(None, description="Served model name (GET /v1/models); default: the configured one")
     faces: Literal["largest", "all"] = Field("largest", description="Search with the largest face only, or every face")
 
@@ -105,15 +128,19 @@ class SearchJSON(SearchParams):
 
 
 class GalleryJSON(BaseModel):
-    identity: int = Field(ge=0, description="Identity label of the person in the photos")
+    identity: int = Field(ge=0, le=IDENTITY_MAX, strict=True,
+                          description=f"Identity label of the person in the photos, 0-{IDENTITY_MAX}")
     images_base64: list[str] = Field(min_length=1, description="One or more photos of that person, base64")
 
 
 class GalleryAddResponse(BaseModel):
-    added: int
+    added: int = Field(description="New rows: the photos minus those already in the gallery (duplicate_of)")
     identity: int
-    image_ids: list[str]
+    image_ids: list[str] = Field(description="One per photo, in order: the new row, or the row a duplicate already is")
     row_ids: list[int]
+    duplicate_of: list[str | None] = Field(
+        description="One per photo: null for a new row, else the image_id of the row that already holds these exact "
+                    "bytes for this identity (not added again)")
     gallery_version: int
     rows: int
 
@@ -140,6 +167,9 @@ class ModelInfo(BaseModel):
     untrained: bool = False
     trained_by: str | None = None
     input: str | None = None
+    calibration: dict[str, Any] | None = Field(
+        None, description="Verification calibration (facerec calibrate): thresholds at each calibrated false accept "
+                          "rate with cross-validated TAR, EER, and the data they came from; null when uncalibrated")
 
 
 class ModelsResponse(BaseModel):
@@ -154,24 +184,13 @@ def _error_responses(*codes: int) -> dict[int, dict[str, Any]]:
     return {c: {"model": ErrorBody} for c in codes}
 
 
+# The multipart form of each body is generated by FastAPI from the UploadFile/Form parameters;
+# these add the other accepted encodings (merged into the generated requestBody).
 _SEARCH_BODY = {
     "requestBody": {
-        "required": True,
         "description": "The photo, as a multipart upload (field `image`), JSON with `image_base64`, or a raw "
                        "image/* body. `k`, `model`, `faces` may be form/JSON fields or query parameters.",
         "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {
-                        "image": {"type": "string", "format": "binary"},
-                        "k": {"type": "integer", "minimum": 1, "maximum": K_MAX, "default": 9},
-                        "model": {"type": "string"},
-                        "faces": {"type": "string", "enum": list(FACES_MODES), "default": "largest"},
-                    },
-                }
-            },
             "application/json": {"schema": SearchJSON.model_json_schema()},
             "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
             "image/png": {"schema": {"type": "string", "format": "binary"}},
@@ -181,23 +200,17 @@ _SEARCH_BODY = {
 
 _GALLERY_BODY = {
     "requestBody": {
-        "required": True,
         "description": "Photos of one person: multipart (`image` repeated, `identity`) or JSON.",
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image", "identity"],
-                    "properties": {
-                        "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "identity": {"type": "integer", "minimum": 0},
-                    },
-                }
-            },
-            "application/json": {"schema": GalleryJSON.model_json_schema()},
-        },
+        "content": {"application/json": {"schema": GalleryJSON.model_json_schema()}},
     }
 }
+
+# Starlette's multipart limits (max_part_size: a text field; files are bounded by the body
+# limits of the UploadGate). Fixed when the routes are declared, so the gallery's file count
+# is checked against the configured max_add_images after parsing.
+_SEARCH_FORM_LIMITS = {"max_files": 1, "max_fields": 8, "max_part_size": 64 * 1024}
+_GALLERY_FORM_LIMITS = {"max_files": 1000, "max_fields": 8, "max_part_size": 64 * 1024}
+_FORM_OVERHEAD = 64 * 1024  # multipart boundaries, headers and the text fields around the files
 
 
 class APIError(Exception):
@@ -212,53 +225,60 @@ app = FastAPI(
     description="Face image retrieval: upload a photo, get the most similar faces of the gallery "
                 "with their identities and CelebA attributes. Haar detection (Viola & Jones 2001), "
                 "CNN embeddings trained with metric-learning losses, KD-tree search.",
+    docs_url=None,  # FastAPI's Swagger UI loads from a CDN: blank offline; /docs below needs no network
+    redoc_url=None,
 )
+app.add_middleware(UploadGate)
+app.add_middleware(SecurityHeaders)  # added last = outermost: its headers are on every response
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": message, "code": code}, status_code=status, headers=headers)
 
 
 @app.exception_handler(APIError)
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-    return JSONResponse({"detail": exc.message, "code": exc.code}, status_code=exc.status, headers=exc.headers)
+    return _error(exc.status, exc.code, exc.message, exc.headers)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # FastAPI's default answers a list of pydantic errors; the API has one shape for every 4xx.
+    return _error(422, "bad_parameter", _validation_message(exc.errors()))
+
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+               413: "too_large", 415: "unsupported_media_type"}
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    message = str(exc.detail)
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"no such path {request.url.path!r}; the API is under /v1/ (see /docs)"
+    return _error(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), message,
+                  getattr(exc, "headers", None))
 
 
 app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
 
+@app.get("/docs", include_in_schema=False)
+async def docs(request: Request) -> HTMLResponse:
+    from facerec.serve.docs import render_docs
+
+    return HTMLResponse(render_docs(app.openapi(), request.scope.get("root_path", "").rstrip("/")))
+
+
+@app.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> FileResponse:
+    return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml",
+                        headers={"Cache-Control": "public, max-age=86400"})
+
+
 # --------------------------------------------------------------------------------------------
 # Request parsing
 # --------------------------------------------------------------------------------------------
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes (the declared
-    Content-Length is checked before reading a byte)."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            n = int(declared)
-        except ValueError:
-            raise APIError(400, "bad_request", f"Content-Length {declared!r} is not a number") from None
-        if n > limit:
-            raise APIError(413, "too_large", f"request body of {n:,} bytes exceeds the limit of {limit:,} bytes")
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise APIError(413, "too_large", f"request body exceeds the limit of {limit:,} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def parse_multipart(request: Request, body: bytes, max_files: int) -> Any:
-    async def replay():
-        yield body
-
-    try:
-        return await MultiPartParser(request.headers, replay(), max_files=max_files, max_fields=16,
-                                     max_part_size=64 * 1024).parse()
-    except MultiPartException as exc:
-        raise APIError(400, "bad_request", f"malformed multipart body: {exc.message}") from None
-    except Exception as exc:
-        raise APIError(400, "bad_request", f"malformed multipart body ({type(exc).__name__}: {exc})") from None
 
 
 def decode_b64(text: Any, field: str, limit: int) -> bytes:
@@ -281,12 +301,28 @@ def _content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-def _validation_message(exc: ValidationError) -> str:
+_WHERE = {"query": "query parameter ", "body": "field ", "path": "path parameter ", "header": "header "}
+
+
+def _validation_message(errors: list[dict[str, Any]]) -> str:
+    """``query parameter k: Input should be greater than or equal to 1 (got '0')``, one per error."""
     parts = []
-    for e in exc.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "body"
-        parts.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ())]
+        where = _WHERE.get(loc[0], "") if loc else ""
+        name = ".".join(loc[1:] if where else loc) or "body"
+        got = e.get("input")
+        shown = "" if isinstance(got, (dict, UploadFile)) or got is None and e.get("type") == "missing" else \
+            f" (got {_short(got)})"
+        parts.append(f"{where}{name}: {e['msg']}{shown}")
     return "; ".join(parts)
+
+
+def _short(value: Any, n: int = 60) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as the client wrote it (JSON), not Python's True
+    text = repr(value)
+    return text if len(text) <= n else text[:n] + "..."
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,16 +346,32 @@ class Ingress:
         token = config.get("gallery_token") or os.environ.get(config["gallery_token_env"]) or None
         self._token = token.encode() if token else None
         self._model_info: dict[str, dict[str, Any]] = {}
+        # Bodies are bounded before they are read (UploadGate): a search carries one photo (base64
+        # in JSON is 4/3 of it), an add up to max_add_images; other routes at most two photos.
+        search_limit = self.max_upload * 4 // 3 + _FORM_OVERHEAD
+        app.state.upload_budget = UploadBudget(
+            total=int(config["max_inflight_upload_bytes"]),
+            limits={"/v1/search": search_limit, "/v1/gallery": self.max_upload * self.max_add * 4 // 3 + _FORM_OVERHEAD},
+            default_limit=2 * search_limit,
+            before_body={"/v1/gallery": self._authorize_headers},
+        )
 
     async def _call(self, response, what: str):
-        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+        from ray.exceptions import RayActorError, WorkerCrashedError
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
         try:
             return await asyncio.wait_for(response, self.timeout)
         except asyncio.TimeoutError:
             raise APIError(504, "timeout", f"{what} did not answer within {self.timeout:.0f}s; retry later") from None
         except (BackPressureError, DeploymentUnavailableError) as exc:
-            raise APIError(503, "overloaded", f"{what} is overloaded or unavailable; retry later ({type(exc).__name__})") from None
+            raise APIError(503, "overloaded", f"{what} is overloaded or unavailable; retry later ({type(exc).__name__})",
+                           headers={"Retry-After": "1"}) from None
+        except (RayActorError, ReplicaUnavailableError, WorkerCrashedError) as exc:
+            # The replica died under the request (killed, out of memory, node lost): Serve starts
+            # a new one, so the same request is worth retrying.
+            raise APIError(503, "replica_died", f"{what} stopped while answering ({type(exc).__name__}); retry in a "
+                                                f"few seconds", headers={"Retry-After": "2"}) from None
 
     def _check_model(self, name: str | None) -> str:
         name = name or self.default_model
@@ -327,21 +379,17 @@ class Ingress:
             raise APIError(400, "unknown_model", f"model {name!r} is not served; choose one of {sorted(self.embedders)} (GET /v1/models)")
         return name
 
-    async def _read_search(self, request: Request, query: dict[str, Any]) -> tuple[bytes, SearchParams]:
+    async def _read_search(self, request: Request, fields: dict[str, Any], upload: UploadFile | None) -> tuple[bytes, SearchParams]:
+        """The photo and the parameters of a search: ``fields`` are the query and form values
+        (already validated by FastAPI), ``upload`` the multipart file."""
         ctype = _content_type(request)
-        fields: dict[str, Any] = {k: v for k, v in query.items() if v is not None}
+        fields = {k: v for k, v in fields.items() if v is not None}
         if ctype == "multipart/form-data":
-            body = await read_body(request, self.max_upload + 64 * 1024)
-            form = await parse_multipart(request, body, max_files=1)
-            upload = form.get("image") or form.get("file")
             if upload is None:
                 raise APIError(400, "missing_image", "multipart body has no file field 'image'; send the photo as image=@photo.jpg")
-            if not isinstance(upload, UploadFile):
-                raise APIError(400, "missing_image", "field 'image' must be a file upload, not text")
             data = await upload.read()
-            fields.update({k: form[k] for k in ("k", "model", "faces") if k in form})
         elif ctype == "application/json":
-            body = await read_body(request, self.max_upload * 4 // 3 + 64 * 1024)
+            body = await request.body()
             try:
                 payload = json.loads(body)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -354,7 +402,7 @@ class Ingress:
             data = decode_b64(payload.pop("image_base64"), "image_base64", self.max_upload)
             fields.update(payload)
         elif ctype.startswith("image/") or ctype == "application/octet-stream":
-            data = await read_body(request, self.max_upload)
+            data = await request.body()
         else:
             raise APIError(415, "unsupported_media_type",
                            f"Content-Type {ctype or '(none)'!r} is not accepted: use multipart/form-data (field 'image'), "
@@ -367,7 +415,7 @@ class Ingress:
         try:
             params = SearchParams(**fields)
         except ValidationError as exc:
-            raise APIError(422, "bad_parameter", _validation_message(exc)) from None
+            raise APIError(422, "bad_parameter", _validation_message(exc.errors())) from None
         return data, params
 
     # ---- routes --------------------------------------------------------------------------
@@ -380,6 +428,7 @@ class Ingress:
         "/v1/search",
         response_model=SearchResponse,
         openapi_extra=_SEARCH_BODY,
+        form_limits=_SEARCH_FORM_LIMITS,
         responses=_error_responses(400, 413, 415, 422, 503, 504),
         summary="Find the gallery faces most similar to the face(s) in a photo",
     )
@@ -389,9 +438,15 @@ class Ingress:
         k: int | None = Query(None, ge=1, le=K_MAX, description="Results per face (default 9)"),
         model: str | None = Query(None, description="Served model name"),
         faces: Literal["largest", "all"] | None = Query(None, description="largest face only, or every face"),
+        image: UploadFile | None = File(None, description="The photo (JPEG, PNG, ...)"),
+        form_k: int | None = Form(None, alias="k", ge=1, le=K_MAX, description="Results per face (default 9)"),
+        form_model: str | None = Form(None, alias="model", description="Served model name"),
+        form_faces: Literal["largest", "all"] | None = Form(None, alias="faces", description="largest face only, or every face"),
     ) -> SearchResponse:
         t0 = time.perf_counter()
-        data, params = await self._read_search(request, {"k": k, "model": model, "faces": faces})
+        # form fields win over the query string
+        fields = {"k": form_k if form_k is not None else k, "model": form_model or model, "faces": form_faces or faces}
+        data, params = await self._read_search(request, fields, image)
         name = self._check_model(params.model)
         t1 = time.perf_counter()
         emb = await self._call(self.embedders[name].embed.remote(data, params.faces), f"model {name}")
@@ -408,10 +463,13 @@ class Ingress:
                 h["thumbnail_url"] = f"{prefix}/v1/images/{quote(h['image_id'])}"
             x, y, w, h_ = face["box"]
             faces_out.append({"box": {"x": x, "y": y, "w": w, "h": h_}, "results": hits})
+        decision = verification.default_decision((await self._models()).get(name))
+        verification.mark_hits(faces_out, decision)
         body = {
             "model": name, "model_id": emb["model_id"], "k": params.k, "faces_mode": params.faces,
             "image": {"width": emb["width"], "height": emb["height"]}, "gallery_version": found["version"],
             "faces": faces_out,
+            "verification": None if decision is None else {"far": decision[0], "threshold": decision[1]},
             "timing_ms": {"parse": (t1 - t0) * 1e3, "embed": (t2 - t1) * 1e3, "search": (t3 - t2) * 1e3,
                           "total": (time.perf_counter() - t0) * 1e3, "batch_size": float(emb["batch_size"]),
                           **{f"embed_{k_}": v for k_, v in emb["timing_ms"].items()}},
@@ -419,6 +477,77 @@ class Ingress:
         # Returned as is: the dicts already have the SearchResponse shape (pinned by the tests);
         # re-validating 9 x 40 attributes per request through pydantic costs the Ingress CPU.
         return JSONResponse(body)
+
+    @app.post(
+        "/v1/verify",
+        response_model=VerifyResponse,
+        openapi_extra={"requestBody": {
+            "description": "Two photos: multipart (`image1`, `image2` files; `far`, `model` fields) or JSON with "
+                           "`image1_base64` and `image2_base64`. The largest face of each is compared.",
+            "content": {"application/json": {"schema": VerifyJSON.model_json_schema()}}}},
+        responses=_error_responses(400, 409, 413, 415, 422, 503, 504),
+        summary="Are the faces of two photos the same person? (at a calibrated false accept rate)",
+    )
+    async def verify(
+        self,
+        request: Request,
+        far: float | None = Query(None, description="False accept rate (one of the model's calibrated ones; default "
+                                                    "its default_far, 0.001)"),
+        model: str | None = Query(None, description="Served model name"),
+        image1: UploadFile | None = File(None, description="The first photo"),
+        image2: UploadFile | None = File(None, description="The second photo"),
+        form_far: float | None = Form(None, alias="far", description="False accept rate"),
+        form_model: str | None = Form(None, alias="model", description="Served model name"),
+    ) -> VerifyResponse:
+        ctype = _content_type(request)
+        if ctype == "multipart/form-data":
+            missing = [n for n, u in (("image1", image1), ("image2", image2)) if u is None]
+            if missing:
+                raise APIError(400, "missing_image", f"multipart body has no file field {' or '.join(missing)}; send "
+                                                     f"image1=@a.jpg and image2=@b.jpg")
+            images = [await image1.read(), await image2.read()]
+            far = form_far if form_far is not None else far
+            model = form_model or model
+        elif ctype == "application/json":
+            try:
+                payload = VerifyJSON.model_validate_json(await request.body())
+            except ValidationError as exc:
+                raise APIError(422, "bad_parameter", _validation_message(exc.errors())) from None
+            images = [decode_b64(payload.image1_base64, "image1_base64", self.max_upload),
+                      decode_b64(payload.image2_base64, "image2_base64", self.max_upload)]
+            far = payload.far if payload.far is not None else far
+            model = payload.model or model
+        else:
+            raise APIError(415, "unsupported_media_type",
+                           f"Content-Type {ctype or '(none)'!r} is not accepted: use multipart/form-data (files image1, "
+                           f"image2) or application/json (image1_base64, image2_base64)")
+        for i, data in enumerate(images, start=1):
+            if not data:
+                raise APIError(400, "empty", f"image{i} is empty (0 bytes)")
+            if len(data) > self.max_upload:
+                raise APIError(413, "too_large", f"image{i} of {len(data):,} bytes exceeds the limit of {self.max_upload:,} bytes")
+        name = self._check_model(model)
+        picked = verification.pick((await self._models()).get(name), far)
+        if picked == "uncalibrated":
+            raise APIError(409, "uncalibrated",
+                           f"model {name!r} has no verification calibration, so it cannot say whether two faces are the "
+                           f"same person; calibrate it (`facerec calibrate --model CHECKPOINT --lfw LFW_DIR`) and restart "
+                           f"the server, or use a calibrated model (GET /v1/models: calibration)")
+        if isinstance(picked, str):
+            raise APIError(422, "bad_far", picked)
+        far_used, threshold = picked
+        results = await asyncio.gather(*(self._call(self.embedders[name].embed.remote(d, "largest"), f"model {name}")
+                                         for d in images))
+        for i, res in enumerate(results, start=1):
+            if not res["ok"]:
+                raise APIError(res["status"], res["code"], f"image{i}: {res['message']}")
+        faces = [res["faces"][0] for res in results]
+        d = verification.distance(faces[0]["embedding"], faces[1]["embedding"])
+        return JSONResponse({
+            "same_person": d <= threshold, "distance": d, "threshold": threshold, "far": far_used, "model": name,
+            "model_id": results[0]["model_id"],
+            "boxes": [{"x": b[0], "y": b[1], "w": b[2], "h": b[3]} for b in (f["box"] for f in faces)],
+        })
 
     @app.get(
         "/v1/images/{image_id}",
@@ -436,56 +565,64 @@ class Ingress:
         media = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
         return Response(content=data, media_type=media, headers={"Cache-Control": "public, max-age=3600"})
 
-    def _authorize(self, request: Request) -> None:
+    def _authorize_headers(self, headers: Headers) -> None:
+        """The bearer token of a gallery write, checked by the UploadGate before the body is read
+        (an unauthenticated client cannot make the server receive its uploads)."""
         if self._token is None:
-            raise APIError(403, "writes_disabled",
-                           f"gallery writes are disabled: no token configured (set gallery_token or ${self.cfg['gallery_token_env']})")
-        header = request.headers.get("authorization", "")
+            raise GateRefusal(403, "writes_disabled",
+                              f"gallery writes are disabled: no token configured (set gallery_token or ${self.cfg['gallery_token_env']})")
+        header = headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not given:
-            raise APIError(401, "unauthorized", "missing bearer token: send 'Authorization: Bearer <token>'",
-                           headers={"WWW-Authenticate": "Bearer"})
+            raise GateRefusal(401, "unauthorized", "missing bearer token: send 'Authorization: Bearer <token>'",
+                              headers={"WWW-Authenticate": "Bearer"})
         if not secrets.compare_digest(given.strip().encode(), self._token):
-            raise APIError(401, "unauthorized", "wrong bearer token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            raise GateRefusal(401, "unauthorized", "wrong bearer token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+    def _authorize(self, request: Request) -> None:
+        try:
+            self._authorize_headers(request.headers)
+        except GateRefusal as r:
+            raise APIError(r.status, r.code, r.message, r.headers) from None
 
     @app.post(
         "/v1/gallery",
         status_code=201,
         response_model=GalleryAddResponse,
         openapi_extra=_GALLERY_BODY,
-        responses=_error_responses(400, 401, 403, 409, 413, 415, 422, 503, 504),
+        form_limits=_GALLERY_FORM_LIMITS,
+        responses={200: {"model": GalleryAddResponse, "description": "Every photo was already in the gallery for this "
+                                                                     "identity: nothing added (see duplicate_of)"},
+                   **_error_responses(400, 401, 403, 409, 413, 415, 422, 503, 504)},
         summary="Add photos of a person to the gallery (embedded, indexed and saved before the answer)",
     )
-    async def gallery_add(self, request: Request) -> GalleryAddResponse:
-        self._authorize(request)
+    async def gallery_add(
+        self,
+        request: Request,
+        image: list[UploadFile] | None = File(None, description="Photos of one person (repeat the field)"),
+        identity: int | None = Form(None, ge=0, le=IDENTITY_MAX, description=f"Identity label, 0-{IDENTITY_MAX}"),
+    ) -> GalleryAddResponse:
+        self._authorize(request)  # also checked before the body was read (UploadGate); kept for direct callers
         ctype = _content_type(request)
-        limit = self.max_upload * self.max_add + 64 * 1024
         if ctype == "multipart/form-data":
-            body = await read_body(request, limit)
-            form = await parse_multipart(request, body, max_files=self.max_add)
-            uploads = form.getlist("image")
-            if not uploads or not all(isinstance(u, UploadFile) for u in uploads):
+            if not image:
                 raise APIError(400, "missing_image", "multipart body needs one or more file fields 'image'")
-            images = [await u.read() for u in uploads]
-            identity_raw = form.get("identity")
+            if identity is None:
+                raise APIError(422, "bad_parameter", f"field identity: required, an integer in [0, {IDENTITY_MAX}]")
+            if len(image) > self.max_add:
+                raise APIError(413, "too_many_images", f"{len(image)} images in one request; the limit is {self.max_add}")
+            images = [await u.read() for u in image]
         elif ctype == "application/json":
-            body = await read_body(request, limit * 4 // 3)
             try:
-                payload = GalleryJSON.model_validate_json(body)
+                payload = GalleryJSON.model_validate_json(await request.body())
             except ValidationError as exc:
-                raise APIError(422, "bad_parameter", _validation_message(exc)) from None
+                raise APIError(422, "bad_parameter", _validation_message(exc.errors())) from None
+            if len(payload.images_base64) > self.max_add:
+                raise APIError(413, "too_many_images", f"{len(payload.images_base64)} images in one request; the limit is {self.max_add}")
             images = [decode_b64(t, f"images_base64[{i}]", self.max_upload) for i, t in enumerate(payload.images_base64)]
-            identity_raw = payload.identity
+            identity = payload.identity
         else:
             raise APIError(415, "unsupported_media_type", f"Content-Type {ctype or '(none)'!r}: use multipart/form-data or application/json")
-        if len(images) > self.max_add:
-            raise APIError(413, "too_many_images", f"{len(images)} images in one request; the limit is {self.max_add}")
-        try:
-            identity = int(identity_raw)
-            if identity < 0:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise APIError(422, "bad_parameter", f"identity must be an integer >= 0 (got {identity_raw!r})") from None
         for i, data in enumerate(images):
             if not data:
                 raise APIError(400, "empty", f"image {i} is empty (0 bytes)")
@@ -504,9 +641,12 @@ class Ingress:
         boxes = [res[0]["faces"][0]["box"] for res in per_image]
         out = await self._call(self.retriever.add.remote(embeddings, [identity] * len(images), crops, boxes), "retriever")
         if not out["ok"]:
-            raise APIError(409, "gallery_conflict", f"cannot add to this gallery: {out['message']}")
-        return GalleryAddResponse(added=len(images), identity=identity, image_ids=out["image_ids"], row_ids=out["row_ids"],
-                                  gallery_version=out["version"], rows=out["rows"])
+            raise APIError(409, out.get("code", "gallery_conflict"), f"cannot add to this gallery: {out['message']}")
+        duplicate_of = out.get("duplicate_of") or [None] * len(images)
+        added = sum(d is None for d in duplicate_of)
+        body = GalleryAddResponse(added=added, identity=identity, image_ids=out["image_ids"], row_ids=out["row_ids"],
+                                  duplicate_of=duplicate_of, gallery_version=out["version"], rows=out["rows"])
+        return JSONResponse(body.model_dump(), status_code=201 if added else 200)
 
     async def _models(self) -> dict[str, dict[str, Any]]:
         missing = [m for m in self.embedders if m not in self._model_info]

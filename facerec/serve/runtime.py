@@ -17,6 +17,8 @@ will be started", which would not honour ``--port``.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 
@@ -49,18 +51,53 @@ def _last_error_line(message: str) -> str:
     return lines[-1] if lines else message
 
 
+def serve_logs_dir() -> str:
+    """Where Serve writes the controller, proxy and replica logs of the Ray this process is
+    connected to: ``serve/`` in the session's logs folder, which follows ``ray start --temp-dir``
+    and ``RAY_TMPDIR`` (so it is not always under ``/tmp/ray``). Asked of the running Ray the
+    way Serve itself asks (``ray.serve._private.logging_utils.get_serve_logs_dir``); a driver
+    that is not on a node of the cluster (Ray Client) gets a description instead."""
+    import ray
+
+    node = ray._private.worker._global_node
+    if node is None:
+        return "the serve/ folder of the Ray session's logs on the cluster's nodes"
+    return os.path.join(node.get_logs_dir_path(), "serve")
+
+
+class _AppliedOptionsNotice(logging.Filter):
+    """Drops Serve's "New http_options/controller_options will not be applied": ``serve.run``
+    says it when it connects to the Serve instance that ``serve.start`` has just started with
+    those very options, so they were applied."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "will not be applied" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_applied_options():
+    log = logging.getLogger("ray.serve")
+    notice = _AppliedOptionsNotice()
+    log.addFilter(notice)
+    try:
+        yield
+    finally:
+        log.removeFilter(notice)
+
+
 def run_app(app, name: str, route_prefix: str | None = "/"):
     """``serve.run`` that, when replicas fail to start, raises :class:`DeploymentStartError`
     naming each failed deployment and its error. Serve itself only says "Failed to update the
     deployments", and in throughput mode the replica's traceback is in the log files, not on
-    the console."""
+    the console. Call it after ``serve.start(http_options=...)``."""
     from ray import serve
     from ray.serve.schema import DeploymentStatus
 
     from facerec.errors import DeploymentStartError
 
     try:
-        return serve.run(app, name=name, route_prefix=route_prefix)
+        with _quiet_applied_options():
+            return serve.run(app, name=name, route_prefix=route_prefix)
     except RuntimeError as exc:
         try:
             status = serve.status().applications.get(name)
@@ -73,4 +110,4 @@ def run_app(app, name: str, route_prefix: str | None = "/"):
             raise
         raise DeploymentStartError(
             f"Serve application {name!r} failed to start: " + "; ".join(failed)
-            + " (full tracebacks: /tmp/ray/session_latest/logs/serve/)") from None
+            + f" (full tracebacks: {serve_logs_dir()})") from None
