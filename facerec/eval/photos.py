@@ -22,27 +22,45 @@ from facerec.errors import ConfigError, ImageDecodeError
 
 class PhotoSteps:
     """The per-photo steps with one model and one detector: usable in-process (the benchmark's
-    single-process loop) and as the body of :class:`EmbedPhotosBatch`. The model runs through
-    :class:`facerec.serve.embedder.FaceEmbedderCore`, so on ONNX Runtime when its input kind allows
-    it (as served), else on torch; detection is preprocess's two-pass scan."""
+    single-process loop) and as the body of :class:`EmbedPhotosBatch`. The model runs on ONNX
+    Runtime when its input kind allows it (as served), else on torch, through
+    :mod:`facerec.models.inference`; detection is preprocess's two-pass scan."""
 
     def __init__(self, checkpoint: str, torch_threads: int | None = None, opencv_threads: int | None = None,
                  several_faces: str = "largest", runtime: str = "auto"):
         import cv2
 
         from facerec.data.haar import HaarDetector
-        from facerec.models.onnx_runtime import cpu_export
+        from facerec.data.inputs import kind_of
+        from facerec.models.inference import input_maker
+        from facerec.models.metadata import read_checkpoint_metadata
+        from facerec.models.onnx_runtime import OnnxModel, cpu_export
         from facerec.models.pretrained import resolve_checkpoint
-        from facerec.serve.embedder import FaceEmbedderCore
 
+        if runtime not in ("auto", "torch", "onnx"):
+            raise ConfigError("runtime", runtime, "'auto', 'torch' or 'onnx'")
         if opencv_threads:
             cv2.setNumThreads(int(opencv_threads))
         checkpoint = resolve_checkpoint(checkpoint)
+        self.meta = read_checkpoint_metadata(checkpoint)
+        self.kind = kind_of(self.meta)
         onnx = None if runtime == "torch" else cpu_export(checkpoint)
-        self.core = FaceEmbedderCore(checkpoint, torch_threads=torch_threads, runtime=runtime, onnx_path=onnx,
-                                     device="cpu")
-        self.meta, self.kind = self.core.metadata, self.core.kind
-        self.size = self.core.crop_size
+        if runtime == "onnx" and onnx is None:
+            raise ConfigError("runtime", runtime, f"'auto' or 'torch': {checkpoint} cannot run on ONNX Runtime here")
+        if onnx is not None:  # as served: ONNX Runtime where the input kind allows it
+            self.model = OnnxModel(str(onnx), threads=int(torch_threads) if torch_threads else None)
+        else:
+            import torch
+
+            from facerec.models import load_embedder
+
+            if torch_threads:
+                torch.set_num_threads(int(torch_threads))
+            self.model, self.meta = load_embedder(checkpoint, map_location="cpu")
+        image_size = int(self.meta.get("image_size", 218))
+        # A fixed-size kind (dlib's chip) is made at the model's size; a crop at the study's 218.
+        self.size = image_size if self.kind.fixed_size else 218
+        self._make_input = input_maker(self.model, image_size, self.kind)
         self.detector = HaarDetector()
         self.several_faces = several_faces
 
@@ -62,12 +80,14 @@ class PhotoSteps:
 
     def embed(self, paths: list[str]) -> tuple[np.ndarray, list[str]]:
         """(n, d) embeddings (NaN rows for photos without a usable face) and each photo's status."""
+        from facerec.models.inference import forward
+
         found = [self.detect(p) for p in paths]
         keep = [i for i, (rgb, _, _) in enumerate(found) if rgb is not None]
         inputs = self.kind.faces_many([found[i][0] for i in keep], [found[i][1] for i in keep], self.size)
         out = np.full((len(paths), int(self.meta["embedding_dim"])), np.nan, dtype=np.float32)
         if keep:
-            out[keep] = self.core.forward([self.core.make_input(f) for f in inputs])
+            out[keep] = forward(self.model, [self._make_input(f) for f in inputs])
         return out, [s for _, _, s in found]
 
 
