@@ -4,6 +4,7 @@ drop-manifest reason, never a crash or an out-of-memory kill."""
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -30,19 +31,25 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, source: str 
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
-        raise ImageDecodeError("too_large", f"{source}: {e}") from None
+        # PIL's own text ("... could be decompression bomb DOS attack.") is shown to users of the
+        # web page and the API: say what was too large and what to do.
+        declared = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(declared.group(1)):,} pixels" if declared else "the image's size"
+        raise ImageDecodeError("too_large", f"{source}: {size} exceeds the limit of {max_pixels:,} pixels; "
+                                            f"send a smaller image") from None
     except UnidentifiedImageError:
         # PIL's own message only names the in-memory buffer ("<_io.BytesIO object at 0x...>"), which
         # made the drop manifest differ from run to run; the first bytes say what the file is.
         raise ImageDecodeError(
-            "unreadable", f"{source}: not a recognised image format (file starts with {data[:8]!r})"
+            "unreadable", f"{source}: not a recognised image format (JPEG, PNG, WebP, GIF, BMP or TIFF); "
+                          f"{_first_bytes(data)}"
         ) from None
     except (OSError, ValueError) as e:
         raise ImageDecodeError("unreadable", f"{source}: not a recognised image ({type(e).__name__}: {e})") from None
     w, h = im.size
     if w * h > max_pixels:
         raise ImageDecodeError(
-            "too_large", f"{source}: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} (decompression bomb guard)"
+            "too_large", f"{source}: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} pixels; send a smaller image"
         )
     if w == 0 or h == 0:
         raise ImageDecodeError("unreadable", f"{source}: image has zero size ({w}x{h})")
@@ -52,6 +59,14 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, source: str 
     except Exception as e:  # PIL raises OSError/SyntaxError/ValueError/struct.error on damaged data
         raise ImageDecodeError("unreadable", f"{source}: damaged or truncated image data ({type(e).__name__}: {e})") from None
     return _to_rgb8(im)
+
+
+def _first_bytes(data: bytes, n: int = 8) -> str:
+    """What a file starts with, for a person: its text when that is printable, else hex."""
+    head = data[:n]
+    if head and all(32 <= b < 127 for b in head):
+        return f'it starts with the text "{head.decode("ascii")}"'
+    return f"its first bytes are {head.hex(' ')}"
 
 
 def _to_rgb8(im: Image.Image) -> np.ndarray:

@@ -80,11 +80,18 @@ def test_truncated_jpeg(fraction):
 def test_text_file_named_jpg(tmp_path):
     path = tmp_path / "notes.jpg"
     path.write_text("this is a text file with a .jpg name\n")
-    # the message says what the file starts with, and never an object address (stable across runs)
+    # the message says what the file starts with, as text a person reads (no Python bytes repr),
+    # and never an object address (stable across runs)
     with pytest.raises(ImageDecodeError,
-                       match=r"notes\.jpg: not a recognised image format \(file starts with b'this is '\)$") as info:
+                       match=r'notes\.jpg: not a recognised image format \(JPEG, PNG, WebP, GIF, BMP or TIFF\); '
+                             r'it starts with the text "this is "$') as info:
         read_image(path)
     assert info.value.reason == "unreadable"
+
+
+def test_binary_junk_is_described_in_hex():
+    with pytest.raises(ImageDecodeError, match=r"^blob: not a recognised image format .*; its first bytes are 00 ff 10 80 01 02 03 04$"):
+        decode_image(bytes([0, 255, 16, 128, 1, 2, 3, 4, 5, 6]), source="blob")
 
 
 def test_garbage_after_valid_header():
@@ -120,7 +127,8 @@ def test_bomb_refused_by_pil_header_check():
     assert len(data) < 200_000  # tiny on disk...
     reason, message = _reason(data, source="bomb.png")
     assert reason == "too_large"  # ...400 MP declared: refused before a pixel is allocated
-    assert "400000000 pixels" in message
+    # PIL's own text ("decompression bomb DOS attack") is not shown: what was too large, and the limit
+    assert message == "bomb.png: 400,000,000 pixels exceeds the limit of 40,000,000 pixels; send a smaller image"
 
 
 def test_pixel_limit_refuses_before_decoding():
@@ -129,7 +137,7 @@ def test_pixel_limit_refuses_before_decoding():
     data = _encode(Image.fromarray(rgb), "PNG")
     reason, message = _reason(data, max_pixels=9_999, source="x.png")
     assert reason == "too_large"
-    assert message == "x.png: 100x100 = 10,000 pixels exceeds the limit of 9,999 (decompression bomb guard)"
+    assert message == "x.png: 100x100 = 10,000 pixels exceeds the limit of 9,999 pixels; send a smaller image"
     assert decode_image(data, max_pixels=10_000).shape == (100, 100, 3)  # the limit is inclusive
     assert DEFAULT_MAX_PIXELS == 40_000_000
 
