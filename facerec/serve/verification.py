@@ -1,0 +1,99 @@
+"""Same person or not, as the server answers it: the calibrated thresholds of a served model
+(``calibration`` of its Embedder's info, :func:`facerec.models.calibration.summary`) applied to
+``/v1/verify`` and to every ``/v1/search`` hit.
+
+"Same person" iff the Euclidean distance of the two embeddings is at most the threshold fitted at
+the requested false accept rate (:mod:`facerec.eval.calibration`); a model without calibration
+has no such decision: search leaves ``same_person`` null and verify answers 409.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class VerifyJSON(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image1_base64: str = Field(description="The first photo (JPEG/PNG/...), base64; a data: URL prefix is accepted")
+    image2_base64: str = Field(description="The second photo, base64")
+    far: float | None = Field(None, strict=True, description="False accept rate to decide at: one of the model's calibrated "
+                                                "rates (GET /v1/models), default its default_far (0.001)")
+    model: str | None = Field(None, description="Served model name; default: the configured one")
+
+
+class VerifyFace(BaseModel):
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+class VerifyResponse(BaseModel):
+    same_person: bool = Field(description="distance <= threshold")
+    distance: float = Field(description="Euclidean distance between the two faces' embeddings")
+    threshold: float = Field(description="The model's calibrated distance threshold at `far`")
+    far: float = Field(description="False accept rate the threshold was fitted at (on held-out people: see "
+                                   "GET /v1/models, calibration)")
+    model: str
+    model_id: str
+    boxes: list[VerifyFace] = Field(description="The face used in each photo (the largest), pixels")
+
+
+class Decision(BaseModel):
+    far: float = Field(description="False accept rate of the threshold")
+    threshold: float = Field(description="Distance threshold: a hit is the same person iff distance <= it")
+
+
+def thresholds(info: dict[str, Any] | None) -> dict[float, float]:
+    """{far: threshold} of a served model (its Embedder's info); {} when uncalibrated."""
+    cal = (info or {}).get("calibration")
+    if not cal:
+        return {}
+    return {float(p["far"]): float(p["threshold"]) for p in cal.get("operating_points", [])
+            if p.get("resolvable") and p.get("threshold") is not None}
+
+
+def default_decision(info: dict[str, Any] | None) -> tuple[float, float] | None:
+    """(far, threshold) at the model's default FAR, or None (uncalibrated)."""
+    table = thresholds(info)
+    if not table:
+        return None
+    far = float(info["calibration"].get("default_far") or 1e-3)
+    return (far, table[far]) if far in table else None
+
+
+def pick(info: dict[str, Any] | None, far: float | None) -> tuple[float, float] | str:
+    """(far, threshold) for a requested FAR (None: the default), or why not (a message)."""
+    table = thresholds(info)
+    if not table:
+        return "uncalibrated"
+    if far is None:
+        found = default_decision(info)
+        return found if found is not None else "uncalibrated"
+    for f, t in table.items():
+        if abs(f - far) <= 1e-9 * f:
+            return f, t
+    return f"far={far!r} is not a calibrated false accept rate of this model: choose one of {sorted(table, reverse=True)}"
+
+
+def mark_hits(faces: list[dict[str, Any]], decision: tuple[float, float] | None) -> None:
+    """Add ``same_person`` to every hit and ``match`` (any hit passes) to every face, in place;
+    both null without a decision (uncalibrated model)."""
+    for face in faces:
+        if decision is None:
+            for h in face["results"]:
+                h["same_person"] = None
+            face["match"] = None
+            continue
+        t = decision[1]
+        for h in face["results"]:
+            h["same_person"] = bool(h["distance"] <= t)
+        face["match"] = any(h["same_person"] for h in face["results"])
+
+
+def distance(a: Any, b: Any) -> float:
+    return float(np.linalg.norm(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)))
