@@ -1,5 +1,5 @@
 """Crop throughput: a plain single-process loop versus the Ray Data pipeline on all cores,
-in one run, on the same photos, with the same per-image code (``CropBatch``).
+in one run, on the same photos, with the same per-image code (``facerec.data.cropper.HaarCropper``).
 
     python benchmarks/bench_preprocess.py                      # ../shared/data/celeba-sample
     python benchmarks/bench_preprocess.py --data /data/celeba --limit 20000

@@ -1,7 +1,8 @@
 """Photos -> face crops + Parquet table + drop manifest, as a Ray Data pipeline.
 
-Each block of listed images goes through one actor of a pool (the cascade is loaded once per
-actor): read -> decode -> detect (two Haar passes) -> crop -> write. Every finished batch writes
+Each block of listed images goes through one actor of a pool running the project's one Haar
+cropper (:class:`facerec.data.cropper.HaarCropper`, the study's box rule): read -> decode ->
+detect (two Haar passes) -> crop -> write. Every finished batch writes
 a small part file, so re-running over the same output skips finished work and an interrupted
 run resumes where it stopped. The driver then joins the parts with the listing and writes
 ``crops.parquet``, ``dropped.parquet`` and ``summary.json`` (layout: ``facerec.data.schema``).
@@ -13,18 +14,19 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from facerec.data.celeba import find_image_dir, load_celeba
+from facerec.data.cropper import RESULT_COLUMNS, crop_images
 from facerec.data.schema import (ATTRIBUTE_NAMES, CROP_COLUMNS, CROPS_TABLE, DROP_REASONS, DROPPED_TABLE,
                                  SUMMARY_FILE)
 from facerec.data.inputs import crop_relpath
-from facerec.errors import ConfigError, ImageDecodeError
-from facerec.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_parquet, sync_filesystem
+from facerec.errors import ConfigError
+from facerec.io import atomic_write_bytes, atomic_write_json, atomic_write_parquet
 
 PARTS_DIR = "_parts"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -98,83 +100,6 @@ class PreprocessConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-RESULT_COLUMNS = ["image_id", "status", "reason", "detail", "box_x", "box_y", "box_w", "box_h", "haar_pass",
-                  "orig_w", "orig_h", "faces_pass1", "faces_pass2"]
-
-
-class CropBatch:
-    """Callable class for ``Dataset.map_batches``: one cascade per actor; crops one batch."""
-
-    def __init__(self, image_dir: str, out_dir: str, config: dict):
-        import cv2
-
-        from facerec.data.haar import HaarDetector
-
-        from facerec.data.inputs import input_kind
-
-        self.cfg = PreprocessConfig(**config)
-        self.kind = input_kind(self.cfg.input_kind)
-        if self.cfg.opencv_threads:
-            cv2.setNumThreads(self.cfg.opencv_threads)
-        self.image_dir = Path(image_dir)
-        self.out_dir = Path(out_dir)
-        self.detector = HaarDetector(self.cfg.scale_factor, self.cfg.min_neighbors, self.cfg.min_face,
-                                     self.cfg.detect_max_side)
-        (self.out_dir / "crops").mkdir(parents=True, exist_ok=True)
-        (self.out_dir / PARTS_DIR).mkdir(parents=True, exist_ok=True)
-
-    def detect(self, image_id: str) -> tuple[dict, np.ndarray | None, tuple[int, int, int, int] | None]:
-        """Decode and detect one photo: (result row, the photo if a face is kept, its box)."""
-        from facerec.data.images import read_image
-
-        row = {"image_id": image_id, "status": "dropped", "reason": "", "detail": "", "box_x": -1, "box_y": -1,
-               "box_w": -1, "box_h": -1, "haar_pass": 0, "orig_w": -1, "orig_h": -1, "faces_pass1": -1, "faces_pass2": -1}
-        try:
-            rgb = read_image(self.image_dir / image_id, max_pixels=self.cfg.max_pixels)
-        except ImageDecodeError as e:
-            row.update(reason=e.reason, detail=str(e))
-            return row, None, None
-        row["orig_h"], row["orig_w"] = int(rgb.shape[0]), int(rgb.shape[1])
-        det = self.detector.detect(rgb)
-        row["faces_pass1"], row["faces_pass2"], row["haar_pass"] = det.faces_pass1, det.faces_pass2, det.pass_used
-        boxes = det.boxes
-        if det.reason == "several_faces" and self.cfg.several_faces == "largest":
-            from facerec.data.haar import largest_first
-
-            boxes = largest_first(boxes)[:1]
-            row["detail"] = f"largest of {max(det.faces_pass1, det.faces_pass2)} faces"
-        elif det.reason is not None:
-            row.update(reason=det.reason, detail=f"pass 1 found {det.faces_pass1} faces, pass 2 found {det.faces_pass2}")
-            return row, None, None
-        x, y, w, h = (int(v) for v in boxes[0])
-        row.update(box_x=x, box_y=y, box_w=w, box_h=h)
-        return row, rgb, (x, y, w, h)
-
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        from facerec.data.images import encode_png
-        from facerec.data.inputs import crop_relpath
-
-        detected = [self.detect(i) for i in batch["image_id"]]
-        keep = [k for k, (_, rgb, _) in enumerate(detected) if rgb is not None]
-        # One call for the whole batch: the aligned-chip landmarker is vectorised across faces.
-        inputs = self.kind.faces_many([detected[k][1] for k in keep], [detected[k][2] for k in keep],
-                                      self.cfg.crop_size, self.cfg.margin)
-        for k, face in zip(keep, inputs):
-            row = detected[k][0]
-            # No fsync per file: the batch ends with one filesystem barrier (below).
-            atomic_write_bytes(self.out_dir / crop_relpath(row["image_id"]), encode_png(face), fsync=False)
-            row["status"] = "kept"
-        rows = pd.DataFrame([d[0] for d in detected], columns=RESULT_COLUMNS)
-        # The part file is the resume record: written only after every crop of the batch is on disk.
-        # One syncfs per batch instead of an fsync per crop: with one actor per core, per-file fsyncs
-        # queue the actors on the filesystem journal (measured on 1,500 photos: the Ray run 13% slower).
-        if (rows["status"] == "kept").any():
-            sync_filesystem(self.out_dir / "crops")
-        name = hashlib.sha1("\n".join(batch["image_id"]).encode()).hexdigest()[:20]
-        atomic_write_parquet(self.out_dir / PARTS_DIR / f"part-{name}.parquet", rows)
-        return rows
-
-
 def _read_parts(out_dir: Path) -> pd.DataFrame:
     parts = sorted((out_dir / PARTS_DIR).glob("part-*.parquet"))
     if not parts:
@@ -198,37 +123,6 @@ def _check_resume(out_dir: Path, config: PreprocessConfig, overwrite: bool) -> N
             )
     parts.mkdir(parents=True, exist_ok=True)
     atomic_write_json(marker, {"fingerprint": config.fingerprint(), "settings": config.settings()})
-
-
-def _run_ray(todo: list[str], image_dir: Path, out_dir: Path, config: PreprocessConfig) -> None:
-    import ray
-
-    from facerec.ray_utils import cluster_cpus, init_ray
-
-    init_ray()
-    workers = config.num_workers or cluster_cpus()
-    # One block per batch so the actor pool can spread them; a single block would go to one actor.
-    # from_items builds the blocks and their metadata in the driver; from_pandas would start two
-    # extra worker processes for metadata tasks, competing with the actor pool's start-up.
-    n_blocks = -(-len(todo) // config.batch_size)
-    ds = ray.data.from_items([{"image_id": i} for i in todo], override_num_blocks=n_blocks).map_batches(
-        CropBatch,
-        fn_constructor_kwargs={"image_dir": str(image_dir), "out_dir": str(out_dir), "config": asdict(config)},
-        batch_size=config.batch_size, batch_format="pandas", num_cpus=1,
-        compute=ray.data.ActorPoolStrategy(size=workers),
-    )
-    for _ in ds.iter_batches(batch_size=None, batch_format="pandas"):
-        pass  # results are in the part files; iterating drives the pipeline and its progress bar
-
-
-def _run_local(todo: list[str], image_dir: Path, out_dir: Path, config: PreprocessConfig, progress: bool) -> None:
-    from tqdm import tqdm
-
-    fn = CropBatch(str(image_dir), str(out_dir), asdict(config))
-    with tqdm(total=len(todo), desc="crop (local)", unit="img", disable=not progress) as bar:
-        for i in range(0, len(todo), config.batch_size):
-            fn(pd.DataFrame({"image_id": todo[i:i + config.batch_size]}))
-            bar.update(min(config.batch_size, len(todo) - i))
 
 
 def data_version(kept: pd.DataFrame, config: PreprocessConfig) -> str:
@@ -258,10 +152,8 @@ def preprocess(data_dir: str | Path, out_dir: str | Path, config: PreprocessConf
     done = set(_read_parts(out_dir)["image_id"])
     todo = [i for i in unique_ids if i not in done]
     if todo:
-        if config.engine == "ray":
-            _run_ray(todo, image_dir, out_dir, config)
-        else:
-            _run_local(todo, image_dir, out_dir, config, progress)
+        # The rows come back in the part files (the resume record), read below.
+        crop_images(todo, image_dir, out_dir, config, parts_dir=out_dir / PARTS_DIR, progress=progress)
     results = _read_parts(out_dir)
     results = results[results["image_id"].isin(set(unique_ids))]
 

@@ -1,0 +1,193 @@
+"""Photos -> stored model inputs: the one Haar cropper of every stage that crops photos in bulk
+(``facerec preprocess`` on a CelebA-layout folder, the LFW verification images).
+
+:class:`HaarCropper` is the callable class a Ray Data ``map_batches`` actor pool runs (the cascade
+is loaded once per actor, Ray Data's "stateful transform" pattern): read -> decode -> two-pass Haar
+detection (Viola & Jones, CVPR 2001; :class:`facerec.data.haar.HaarDetector`) -> the *box rule*
+picks the face (or drops the photo) -> the input kind makes the stored input
+(:meth:`facerec.data.inputs.InputKind.faces_many`) -> PNG written atomically. A box rule is what
+differs between data sets: the study's rule for CelebA (:func:`study_box_rule`: one face, or the
+largest when configured, else the photo is dropped with its reason), and for deep-funneled LFW the
+face nearest the centre (``facerec.eval.lfw.subject_box``).
+
+:func:`crop_images` runs the cropper over a list of photos on Ray Data (or in this process for the
+local engine) with a progress bar.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import pandas as pd
+
+from facerec.errors import ImageDecodeError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from facerec.data.haar import Detection
+    from facerec.data.preprocess import PreprocessConfig
+
+RESULT_COLUMNS = ["image_id", "status", "reason", "detail", "method", "box_x", "box_y", "box_w", "box_h", "haar_pass",
+                  "orig_w", "orig_h", "faces_pass1", "faces_pass2"]
+
+
+@dataclass(frozen=True)
+class BoxChoice:
+    """What a box rule decided for one photo: the face box (x, y, w, h), or None and why not."""
+
+    box: tuple[int, int, int, int] | None
+    method: str = "haar"
+    reason: str = ""
+    detail: str = ""
+
+
+BoxRule = Callable[["Detection", int, int], BoxChoice]
+"""(detection, image height, image width) -> BoxChoice; a module-level function (or a partial of
+one), so Ray can ship it to the actors by reference."""
+
+
+def _study_box(det: "Detection", height: int, width: int, several_faces: str = "drop") -> BoxChoice:
+    if det.reason == "several_faces" and several_faces == "largest":
+        from facerec.data.haar import largest_first
+
+        box = largest_first(det.boxes)[0]
+        return BoxChoice(tuple(int(v) for v in box), "haar_largest",
+                         detail=f"largest of {max(det.faces_pass1, det.faces_pass2)} faces")
+    if det.reason is not None:
+        return BoxChoice(None, reason=det.reason,
+                         detail=f"pass 1 found {det.faces_pass1} faces, pass 2 found {det.faces_pass2}")
+    return BoxChoice(tuple(int(v) for v in det.boxes[0]))
+
+
+def study_box_rule(several_faces: str = "drop") -> BoxRule:
+    """The study's rule: exactly one face is kept; several faces in both passes drop the photo
+    (``"drop"``) or keep the largest (``"largest"``); no face drops it."""
+    return functools.partial(_study_box, several_faces=several_faces)
+
+
+class HaarCropper:
+    """Callable class for ``Dataset.map_batches`` (one cascade per actor): crops one batch.
+
+    ``image_root``: the folder ``image_id`` values are relative to; ``out_dir``: inputs go to
+    ``out_dir/crops/<image_id>.png`` (``facerec.data.inputs.crop_relpath``); ``config``: a
+    :class:`~facerec.data.preprocess.PreprocessConfig` (input kind and size, margin, detector
+    settings, pixel limit, OpenCV threads); ``box_rule``: see :data:`BoxRule` (default: the
+    study's, with ``config.several_faces``); ``parts_dir``: when given, each finished batch's rows
+    are written there as a part file once its crops are on disk (a resumable run's record).
+
+    Returns one row per photo (:data:`RESULT_COLUMNS`): status ``kept`` or ``dropped`` with the
+    reason (decode errors included: a bad photo never stops the run).
+    """
+
+    def __init__(self, image_root: str, out_dir: str, config: "PreprocessConfig", box_rule: BoxRule | None = None,
+                 parts_dir: str | None = None):
+        import cv2
+
+        from facerec.data.haar import HaarDetector
+        from facerec.data.inputs import input_kind
+
+        self.cfg = config
+        self.kind = input_kind(config.input_kind)
+        if config.opencv_threads:
+            cv2.setNumThreads(config.opencv_threads)
+        self.image_root = Path(image_root)
+        self.out_dir = Path(out_dir)
+        self.box_rule = box_rule or study_box_rule(config.several_faces)
+        self.detector = HaarDetector(config.scale_factor, config.min_neighbors, config.min_face, config.detect_max_side)
+        self.parts_dir = Path(parts_dir) if parts_dir else None
+        (self.out_dir / "crops").mkdir(parents=True, exist_ok=True)
+        if self.parts_dir is not None:
+            self.parts_dir.mkdir(parents=True, exist_ok=True)
+
+    def detect(self, image_id: str) -> tuple[dict, np.ndarray | None, tuple[int, int, int, int] | None]:
+        """Decode and detect one photo: (result row, the photo if a face is kept, its box)."""
+        from facerec.data.images import read_image
+
+        row = {"image_id": image_id, "status": "dropped", "reason": "", "detail": "", "method": "", "box_x": -1,
+               "box_y": -1, "box_w": -1, "box_h": -1, "haar_pass": 0, "orig_w": -1, "orig_h": -1, "faces_pass1": -1,
+               "faces_pass2": -1}
+        try:
+            rgb = read_image(self.image_root / image_id, max_pixels=self.cfg.max_pixels)
+        except ImageDecodeError as e:
+            row.update(reason=e.reason, detail=str(e))
+            return row, None, None
+        row["orig_h"], row["orig_w"] = int(rgb.shape[0]), int(rgb.shape[1])
+        det = self.detector.detect(rgb)
+        row["faces_pass1"], row["faces_pass2"], row["haar_pass"] = det.faces_pass1, det.faces_pass2, det.pass_used
+        choice = self.box_rule(det, rgb.shape[0], rgb.shape[1])
+        row.update(method=choice.method, reason=choice.reason, detail=choice.detail)
+        if choice.box is None:
+            return row, None, None
+        x, y, w, h = (int(v) for v in choice.box)
+        row.update(box_x=x, box_y=y, box_w=w, box_h=h)
+        return row, rgb, (x, y, w, h)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        from facerec.data.images import encode_png
+        from facerec.data.inputs import crop_relpath
+        from facerec.io import atomic_write_bytes, atomic_write_parquet, sync_filesystem
+
+        detected = [self.detect(i) for i in batch["image_id"]]
+        keep = [k for k, (_, rgb, _) in enumerate(detected) if rgb is not None]
+        # One call for the whole batch: the aligned-chip landmarker is vectorised across faces.
+        inputs = self.kind.faces_many([detected[k][1] for k in keep], [detected[k][2] for k in keep],
+                                      self.cfg.crop_size, self.cfg.margin)
+        for k, face in zip(keep, inputs):
+            row = detected[k][0]
+            # No fsync per file: the batch ends with one filesystem barrier (below).
+            atomic_write_bytes(self.out_dir / crop_relpath(row["image_id"]), encode_png(face), fsync=False)
+            row["status"] = "kept"
+        rows = pd.DataFrame([d[0] for d in detected], columns=RESULT_COLUMNS)
+        # One syncfs per batch instead of an fsync per crop: with one actor per core, per-file fsyncs
+        # queue the actors on the filesystem journal (measured on 1,500 photos: the Ray run 13% slower).
+        if (rows["status"] == "kept").any():
+            sync_filesystem(self.out_dir / "crops")
+        if self.parts_dir is not None:
+            # The part file is the resume record: written only after every crop of the batch is on disk.
+            name = hashlib.sha1("\n".join(batch["image_id"]).encode()).hexdigest()[:20]
+            atomic_write_parquet(self.parts_dir / f"part-{name}.parquet", rows)
+        return rows
+
+
+def crop_images(image_ids: list[str], image_root: str | Path, out_dir: str | Path, config: "PreprocessConfig",
+                box_rule: BoxRule | None = None, parts_dir: str | Path | None = None, progress: bool = True
+                ) -> pd.DataFrame:
+    """Run :class:`HaarCropper` over ``image_ids`` (relative to ``image_root``), ``config.batch_size``
+    photos per batch: on a Ray Data actor pool of ``config.num_workers`` actors (default: every CPU
+    of the cluster) for ``config.engine == "ray"``, else in this process. Returns the rows of all
+    photos (order not guaranteed on Ray)."""
+    from tqdm import tqdm
+
+    args = {"image_root": str(image_root), "out_dir": str(out_dir), "config": config, "box_rule": box_rule,
+            "parts_dir": str(parts_dir) if parts_dir is not None else None}
+    if not image_ids:
+        return pd.DataFrame(columns=RESULT_COLUMNS)
+    if config.engine != "ray":
+        fn = HaarCropper(**args)
+        rows = []
+        with tqdm(total=len(image_ids), desc="crop (local)", unit="img", disable=not progress) as bar:
+            for i in range(0, len(image_ids), config.batch_size):
+                rows.append(fn(pd.DataFrame({"image_id": image_ids[i:i + config.batch_size]})))
+                bar.update(min(config.batch_size, len(image_ids) - i))
+        return pd.concat(rows, ignore_index=True)
+
+    import ray
+
+    from facerec.ray_utils import cluster_cpus, init_ray
+
+    init_ray()
+    # One block per batch so the actor pool can spread them; a single block would go to one actor.
+    # from_items builds the blocks and their metadata in the driver; from_pandas would start two
+    # extra worker processes for metadata tasks, competing with the actor pool's start-up.
+    n_blocks = -(-len(image_ids) // config.batch_size)
+    workers = min(config.num_workers or cluster_cpus(), n_blocks)
+    ds = ray.data.from_items([{"image_id": i} for i in image_ids], override_num_blocks=n_blocks).map_batches(
+        HaarCropper, fn_constructor_kwargs=args, batch_size=config.batch_size, batch_format="pandas", num_cpus=1,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+    )
+    rows = list(ds.iter_batches(batch_size=None, batch_format="pandas"))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=RESULT_COLUMNS)
