@@ -3,9 +3,9 @@
 ``prepare_gallery`` is what ``pipelines/serve.py`` and ``benchmarks/bench_serve.py`` call. With no
 data it uses the embedded synthetic set (``facerec.data.synth.ensure_synthetic``); with no
 checkpoint it serves the pretrained face model ``dlib_resnet`` (:mod:`facerec.models.pretrained`).
-The photos are preprocessed into the served models' input kind. Results are cached under
-``workdir`` by content (the source folder, the input kind, the models' ids, the index kind) and
-reused.
+The photos are preprocessed into the served models' input kind once, in the cache training shares
+(:mod:`facerec.data.crops_cache`); models and galleries are cached under ``workdir`` by content
+(the crops folder, the models' ids, the index kind) and reused.
 """
 
 from __future__ import annotations
@@ -23,11 +23,14 @@ UNTRAINED_BACKBONES = ("resnet50", "mobilenet_v2")
 DEFAULT_WORKDIR = Path.home() / ".cache" / "facerec" / "serve"
 
 
-def ensure_crops(workdir: Path, crops: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
+def ensure_crops(workdir: Path | None, crops: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
                  preprocess_engine: str = "ray", input_kind: str = "haar_crop") -> Path:
     """A preprocess output: ``crops`` as given, else ``data`` (default: the synthetic set)
-    preprocessed once into ``input_kind`` inputs (cached by source folder and kind)."""
-    from facerec.data.preprocess import PreprocessConfig, preprocess
+    preprocessed into ``input_kind`` inputs by :func:`facerec.data.crops_cache.preprocessed` (the
+    shared cache: photos a training run already preprocessed are not cropped again; ``workdir`` no
+    longer decides where)."""
+    from facerec.data.crops_cache import preprocessed
+    from facerec.data.preprocess import PreprocessConfig
 
     if crops:
         return Path(crops)
@@ -37,13 +40,7 @@ def ensure_crops(workdir: Path, crops: str | os.PathLike | None = None, data: st
         from facerec.data.synth import ensure_synthetic
 
         source = Path(ensure_synthetic())
-    config = PreprocessConfig(engine=preprocess_engine, input_kind=input_kind)
-    key = hashlib.sha256(f"{source.resolve()}|{config.fingerprint()}".encode()).hexdigest()[:10]
-    out = Path(workdir) / f"crops-{source.name}-{key}"
-    if not (out / "crops.parquet").is_file():
-        summary = preprocess(source, out, config)
-        print(f"preprocess: {summary.get('kept')} of {summary.get('listed')} images kept -> {out}")
-    return out
+    return preprocessed(source, PreprocessConfig(engine=preprocess_engine, input_kind=input_kind))
 
 
 def served_input_kind(checkpoints: dict[str, str]) -> str:

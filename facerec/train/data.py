@@ -4,7 +4,6 @@ build the Ray Data datasets the workers read their shards from."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,10 +104,10 @@ def prepare_data(cfg: TrainConfig) -> TrainData:
 def resolve_data(data: str | None, crops: str | None = None, progress: bool = True,
                  input_kind: str = "haar_crop") -> Path:
     """A preprocessed folder for ``--data``: used as is if it holds crops.parquet, otherwise a
-    CelebA-layout photo folder preprocessed (``facerec.data.preprocess``) into ``crops``
-    (default ``~/.cache/facerec/crops/<name>-<hash of its path>``; re-runs reuse it). No
-    ``data``: the embedded synthetic set (``facerec.data.synth.ensure_synthetic``). Photos are
-    preprocessed into ``input_kind`` inputs (the backbones' kind)."""
+    CelebA-layout photo folder preprocessed into ``input_kind`` inputs (the backbones' kind) by
+    :func:`facerec.data.crops_cache.preprocessed` -- into ``crops`` when given, else the shared
+    cache, where serving finds the same photos' crops. No ``data``: the embedded synthetic set
+    (``facerec.data.synth.ensure_synthetic``)."""
     from facerec.data.schema import CROPS_TABLE
 
     if data is None:
@@ -119,17 +118,7 @@ def resolve_data(data: str | None, crops: str | None = None, progress: bool = Tr
         source = Path(data)
         if (source / CROPS_TABLE).is_file():
             return source
-    from facerec.data.preprocess import PreprocessConfig, preprocess
+    from facerec.data.crops_cache import preprocessed
+    from facerec.data.preprocess import PreprocessConfig
 
-    config = PreprocessConfig(input_kind=input_kind)
-    # The same key as facerec.serve.local.ensure_crops: the same photos are preprocessed once per kind.
-    key = hashlib.sha256(f"{source.resolve()}|{config.fingerprint()}".encode()).hexdigest()[:10]
-    from facerec.io import cache_root
-
-    out = Path(crops) if crops else cache_root() / "crops" / f"{source.name}-{key}"
-    if not (out / CROPS_TABLE).is_file():
-        print(f"preprocessing {source} -> {out} ({input_kind})", flush=True)
-        summary = preprocess(source, out, config, progress=progress)
-        print(f"preprocess: kept {summary['kept']} of {summary['listed']} images, "
-              f"{summary['identities']} identities, {summary['seconds']} s", flush=True)
-    return out
+    return preprocessed(source, PreprocessConfig(input_kind=input_kind), out=crops, progress=progress)

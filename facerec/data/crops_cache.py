@@ -1,0 +1,83 @@
+"""Photos -> a preprocessed folder, made once: the one "preprocess if needed" of every stage that
+accepts a photo folder (training, evaluation's default data, serving's gallery).
+
+The cache key is everything that decides the folder's content: the photos (:func:`source_fingerprint`:
+the resolved folder, the listing files' bytes, and the image files' names, sizes and
+modification times) and the crop settings (:meth:`PreprocessConfig.fingerprint`: input kind,
+crop size, margin, several-faces rule, detector settings, pixel limit) plus
+``min_images_per_identity``, which decides the kept table. The engine (Ray or local) and the
+batch size are not in it: they change how fast the folder is made, not what it holds. So a
+training run and a server given the same photos and the same input kind share one folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from facerec.data.preprocess import PreprocessConfig
+
+CACHE_FOLDER = "crops"
+
+
+def source_fingerprint(source: str | os.PathLike) -> str:
+    """What identifies a photo folder's content, cheaply: its resolved path, the bytes of its
+    listing files, and the names, sizes and modification times of its images."""
+    from facerec.data.celeba import IMAGE_DIRS
+    from facerec.data.preprocess import IMAGE_SUFFIXES
+
+    root = Path(source).resolve()
+    h = hashlib.sha256(str(root).encode())
+    for listing in sorted(p for p in root.iterdir() if p.is_file() and p.suffix == ".txt"):
+        h.update(f"\n{listing.name}\n".encode())
+        h.update(listing.read_bytes())
+    for name in IMAGE_DIRS:
+        folder = root / name
+        if folder.is_dir():
+            entries = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(folder)
+                             if e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES)
+            h.update(f"\n{name}\n".encode())
+            h.update(json.dumps(entries).encode())
+    return h.hexdigest()[:16]
+
+
+def crops_key(source: str | os.PathLike, config: PreprocessConfig) -> str:
+    """The cache key of ``source`` preprocessed with ``config`` (see the module docstring)."""
+    blob = json.dumps({"source": source_fingerprint(source), "settings": config.fingerprint(),
+                       "min_images_per_identity": config.min_images_per_identity}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def cached_crops_dir(source: str | os.PathLike, config: PreprocessConfig) -> Path:
+    """``$FACEREC_CACHE/crops/<folder name>-<key>``: where :func:`preprocessed` keeps the folder."""
+    from facerec.io import cache_root
+
+    return cache_root() / CACHE_FOLDER / f"{Path(source).resolve().name}-{crops_key(source, config)}"
+
+
+def preprocessed(source: str | os.PathLike, config: PreprocessConfig | None = None,
+                 out: str | os.PathLike | None = None, progress: bool = True) -> Path:
+    """A preprocessed folder (``crops.parquet`` + ``crops/``) of the CelebA-layout photo folder
+    ``source`` made with ``config``: ``out`` when given, else :func:`cached_crops_dir`. Made by
+    :func:`facerec.data.preprocess.preprocess` unless it is already complete; a lock makes
+    concurrent callers (a training run and a server starting together) wait for one another
+    instead of cropping twice."""
+    from filelock import FileLock
+
+    from facerec.data.preprocess import preprocess
+    from facerec.data.schema import CROPS_TABLE
+
+    config = config or PreprocessConfig()
+    target = Path(out) if out is not None else cached_crops_dir(source, config)
+    if (target / CROPS_TABLE).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.parent / f".{target.name}.lock"):
+        if not (target / CROPS_TABLE).is_file():
+            print(f"preprocessing {source} -> {target} ({config.input_kind})", flush=True)
+            summary = preprocess(source, target, config, progress=progress)
+            print(f"preprocess: kept {summary['kept']} of {summary['listed']} images, "
+                  f"{summary['identities']} identities, {summary['seconds']} s", flush=True)
+    return target
