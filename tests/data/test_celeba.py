@@ -290,8 +290,9 @@ def test_full_size_identity_and_attribute_files(tmp_path):
 # --------------------------------------------------------------------------- real data
 
 
-def test_real_celeba_sample(shared_data):
-    root = shared_data / "celeba-sample"
+@pytest.mark.shared
+def test_real_celeba_sample(celeba_sample):
+    root = celeba_sample
     df = load_celeba(root)
     assert len(df) == 5101 and df["identity"].nunique() == 239
     assert df.attrs["found"]["attributes"] and df.attrs["found"]["partition"]

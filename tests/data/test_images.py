@@ -11,6 +11,7 @@ import subprocess
 import sys
 import zlib
 from functools import lru_cache
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -280,8 +281,16 @@ def test_exif_orientation_applied(orientation, expected_shape, white_at):
     assert out[far].max() < 50
 
 
-def test_real_sample_photo(shared_data):
-    path = sorted((shared_data / "celeba-sample" / "img_celeba").glob("*.jpg"))[0]
+@pytest.fixture(params=["synthetic", pytest.param("real", marks=pytest.mark.shared)])
+def face_photo(request) -> Path:
+    """The first photo of the synthetic faces or of ../shared/data/celeba-sample."""
+    root = request.getfixturevalue("synthetic_faces")["root"] if request.param == "synthetic" else (
+        request.getfixturevalue("celeba_sample"))
+    return sorted((root / "img_celeba").glob("*.jpg"))[0]
+
+
+def test_sample_photo_decodes_like_libjpeg(face_photo):
+    path = face_photo
     out = read_image(path)
     reference = cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1]  # an independent decoder (libjpeg via OpenCV)
     assert out.shape == reference.shape and out.dtype == np.uint8

@@ -1,6 +1,10 @@
-"""The cropping stage end to end on a small CelebA-layout folder of real photos plus every kind
+"""The cropping stage end to end on a small CelebA-layout folder of face photos plus every kind
 of bad file: the accounting invariant, the drop manifest, the crops table and files, the local
-and Ray engines agreeing, resuming after an interruption, and refusing mixed settings."""
+and Ray engines agreeing, resuming after an interruption, and refusing mixed settings.
+
+Every test runs twice: on synthetic faces the tests draw (so a clean clone tests the stage end
+to end) and on real photos of ../shared/data/celeba-sample (marked ``shared``). Both folders have
+the same file names, identities and bad files, so the expected counts are the same."""
 
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ from facerec.data.schema import (ATTRIBUTE_NAMES, CROP_COLUMNS, CROPS_TABLE, DRO
 from facerec.errors import ConfigError
 from facerec.io import read_parquet_metadata
 
-# Real sample photos with one frontal face each (at the default Haar settings), by identity.
+# Photos with one frontal face each (at the default Haar settings), by identity: these real sample
+# names, or synthetic faces written under the same names.
 GOOD = {
     10: ["000114.jpg", "000131.jpg", "000176.jpg", "000180.jpg"],
     20: ["000280.jpg", "000306.jpg", "000457.jpg", "000461.jpg"],
@@ -85,37 +90,51 @@ def _attrs(image_id: str) -> list[int]:
     return list(np.random.default_rng(seed).choice([-1, 1], size=40))
 
 
-@pytest.fixture(scope="module")
-def dataset(shared_data, tmp_path_factory) -> dict:
+# the photos the folder is made of, by their real sample name
+SOURCES = [n for names in GOOD.values() for n in names] + [s for s, _ in CONVERTED.values()] + [
+    LEFT_ALONE, "000962.jpg", "000825.jpg"]
+
+
+def _sources(request) -> dict[str, Path]:
+    """name in SOURCES -> a one-face photo: the real one, or a synthetic face (in file order)."""
+    if request.param == "real":
+        src = request.getfixturevalue("celeba_sample") / "img_celeba"
+        return {name: src.joinpath(name) for name in SOURCES}
+    one_face = request.getfixturevalue("synthetic_faces")["one_face"]
+    return dict(zip(SOURCES, one_face[:len(SOURCES)], strict=True))
+
+
+@pytest.fixture(scope="module", params=["synthetic", pytest.param("real", marks=pytest.mark.shared)])
+def dataset(request, tmp_path_factory) -> dict:
     """A CelebA-layout folder in tmp (never in the repo): identity, attribute and partition files."""
-    src = shared_data / "celeba-sample" / "img_celeba"
-    root = tmp_path_factory.mktemp("celeba")
+    src = _sources(request)
+    root = tmp_path_factory.mktemp(f"celeba-{request.param}")
     img = root / "img_celeba"
     img.mkdir()
     listing: list[tuple[str, int]] = []
     for ident, names in GOOD.items():
         for name in names:
-            shutil.copyfile(src / name, img / name)
+            shutil.copyfile(src[name], img / name)
             listing.append((name, ident))
     for name, (source, kind) in CONVERTED.items():
-        (img / name).write_bytes(_convert(src / source, kind))
+        (img / name).write_bytes(_convert(src[source], kind))
         listing.append((name, 50))
-    shutil.copyfile(src / LEFT_ALONE, img / LEFT_ALONE)
+    shutil.copyfile(src[LEFT_ALONE], img / LEFT_ALONE)
     listing.append((LEFT_ALONE, 60))
 
     (img / "800001.jpg").write_bytes(b"")
-    data = (src / "000962.jpg").read_bytes()
+    data = src["000962.jpg"].read_bytes()
     (img / "800002.jpg").write_bytes(data[: len(data) // 2])
     (img / "800003.jpg").write_text("not a photo, just text\n")
     (img / "800004.png").write_bytes(_png_bomb())
     cv2.imwrite(str(img / "800005.jpg"), np.full((200, 180, 3), 128, np.uint8))
-    a, b = read_image(src / "000114.jpg"), read_image(src / "000131.jpg")
+    a, b = read_image(src["000114.jpg"]), read_image(src["000131.jpg"])
     fit = [cv2.resize(x, (round(x.shape[1] * 256 / x.shape[0]), 256), interpolation=cv2.INTER_AREA) for x in (a, b)]
     cv2.imwrite(str(img / "800006.jpg"), np.hstack(fit)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
     for name in BAD:
         listing.append((name, 60 if name == "800003.jpg" else 70))
     listing.append((DUPLICATE, 10))
-    shutil.copyfile(src / "000825.jpg", img / UNLISTED)
+    shutil.copyfile(src["000825.jpg"], img / UNLISTED)
     (img / "README.txt").write_text("not an image: neither listed nor counted as unlisted\n")
 
     (root / "identity_CelebA.txt").write_text("".join(f"{n} {i}\n" for n, i in listing))

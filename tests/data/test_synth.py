@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
+from facerec.data.celeba import load_celeba
 from facerec.data.schema import ATTRIBUTE_NAMES
 from facerec.data.synth import (
     MARKER_FILE,
@@ -207,11 +208,16 @@ def test_default_dir_and_ensure(tmp_path: Path, monkeypatch):
 
 
 def test_loads_with_the_celeba_reader(small: Path):
-    celeba = pytest.importorskip("facerec.data.celeba", reason="facerec.data.celeba not written yet")
-    df = celeba.load_celeba(small)
+    df = load_celeba(small)
     assert len(df) == N_IDS * PER_ID
     assert df["identity"].nunique() == N_IDS
     assert set(ATTRIBUTE_NAMES) <= set(df.columns)
+    # every value as the files spell it, parsed here independently
+    assert list(zip(df["image_id"], df["identity"])) == _pairs(small / "identity_CelebA.txt")
+    assert list(zip(df["image_id"], df["partition"])) == _pairs(small / "list_eval_partition.txt")
+    attr_lines = (small / "list_attr_celeba.txt").read_text().splitlines()[2:]
+    np.testing.assert_array_equal(df[list(ATTRIBUTE_NAMES)].to_numpy(),
+                                  [[int(v) for v in line.split()[1:]] for line in attr_lines])
 
 
 def test_concurrent_callers_share_one_generation(tmp_path: Path):

@@ -133,14 +133,24 @@ def test_bad_inputs():
         train_transform(region_dropout_cells=17)
 
 
-@pytest.mark.shared
-def test_real_image(shared_data):
-    path = sorted((shared_data / "celeba-sample" / "img_celeba").glob("*.jpg"))[0]
+@pytest.fixture(params=["synthetic", pytest.param("real", marks=pytest.mark.shared)])
+def face_photo(request):
+    """The first photo of the synthetic faces or of ../shared/data/celeba-sample."""
+    root = request.getfixturevalue("synthetic_faces")["root"] if request.param == "synthetic" else (
+        request.getfixturevalue("celeba_sample"))
+    return sorted((root / "img_celeba").glob("*.jpg"))[0]
+
+
+def test_face_photo(face_photo):
+    path = face_photo
     with Image.open(path) as im:
         rgb = np.asarray(im.convert("RGB"))
+        pil = np.asarray(im.convert("RGB").resize((96, 96), Image.BILINEAR)).astype(np.float64)
     out = train_transform(96)(rgb)
     assert out.shape == (3, 96, 96) and torch.isfinite(out).all()
     ref = test_transform(96)(rgb)
-    # un-normalised back into [0, 1]
+    # un-normalised back to 0..255: PIL's antialiased bilinear resize, an independent implementation,
+    # agrees within one grey level (rounding)
     back = ref * torch.tensor(STD, dtype=torch.float32)[:, None, None] + torch.tensor(MEAN, dtype=torch.float32)[:, None, None]
-    assert back.min() >= -1e-5 and back.max() <= 1 + 1e-5
+    diff = np.abs(back.permute(1, 2, 0).numpy() * 255 - pil)
+    assert diff.max() <= 1.01 and diff.mean() < 0.5

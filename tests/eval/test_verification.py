@@ -61,8 +61,9 @@ def test_read_pairs_missing_file(tmp_path):
         read_pairs(tmp_path / "nope.txt")
 
 
-def test_read_pairs_real_sample(shared_data):
-    path = shared_data / "lfw-sample" / "pairs.txt"
+@pytest.mark.shared
+def test_read_pairs_real_sample(lfw_sample):
+    path = lfw_sample / "pairs.txt"
     df = read_pairs(path)
     assert len(df) == 1800
     counts = df.groupby("fold")["same"].agg(["sum", "count"])
@@ -74,7 +75,7 @@ def test_read_pairs_real_sample(shared_data):
     assert df.loc[0, "path1"] == f"lfw-deepfunneled/{first[0]}/{first[0]}_{int(first[1]):04d}.jpg"
     assert df.loc[0, "path2"] == f"lfw-deepfunneled/{first[0]}/{first[0]}_{int(first[2]):04d}.jpg"
     # The paths name images that exist in the sample.
-    root = shared_data / "lfw-sample"
+    root = lfw_sample
     for p in df["path1"].iloc[::97].tolist() + df["path2"].iloc[::89].tolist():
         assert (root / p).is_file(), p
 

@@ -1,4 +1,5 @@
-"""Each loss goes down after a few optimizer steps of a small embedder on real CelebA images."""
+"""Each loss goes down after a few optimizer steps of a small embedder on face photos: synthetic
+faces the test draws, and real CelebA images from ../shared/data (marked ``shared``)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from facerec.models import build_embedder
 SIZE, IDS, PER_ID = 64, 4, 3
 
 
-@pytest.fixture(scope="module")
-def celeba_batch(shared_data):
-    """12 real images (4 identities x 3), decoded, resized to 64 px, ImageNet-normalised."""
+@pytest.fixture(scope="module", params=["synthetic", pytest.param("real", marks=pytest.mark.shared)])
+def celeba_batch(request):
+    """12 images (4 identities x 3) of a CelebA-layout folder, decoded, resized to 64 px, ImageNet-normalised."""
     from PIL import Image
 
-    root = shared_data / "celeba-sample"
+    root = request.getfixturevalue("synthetic_faces")["root"] if request.param == "synthetic" else (
+        request.getfixturevalue("celeba_sample"))
     by_id: dict[int, list[str]] = defaultdict(list)
     for line in (root / "identity_CelebA.txt").read_text().split("\n"):
         if line.strip():
@@ -43,7 +45,6 @@ CASES = [(n, {}) for n in LOSSES.names() if n != "triplet"] + [
 ]
 
 
-@pytest.mark.shared
 @pytest.mark.parametrize("name,params", CASES, ids=[f"{n}-{p.get('mining', '')}".rstrip("-") for n, p in CASES])
 def test_loss_decreases(celeba_batch, name, params):
     x, labels = celeba_batch
@@ -55,7 +56,9 @@ def test_loss_decreases(celeba_batch, name, params):
     model.train()
     loss_fn.train()
     values = []
-    for _ in range(8):
+    # plain softmax moves slowest (random class centres, no margin or scale): 8 steps take it to
+    # ~0.91x of its first value on the synthetic faces, 12 to ~0.83x (real photos: ~0.80x)
+    for _ in range(12 if name == "softmax" else 8):
         opt.zero_grad()
         value = loss_fn(model(x), labels)
         value.backward()

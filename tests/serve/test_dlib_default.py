@@ -111,20 +111,20 @@ def test_live_app_serves_dlib_with_its_card(live_app, dlib_gallery, serve_artifa
 
 @pytest.mark.shared
 @pytest.mark.slow
-def test_real_people_are_found_by_other_photos_of_themselves(shared_data, tmp_path):
+def test_real_people_are_found_by_other_photos_of_themselves(celeba_sample, tmp_path):
     """The issue's user check: 10 photos each of four real people in the gallery; other photos of
     them must find their own identity at rank 1 (untrained models managed 0 and 1 of 19)."""
     from facerec.serve.embedder import FaceEmbedderCore
     from facerec.serve.gallery import GallerySnapshot
     from facerec.serve.local import prepare_gallery
 
-    photos, queries = _celeba_subset(shared_data / "celeba-sample", tmp_path / "photos", 4, 10)
+    photos, queries = _celeba_subset(celeba_sample, tmp_path / "photos", 4, 10)
     gallery, checkpoints = prepare_gallery(tmp_path / "work", data=photos, preprocess_engine="local")
     snap = GallerySnapshot.load(gallery, None)
     core = FaceEmbedderCore(checkpoints["dlib_resnet"], torch_threads=2)
     found = total = 0
     for image_id, identity in zip(queries["image_id"], queries["identity"]):
-        data = (shared_data / "celeba-sample" / "img_celeba" / image_id).read_bytes()
+        data = (celeba_sample / "img_celeba" / image_id).read_bytes()
         res = core.embed_many([(data, "largest", False)])[0]
         if not res.get("ok"):
             continue  # no face detected: not a retrieval question
