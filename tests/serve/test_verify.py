@@ -195,3 +195,72 @@ def test_models_card_shows_the_calibration(cal_app):
     assert cal["data"]["source"] == "lfw" and cal["eer"] == 0.05
     assert any(p["note"] == "not resolvable with 300 impostor pairs" for p in cal["operating_points"])
     assert models["r18"]["calibration"] is None
+
+
+# ---- the page ------------------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def cal_page(cal_app):
+    """The calibrated app's page in a real headless Chromium (Debian's, driven by Playwright)."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium not found at /usr/bin/chromium (`apt-get install -y chromium`)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        try:
+            # bypass_csp: the page's Content-Security-Policy forbids eval, which Playwright's string waits use
+            pg = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True).new_page()
+            pg.goto(cal_app["url"] + "/")
+            pg.wait_for_function("document.querySelectorAll('#model option').length === 2", timeout=60_000)
+            yield pg
+        finally:
+            browser.close()
+
+
+def _upload(page, data: bytes) -> dict:
+    with page.expect_response(lambda r: r.url.endswith("/v1/search")) as resp:
+        page.set_input_files("#file", files=[{"name": "q.jpg", "mimeType": "image/jpeg", "buffer": data}])
+    assert resp.value.status == 200, resp.value.text()
+    page.wait_for_function("document.getElementById('status').textContent.includes('face(s) found')", timeout=60_000)
+    return resp.value.json()
+
+
+def test_page_marks_the_hits_that_are_the_same_person(cal_page, cal_app):
+    body = _upload(cal_page, cal_app["a"])
+    hits = body["faces"][0]["results"]
+    grid = cal_page.evaluate("""[...document.querySelectorAll('#results .result')].map(li => ({
+        id: li.dataset.imageId, same: li.dataset.samePerson, marked: li.classList.contains('same-person'),
+        verdict: li.querySelector('.verdict').textContent}))""")
+    assert [g["id"] for g in grid] == [h["image_id"] for h in hits]
+    assert [g["marked"] for g in grid] == [h["same_person"] for h in hits]
+    assert grid[0]["marked"] and grid[0]["verdict"] == "same person"
+    assert all(g["verdict"] == "" for g, h in zip(grid, hits) if not h["same_person"])
+    assert cal_page.is_hidden("#no-match")
+    n_same = sum(h["same_person"] for h in hits)
+    assert f"{n_same} of them the same person" in cal_page.inner_text("#status")
+
+
+def test_page_says_no_match_instead_of_nine_strangers(cal_page, cal_app):
+    body = _upload(cal_page, cal_app["stranger"])
+    assert body["faces"][0]["match"] is False
+    assert cal_page.is_visible("#no-match")
+    assert cal_page.inner_text("#no-match-text").startswith("No match in the gallery: none of the 9 nearest faces")
+    assert cal_page.evaluate("document.querySelectorAll('#results .result').length") == 0
+    assert "No match in the gallery." in cal_page.inner_text("#status")
+    cal_page.click("#show-nearest")  # on request, the strangers, none marked
+    cal_page.wait_for_function("document.querySelectorAll('#results .result').length === 9", timeout=30_000)
+    marked = cal_page.evaluate("[...document.querySelectorAll('#results .result')].map(li => li.className)")
+    assert all("stranger" in c and "same-person" not in c for c in marked)
+    assert cal_page.is_hidden("#no-match")
+    # An uncalibrated model answers as before: nine results, none marked, no verdict.
+    with cal_page.expect_response(lambda r: r.url.endswith("/v1/search")):
+        cal_page.select_option("#model", "r18")  # the page searches the same photo again
+    cal_page.wait_for_function("document.getElementById('status').textContent.includes('with r18')", timeout=60_000)
+    cal_page.wait_for_function("document.querySelectorAll('#results .result').length === 9", timeout=30_000)
+    same = cal_page.evaluate("[...document.querySelectorAll('#results .result')].map(li => li.dataset.samePerson)")
+    assert same == ["null"] * 9 and cal_page.is_hidden("#no-match")

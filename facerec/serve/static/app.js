@@ -2,7 +2,7 @@
 "use strict";
 (function () {
   const $ = (id) => document.getElementById(id);
-  const state = { image: null, faces: [], active: 0, stream: null };
+  const state = { image: null, faces: [], active: 0, stream: null, verification: null, showNearest: false };
 
   function setStatus(text, isError) {
     const s = $("status");
@@ -73,11 +73,23 @@
     });
   }
 
+  // "No match in the gallery" instead of nine strangers: when the model is calibrated and no result
+  // of this face is within its same-person threshold (search's face.match === false).
+  function showNoMatch(face) {
+    const box = $("no-match");
+    const v = state.verification;
+    box.hidden = !(face && face.match === false && !state.showNearest);
+    if (box.hidden) return false;
+    $("no-match-text").textContent = `No match in the gallery: none of the ${face.results.length} nearest faces ` +
+      `is the same person (distance ≤ ${v.threshold.toFixed(3)}, false accept rate ${v.far}).`;
+    return true;
+  }
+
   function renderResults() {
     const list = $("results");
     list.innerHTML = "";
     const face = state.faces[state.active];
-    if (!face) return;
+    if (showNoMatch(face) || !face) return;
     const tpl = $("result-tpl");
     for (const h of face.results.slice(0, 9)) {
       const li = tpl.content.firstElementChild.cloneNode(true);
@@ -89,6 +101,11 @@
       li.querySelector(".rank").textContent = `#${h.rank}`;
       li.querySelector(".identity").textContent = `id ${h.identity}`;
       li.querySelector(".distance").textContent = `d=${h.distance.toFixed(3)}`;
+      // same_person: true / false at the model's calibrated threshold, null when uncalibrated.
+      li.dataset.samePerson = String(h.same_person);
+      li.classList.toggle("same-person", h.same_person === true);
+      li.classList.toggle("stranger", h.same_person === false);
+      li.querySelector(".verdict").textContent = h.same_person === true ? "same person" : "";
       li.querySelector(".agreement").textContent =
         h.attribute_agreement === null ? "" : `attr. agree ${(100 * h.attribute_agreement).toFixed(0)}%`;
       const attrs = li.querySelector(".attrs");
@@ -105,6 +122,7 @@
 
   async function search(blob, name) {
     state.faces = [];
+    state.showNearest = false;
     renderResults();
     renderFaceTabs();
     const url = URL.createObjectURL(blob);
@@ -132,12 +150,17 @@
       return;
     }
     state.faces = body.faces;
+    state.verification = body.verification || null;
     state.active = 0;
     drawPreview();
     renderFaceTabs();
     renderResults();
+    const first = body.faces[0];
+    const verdict = !state.verification || !first ? "" : first.match
+      ? ` ${first.results.filter((h) => h.same_person).length} of them the same person (false accept rate ${state.verification.far}).`
+      : " No match in the gallery.";
     setStatus(`${body.faces.length} face(s) found; top ${Math.min(9, body.k)} matches with ${body.model} ` +
-      `in ${body.timing_ms.total.toFixed(0)} ms.`);
+      `in ${body.timing_ms.total.toFixed(0)} ms.` + verdict);
   }
 
   $("file").addEventListener("change", (ev) => {
@@ -185,6 +208,7 @@
     c.toBlob((blob) => search(blob, "camera.jpg"), "image/jpeg", 0.92);
   }
 
+  $("show-nearest").onclick = () => { state.showNearest = true; renderResults(); };
   $("camera-start").onclick = startCamera;
   $("camera-stop").onclick = stopCamera;
   $("camera-shoot").onclick = shoot;
