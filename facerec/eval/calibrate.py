@@ -314,7 +314,8 @@ def roc_png(dist: FoldedDistances, cal: dict[str, Any], target: str | os.PathLik
     ax.plot([e["pooled"]], [1 - e["pooled"]], "kx", label=f"EER {e['pooled']:.3f}")
     ax.set_xscale("log")
     ax.set_xlim(floor, 1)
-    ax.set_ylim(max(0.0, float(np.min(tar[far >= 1e-3])) - 0.05) if (far >= 1e-3).any() else 0, 1.005)
+    low = min(cal["config"]["fars"]) / 10  # the curve a decade below the smallest FAR reported
+    ax.set_ylim(max(0.0, float(np.min(tar[far >= low])) - 0.02) if (far >= low).any() else 0.0, 1.005)
     ax.set_xlabel("false accept rate (impostor pairs accepted)")
     ax.set_ylabel("true accept rate (genuine pairs accepted)")
     ax.set_title(f"{cal.get('backbone')} on {cal['data']['name']} ({cal['data']['source']})")
