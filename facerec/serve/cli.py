@@ -150,12 +150,16 @@ def _serve(args: argparse.Namespace, workdir: Path, checkpoints: dict[str, str])
     config = _serve_config(args, str(gallery), checkpoints, model_cpus)
     check_fits(config, ray.cluster_resources())
     application = build_app(config)  # artifacts checked here, before any replica starts
+    from facerec.serve.verification import startup_line
+
+    calibration_lines = [startup_line(n, c) for n, c in sorted(checkpoints.items())]  # a stale one fails here
     serve.start(http_options={"host": args.host, "port": args.port})
     t0 = time.perf_counter()
     run_app(application, name="facerec", route_prefix="/")
     url = f"http://{args.host}:{args.port}/"
     print(f"serve: {sorted(checkpoints)} on gallery {gallery} up in {time.perf_counter() - t0:.1f}s -> {url} (API docs {url}docs)")
     print(f"serve: replica and access logs in {serve_logs_dir()}")
+    print("\n".join(calibration_lines))
     if args.smoke:
         import urllib.request
 

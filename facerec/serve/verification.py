@@ -97,3 +97,26 @@ def mark_hits(faces: list[dict[str, Any]], decision: tuple[float, float] | None)
 
 def distance(a: Any, b: Any) -> float:
     return float(np.linalg.norm(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)))
+
+
+def startup_line(name: str, checkpoint: str) -> str:
+    """One line for the server's console: the threshold a served model decides with, or how to
+    calibrate it. A calibration of other weights or another input kind raises
+    ArtifactMismatchError (before any replica starts)."""
+    from facerec.models.calibration import read_calibration
+    from facerec.models.metadata import read_checkpoint_metadata
+
+    meta = read_checkpoint_metadata(checkpoint)
+    cal = read_calibration(checkpoint, meta)
+    if cal is None:
+        return (f"serve: {name} is not calibrated: /v1/verify answers 409 and search hits carry no same_person; "
+                f"`facerec calibrate --model {meta.get('pretrained') or checkpoint} --lfw LFW_DIR` (or --crops), "
+                f"then restart")
+    far = float(cal.get("default_far") or 1e-3)
+    point = next((p for p in cal["operating_points"] if p.get("resolvable") and float(p["far"]) == far), None)
+    data = cal.get("data") or {}
+    if point is None:
+        return f"serve: {name} has a calibration without its default FAR {far:g}; /v1/verify needs an explicit far"
+    return (f"serve: {name} says same person iff distance <= {float(point['threshold']):.4f} (FAR {far:g}; held-out TAR "
+            f"{float(point.get('tar_mean') or float('nan')):.3f}; calibrated on {data.get('name')} ({data.get('source')}) "
+            f"{cal.get('date')}); /v1/verify FARs {sorted(thresholds({'calibration': cal}), reverse=True)}")

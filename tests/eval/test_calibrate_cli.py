@@ -15,6 +15,7 @@ import pytest
 from facerec.errors import ArtifactMismatchError, ConfigError
 from facerec.eval.calibrate_cli import main
 from facerec.models.calibration import read_calibration, threshold_for
+from facerec.serve.verification import startup_line
 
 SPLIT = {"mode": "random", "val_fraction": 0.3, "test_fraction": 0.2, "seed": 0}
 
@@ -117,14 +118,18 @@ def test_stale_calibration_is_refused_by_the_reader(tmp_path, synthetic_setup):
     shutil.copytree(synthetic_setup["ckpt"], ckpt)
     (ckpt / "measured.json").unlink(missing_ok=True)
     assert read_calibration(ckpt) is None
+    assert startup_line("m", str(ckpt)).startswith("serve: m is not calibrated: /v1/verify answers 409")
     meta = read_checkpoint_metadata(ckpt)
     good = {"model_id": meta["model_id"], "input_kind": "haar_crop", "default_far": 0.1,
-            "operating_points": [{"far": 0.1, "resolvable": True, "threshold": 0.5}]}
+            "operating_points": [{"far": 0.1, "resolvable": True, "threshold": 0.5, "tar_mean": 0.75}],
+            "data": {"name": "x", "source": "crops"}}
     record_measurement(ckpt, "calibration", good)
     assert threshold_for(read_calibration(ckpt)) == (0.1, 0.5)
+    assert startup_line("m", str(ckpt)).startswith("serve: m says same person iff distance <= 0.5000 (FAR 0.1; "
+                                                   "held-out TAR 0.750; calibrated on x (crops)")
     record_measurement(ckpt, "calibration", dict(good, model_id="0123abcd"))
     with pytest.raises(ArtifactMismatchError, match=r"measured on model_id 0123abcd but the checkpoint is"):
-        read_calibration(ckpt)
+        startup_line("m", str(ckpt))  # the server refuses to start on it
     record_measurement(ckpt, "calibration", dict(good, input_kind="aligned_chip_5pt"))
     with pytest.raises(ArtifactMismatchError, match=r"measured on aligned_chip_5pt inputs but the model takes haar_crop"):
         read_calibration(ckpt)
