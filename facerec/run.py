@@ -1,28 +1,145 @@
-"""``facerec run``: the main job end to end, each stage through the same front end a user
-calls, each reading the folder the previous one wrote.
+"""``facerec run``: the main job end to end, each stage a library call with its validated config
+object, each reading the folder the previous one wrote.
 
 synthetic photos (or --data) -> preprocess (into the preset's input kind) -> train-sweep
 (default preset face-smoke: the pretrained face model dlib_resnet fine-tuned with the six losses)
 -> build-index (best checkpoint per backbone, test identities) -> evaluate (tables 3.1/3.2 + grids).
+
+:func:`plan_run` builds every stage's config (:class:`~facerec.data.preprocess.PreprocessConfig`,
+:class:`~facerec.train.config.SweepConfig`, :class:`~facerec.eval.gallery_index.GalleryBuildConfig`,
+:class:`~facerec.eval.tables.TablesConfig`) and so validates all of them before anything starts or
+is written; :func:`run_plan` runs them.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from facerec.cli import check_source, reports_errors
+from facerec.errors import ConfigError
+
+PENDING = "(best trial of the sweep)"
+"""Stands for a checkpoint the sweep has not trained yet while the later stages' configs are validated."""
 
 
-def _stage(name: str, fn, argv: list[str]) -> None:
-    print(f"\n=== facerec run: {name} ===\n$ facerec {name} {' '.join(argv)}", flush=True)
+@dataclass
+class RunPlan:
+    """Every stage's validated config; the later stages' checkpoints are filled in after training."""
+
+    source: str | None          # CelebA-layout photo folder; None: the embedded synthetic dataset
+    work: Path
+    preset: str
+    preprocess: Any             # PreprocessConfig
+    crops: Path
+    sweep: Any                  # SweepConfig (validated without the crops, which do not exist yet)
+    train_overrides: dict = field(default_factory=dict)
+    gallery: Any = None         # GalleryBuildConfig
+    tables: Any = None          # TablesConfig
+
+
+def _fields(kind: type, overrides: dict | None, stage: str) -> dict:
+    unknown = sorted(set(overrides or {}) - {f.name for f in dataclasses.fields(kind)})
+    if unknown:
+        raise ConfigError(f"{stage} settings", unknown, f"fields of {kind.__name__}")
+    return dict(overrides or {})
+
+
+def plan_run(work: str | Path = "out/run", data: str | None = None, preset: str = "face-smoke",
+             preprocess: dict | None = None, train: dict | None = None, gallery: dict | None = None,
+             tables: dict | None = None) -> RunPlan:
+    """Build and validate the configs of every stage; starts nothing and writes nothing.
+
+    ``preprocess``/``gallery``/``tables``: overrides of the PreprocessConfig, GalleryBuildConfig and
+    TablesConfig fields; ``train``: overrides of the preset's TrainConfig fields. A bad value is a
+    ConfigError naming its field (a DataNotFoundError naming a missing folder)."""
+    from facerec.data.preprocess import PreprocessConfig
+    from facerec.eval.gallery_index import GalleryBuildConfig
+    from facerec.eval.tables import TablesConfig
+    from facerec.train.cli import sweep_input_kind
+    from facerec.train.config import TrainConfig, data_prepared_later
+    from facerec.train.presets import PRESETS, build_sweep
+
+    if data is not None:
+        check_source(data)
+    PRESETS.get(preset)  # ConfigError listing the presets
+    work = Path(work)
+    crops, run, gallery_dir, results = work / "crops", work / f"sweep-{preset}", work / "gallery", work / "results"
+    train = _fields(TrainConfig, train, "train")
+    with data_prepared_later():
+        sweep = build_sweep(preset, str(crops), str(run), train)
+    kind = sweep_input_kind(sweep.backbones)
+    pre = PreprocessConfig(**{"input_kind": kind, **_fields(PreprocessConfig, preprocess, "preprocess")})
+    if pre.input_kind != kind:
+        raise ConfigError("preprocess.input_kind", pre.input_kind, f"{kind}, the input kind of {sweep.backbones}")
+    pending = {b: PENDING for b in sweep.backbones}
+    gallery_cfg = GalleryBuildConfig(**{"crops_dir": str(crops), "out_dir": str(gallery_dir), "checkpoints": pending,
+                                        "split": "test", "kinds": ["kdtree", "exact"], "overwrite": True,
+                                        **_fields(GalleryBuildConfig, gallery, "gallery")})
+    tables_cfg = TablesConfig(**{"crops_dir": str(crops), "out_dir": str(results), "backbones": list(sweep.backbones),
+                                 "checkpoints": pending, **_fields(TablesConfig, tables, "tables")})
+    return RunPlan(source=data, work=work, preset=preset, preprocess=pre, crops=crops, sweep=sweep,
+                   train_overrides=train, gallery=gallery_cfg, tables=tables_cfg)
+
+
+def _stage(name: str, what: str, fn: Callable[[], Any]) -> Any:
+    print(f"\n=== facerec run: {name} ===\n{what}", flush=True)
     t0 = time.perf_counter()
-    code = fn(argv)
-    if code:
-        raise SystemExit(f"facerec run: stage {name!r} failed with exit code {code}")
+    out = fn()
     print(f"=== {name}: done in {time.perf_counter() - t0:.1f} s ===", flush=True)
+    return out
+
+
+def run_plan(plan: RunPlan) -> dict[str, Any]:
+    """Run the stages of ``plan`` in order; returns {crops, run, gallery, results, trials}."""
+    from facerec.data.preprocess import preprocess
+    from facerec.eval.gallery_index import build_gallery_index
+    from facerec.eval.tables import best_checkpoints, evaluate_tables
+    from facerec.train.presets import build_sweep
+    from facerec.train.report import read_trials
+    from facerec.train.sweep import run_sweep
+
+    t0 = time.perf_counter()
+    source = plan.source
+    if source is None:
+        from facerec.data.synth import ensure_synthetic
+
+        source = str(ensure_synthetic())
+    summary = _stage("preprocess", f"{source} -> {plan.crops} ({plan.preprocess.input_kind}, {plan.preprocess.engine})",
+                     lambda: preprocess(source, plan.crops, plan.preprocess))
+    print("preprocess summary: " + json.dumps(summary, sort_keys=True), flush=True)
+
+    # Validated again now that the crops exist: the split and batch plans are checked against them.
+    sweep = build_sweep(plan.preset, str(plan.crops), plan.sweep.out_dir, plan.train_overrides)
+    run = Path(sweep.out_dir)
+    df = _stage("train-sweep", f"preset {plan.preset}: {sweep.losses} x {sweep.backbones} -> {run}",
+                lambda: run_sweep(sweep))
+    print((run / "sweep_summary.md").read_text(), flush=True)
+    failed = df[df["status"] != "ok"]
+    if len(failed):
+        raise SystemExit(f"facerec run: stage 'train-sweep' failed: {len(failed)} of {len(df)} trials did not finish "
+                         f"({', '.join(map(str, failed['trial']))}); see {run}")
+
+    best = best_checkpoints(str(run), None)
+    gallery = dataclasses.replace(plan.gallery, checkpoints=best)
+    _stage("build-index", f"{', '.join(f'{n}={p}' for n, p in best.items())} -> {gallery.out_dir} "
+           f"({gallery.split} split, {','.join(gallery.kinds)})", lambda: build_gallery_index(gallery))
+
+    tables = dataclasses.replace(plan.tables, checkpoints={b: p for b, p in best.items() if b in plan.tables.backbones})
+    result = _stage("evaluate", f"{plan.crops} + {run} -> {tables.out_dir}", lambda: evaluate_tables(tables))
+    print(Path(result["files"]["results.md"]).read_text(), flush=True)
+    trials = read_trials(run)
+    print(f"\nfacerec run: finished in {time.perf_counter() - t0:.0f} s — {len(trials)} trials in {run}, "
+          f"gallery {gallery.out_dir}, tables {Path(tables.out_dir) / 'results.md'}. "
+          f"Serve it: facerec serve --gallery {gallery.out_dir}")
+    return {"crops": plan.crops, "run": run, "gallery": Path(gallery.out_dir), "results": Path(tables.out_dir),
+            "trials": len(trials)}
 
 
 @reports_errors("facerec run")
@@ -36,33 +153,7 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="face-smoke", choices=PRESETS.names(),
                     help="training preset (default face-smoke: dlib_resnet, minutes on 2 CPUs)")
     args = ap.parse_args(argv)
-
-    from facerec.data.cli import preprocess_main
-    from facerec.eval.build_index_cli import main as build_index_main
-    from facerec.eval.evaluate_cli import main as evaluate_main
-    from facerec.train.cli import main as train_main, sweep_input_kind
-    from facerec.train.report import read_trials
-
-    if args.data is not None:
-        check_source(args.data)
-    kind = sweep_input_kind(PRESETS.get(args.preset)()["backbones"])
-
-    work = Path(args.work)
-    crops, run, gallery, results = work / "crops", work / f"sweep-{args.preset}", work / "gallery", work / "results"
-    t0 = time.perf_counter()
-    _stage("preprocess", preprocess_main, (["--data", args.data] if args.data else [])
-           + ["--input-kind", kind, "--out", str(crops)])
-    _stage("train-sweep", train_main, ["--preset", args.preset, "--data", str(crops), "--out", str(run)])
-    from facerec.eval.tables import best_checkpoints
-
-    best = best_checkpoints(str(run), None)
-    ckpt_args = [a for name, path in best.items() for a in ("--checkpoint", f"{name}={path}")]
-    _stage("build-index", build_index_main, ["--crops", str(crops), *ckpt_args, "--split", "test",
-                                             "--kinds", "kdtree,exact", "--out", str(gallery), "--overwrite"])
-    _stage("evaluate", evaluate_main, ["--crops", str(crops), "--run", str(run), "--out", str(results)])
-    trials = read_trials(run)
-    print(f"\nfacerec run: finished in {time.perf_counter() - t0:.0f} s — {len(trials)} trials in {run}, "
-          f"gallery {gallery}, tables {results / 'results.md'}. Serve it: facerec serve --gallery {gallery}")
+    run_plan(plan_run(args.work, args.data, args.preset))
     return 0
 
 

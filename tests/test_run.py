@@ -1,0 +1,52 @@
+"""``facerec run`` chains library calls with config objects: every stage's config is built and
+validated before the first stage starts, so a bad setting of the last stage is refused, with its
+field named, before anything is cropped, trained or written."""
+
+from __future__ import annotations
+
+import pytest
+
+from facerec.errors import ConfigError, DataNotFoundError
+from facerec.run import PENDING, plan_run
+
+BAD = [
+    ("preprocess", {"preprocess": {"margin": 5.0}}, r"margin=5\.0 is invalid: expected a fraction in \[0, 2\]"),
+    ("train", {"train": {"epochs": 0}}, r"epochs=0 is invalid"),
+    ("train field", {"train": {"epoch": 3}}, r"train settings=\['epoch'\] is invalid: expected fields of TrainConfig"),
+    ("gallery", {"gallery": {"kinds": ["kdtree", "nosuch"]}}, r"index kind='nosuch' is invalid"),
+    ("evaluate", {"tables": {"ks": [10, 0]}}, r"ks=\[10, 0\] is invalid: expected a non-empty list of integers >= 1"),
+    ("input kind", {"preprocess": {"input_kind": "haar_crop"}},
+     r"preprocess.input_kind='haar_crop' is invalid: expected aligned_chip_5pt"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_a_bad_setting_of_any_stage_is_refused_before_the_first_stage(overrides, message, tmp_path):
+    import ray
+
+    work = tmp_path / "work"
+    with pytest.raises(ConfigError, match=message):
+        plan_run(work, preset="face-smoke", **overrides)
+    assert not work.exists()  # nothing preprocessed, trained or written
+    assert not ray.is_initialized()
+
+
+def test_the_plan_holds_each_stages_config(tmp_path):
+    from facerec.data.preprocess import PreprocessConfig
+    from facerec.eval.gallery_index import GalleryBuildConfig
+    from facerec.eval.tables import TablesConfig
+    from facerec.train.config import SweepConfig
+
+    plan = plan_run(tmp_path / "w", preset="face-smoke", tables={"ks": [5, 10]})
+    assert isinstance(plan.preprocess, PreprocessConfig) and plan.preprocess.input_kind == "aligned_chip_5pt"
+    assert isinstance(plan.sweep, SweepConfig) and plan.sweep.backbones == ["dlib_resnet"]
+    assert plan.sweep.train.data_dir == str(tmp_path / "w" / "crops")
+    assert isinstance(plan.gallery, GalleryBuildConfig) and plan.gallery.split == "test"
+    assert plan.gallery.kinds == ["kdtree", "exact"] and plan.gallery.checkpoints == {"dlib_resnet": PENDING}
+    assert isinstance(plan.tables, TablesConfig) and plan.tables.ks == [5, 10]
+    assert plan.tables.out_dir == str(tmp_path / "w" / "results")
+
+
+def test_a_missing_photo_folder_is_named(tmp_path):
+    with pytest.raises(DataNotFoundError, match=r"--data .*nothere: no such folder"):
+        plan_run(tmp_path / "w", data=str(tmp_path / "nothere"))
