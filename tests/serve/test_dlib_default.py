@@ -41,7 +41,7 @@ def dlib_gallery(tmp_path_factory, serve_artifacts):
 
 
 def test_default_is_dlib_on_aligned_chips(dlib_gallery):
-    from facerec.serve.gallery import read_manifest
+    from facerec.gallery import read_manifest
 
     gallery, checkpoints = dlib_gallery
     assert list(checkpoints) == ["dlib_resnet"]
@@ -54,7 +54,7 @@ def test_query_embedding_equals_the_gallery_row_of_the_same_photo(dlib_gallery, 
     """Gallery rows are embedded from the stored (lossless) chips; a query of the same photo is
     chipped in memory by the same code: the same vector, distance 0."""
     from facerec.serve.embedder import FaceEmbedderCore
-    from facerec.serve.gallery import GallerySnapshot
+    from facerec.gallery import GallerySnapshot
 
     gallery, checkpoints = dlib_gallery
     core = FaceEmbedderCore(checkpoints["dlib_resnet"], torch_threads=1)
@@ -62,10 +62,10 @@ def test_query_embedding_equals_the_gallery_row_of_the_same_photo(dlib_gallery, 
     assert info["input_kind"] == "aligned_chip_5pt" and "dlib_face_recognition_resnet_model_v1" in info["weights"]
     assert not info["untrained"]
     snap = GallerySnapshot.load(gallery, None)
-    table = snap.table
+    table = snap.table()
     hits = 0
-    for image_id in table["image_id"][:6]:
-        data = (serve_artifacts["photos"] / "img_celeba" / image_id).read_bytes()
+    for image_id, source_id in zip(table["image_id"][:6], table["source_id"][:6]):
+        data = (serve_artifacts["photos"] / "img_celeba" / source_id).read_bytes()
         res = core.embed_many([(data, "largest", True)])[0]
         assert res["ok"], res
         chip = decode_image(res["crops_png"][0])
@@ -99,8 +99,10 @@ def test_live_app_serves_dlib_with_its_card(live_app, dlib_gallery, serve_artifa
             assert info["untrained"] is False
             # exported by build_app in the driver, run on ONNX Runtime in a replica without torch
             assert info["runtime"] == "onnx" and info["device"] == "cpu"
-            table = pd.read_parquet(gallery / "gallery.parquet")
-            data = (serve_artifacts["photos"] / "img_celeba" / table["image_id"].iloc[0]).read_bytes()
+            from facerec.gallery import read_table
+
+            table = read_table(gallery)
+            data = (serve_artifacts["photos"] / "img_celeba" / table["source_id"].iloc[0]).read_bytes()
             r = c.post("/v1/search", files={"image": ("q.jpg", data, "image/jpeg")}, data={"k": "3"})
             assert r.status_code == 200, r.text
             hits = r.json()["faces"][0]["results"]
@@ -115,7 +117,7 @@ def test_real_people_are_found_by_other_photos_of_themselves(celeba_sample, tmp_
     """The issue's user check: 10 photos each of four real people in the gallery; other photos of
     them must find their own identity at rank 1 (untrained models managed 0 and 1 of 19)."""
     from facerec.serve.embedder import FaceEmbedderCore
-    from facerec.serve.gallery import GallerySnapshot
+    from facerec.gallery import GallerySnapshot
     from facerec.serve.local import prepare_gallery
 
     photos, queries = _celeba_subset(celeba_sample, tmp_path / "photos", 4, 10)

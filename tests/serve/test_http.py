@@ -20,6 +20,10 @@ pytestmark = pytest.mark.slow
 
 TOKEN = "test-token-0123456789"  # the live_app fixture's token
 
+from facerec.gallery import read_table  # noqa: E402
+
+from .conftest import served_ids  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def client(live_app):
@@ -51,7 +55,7 @@ def _reference_gallery(gallery: Path, checkpoint: str) -> tuple[np.ndarray, pd.D
     from facerec.models import load_embedder
 
     model, meta = load_embedder(checkpoint)
-    table = pd.read_parquet(gallery / "gallery.parquet")
+    table = read_table(gallery)
     tf = test_transform(int(meta["image_size"]))
     with torch.inference_mode():
         return model(torch.stack([tf(read_image(gallery / p)) for p in table["crop_path"]])).numpy(), table
@@ -88,19 +92,20 @@ def test_search_matches_exact_computation(client, live_app, serve_artifacts, pho
                 assert h["image_id"] == table["image_id"].iloc[order[i]]
                 assert h["identity"] == int(table["identity"].iloc[order[i]])
         # the photo's own crop is in the gallery: it is the nearest, and shares the identity
-        assert hits[0]["image_id"] == name and hits[0]["attribute_agreement"] == 1.0
+        own = served_ids(live_app["gallery"])[name]
+        assert hits[0]["image_id"] == own and hits[0]["attribute_agreement"] == 1.0
         assert set(hits[0]["attributes"]) == set(json.loads(client.get("/v1/models").text)["attribute_names"])
-        assert hits[0]["thumbnail_url"] == f"/v1/images/{name}"
+        assert hits[0]["thumbnail_url"] == f"/v1/images/{own}"
 
 
-def test_search_json_raw_and_query_params(client, photos):
+def test_search_json_raw_and_query_params(client, live_app, photos):
     name, data = photos[4]
     a = _search(client, data, k=3).json()
     b = client.post("/v1/search", json={"image_base64": base64.b64encode(data).decode(), "k": 3}).json()
     c = client.post("/v1/search?k=3", content=data, headers={"Content-Type": "image/jpeg"}).json()
     d = client.post("/v1/search", json={"image_base64": "data:image/jpeg;base64," + base64.b64encode(data).decode(), "k": 3}).json()
     ids = [[h["image_id"] for h in x["faces"][0]["results"]] for x in (a, b, c, d)]
-    assert ids[0] == ids[1] == ids[2] == ids[3] and len(ids[0]) == 3 and ids[0][0] == name
+    assert ids[0] == ids[1] == ids[2] == ids[3] and len(ids[0]) == 3 and ids[0][0] == served_ids(live_app["gallery"])[name]
     assert a["model"] == "mnv3"  # the configured default
     assert len(_search(client, data).json()["faces"][0]["results"]) == 9  # default k
 
@@ -188,10 +193,13 @@ def test_query_param_validation(client, photos):
 
 def test_images_endpoint(client, live_app, photos):
     name = photos[0][0]
-    r = client.get(f"/v1/images/{name}")
-    # stored inputs are PNG: exactly the pixels that were embedded
+    image_id = served_ids(live_app["gallery"])[name]
+    r = client.get(f"/v1/images/{image_id}")
+    # stored inputs are PNG: exactly the pixels that were embedded; a face is kept by no cache
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
-    assert r.content == (live_app["gallery"] / "crops" / f"{name}.png").read_bytes()
+    assert r.headers["cache-control"] == "private, no-store"
+    assert r.content == (live_app["gallery"] / "crops" / f"{image_id}.png").read_bytes()
+    assert client.get(f"/v1/images/{name}").status_code == 404  # the dataset's name is not an id
     assert client.get("/v1/images/999999.jpg").status_code == 404
     assert client.get("/v1/images/gallery.json").status_code == 404  # a real file, but not a gallery id
     assert client.get("/v1/images/gallery.parquet").status_code == 404
@@ -267,7 +275,7 @@ def test_gallery_add_then_search(client, live_app, photos, bad_images, serve_art
     # persisted before the answer: the manifest and table on disk already hold it
     on_disk = json.loads((live_app["gallery"] / "gallery.json").read_text())
     assert on_disk["version"] == out["gallery_version"] and on_disk["rows"] == before["rows"] + 1
-    table = pd.read_parquet(live_app["gallery"] / "gallery.parquet")
+    table = read_table(live_app["gallery"])
     assert table["image_id"].iloc[-1] == new_id and int(table["identity"].iloc[-1]) == 4242
     # and searchable at once with both models
     for model in ("mnv3", "r18"):
@@ -287,12 +295,12 @@ def test_external_index_change_is_picked_up(client, live_app, photos, serve_arti
     from ray import serve
 
     from facerec.data.images import decode_image, encode_jpeg
-    from facerec.serve.gallery import add_to_gallery
+    from facerec.gallery import add_to_gallery
 
     photo = encode_jpeg(decode_image(photos[6][1]), quality=80)  # a re-encoded copy
     v0 = client.get("/v1/models").json()["gallery_version"]
     emb = {m: _reference_query(c, photo)[None] for m, c in serve_artifacts["checkpoints"].items()}
-    crop = (live_app["gallery"] / "crops" / f"{photos[6][0]}.png").read_bytes()
+    crop = (live_app["gallery"] / "crops" / f"{served_ids(live_app['gallery'])[photos[6][0]]}.png").read_bytes()
     out = add_to_gallery(live_app["gallery"], emb, [9090], [crop])
     deadline = time.time() + 30
     while time.time() < deadline:

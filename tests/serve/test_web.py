@@ -10,6 +10,8 @@ import httpx
 import numpy as np
 import pytest
 
+from .conftest import served_ids
+
 pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -80,7 +82,7 @@ def test_upload_shows_box_and_top9(page, live_app, photos, model):
     assert [g["rank"] for g in grid] == list(range(1, 10))
     assert [g["image_id"] for g in grid] == [h["image_id"] for h in hits]
     np.testing.assert_allclose([g["distance"] for g in grid], [h["distance"] for h in hits], rtol=1e-6)
-    assert grid[0]["image_id"] == name
+    assert grid[0]["image_id"] == served_ids(live_app["gallery"])[name]
     assert "#1" in grid[0]["text"] and f"d={hits[0]['distance']:.3f}" in grid[0]["text"]
     # a 3 x 3 grid: three distinct rows and columns
     assert len({round(g["top"]) for g in grid}) == 3 and len({round(g["left"]) for g in grid}) == 3
