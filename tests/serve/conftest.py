@@ -18,6 +18,9 @@ EMBED_DIM = 32
 BACKBONES = {"mnv3": "mobilenet_v3_small", "r18": "resnet18"}
 TOKEN = "test-token-0123456789"
 MAX_UPLOAD = 300_000
+# Upload bytes in flight per Ingress replica: two searches near the upload limit fill it (the
+# UploadGate tests); the suite's concurrent searches of small photos stay far below it.
+MAX_INFLIGHT = 1_000_000
 
 
 def _synthetic_photos(root: Path) -> Path:
@@ -153,6 +156,7 @@ def live_app(serve_artifacts, tmp_path_factory):
         default_model="mnv3",
         gallery_token=TOKEN,
         max_upload_bytes=MAX_UPLOAD,
+        max_inflight_upload_bytes=MAX_INFLIGHT,
         reload_poll_s=0.5,
         retriever_num_cpus=0.1,
         ingress_num_cpus=0.1,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -260,7 +261,7 @@ def test_gallery_add_then_search(client, live_app, photos, bad_images, serve_art
                     files=[("image", ("a.jpg", photos[1][1], "image/jpeg")), ("image", ("b.jpg", bad_images["no_face"][0], "image/jpeg"))])
     assert r.status_code == 422 and "image 1: no face detected" in r.json()["detail"] and "nothing was added" in r.json()["detail"]
     r = client.post("/v1/gallery", headers=auth, data={"identity": "-3"}, files={"image": ("a.jpg", photos[1][1], "image/jpeg")})
-    assert r.status_code == 422 and "identity must be an integer >= 0" in r.json()["detail"]
+    assert r.status_code == 422 and "field identity: Input should be greater than or equal to 0 (got '-3')" in r.json()["detail"]
     assert json.loads((live_app["gallery"] / "gallery.json").read_text())["version"] == before["version"]
 
     # a new photo (mirrored: not in the gallery) of identity 4242
@@ -365,3 +366,291 @@ def test_second_app_under_route_prefix(live_app, serve_artifacts, photos):
             assert c.get("/").status_code == 200 and c.get("/static/app.js").status_code == 200
     finally:
         serve.delete("subset")
+
+
+# --------------------------------------------------------------------------------------------
+# Hardening: what a public API meets (issue 13)
+# --------------------------------------------------------------------------------------------
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder under ``folder`` with its size and modification time."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+def _mirrored(data: bytes, quality: int) -> bytes:
+    """A photo that is not in the gallery yet (mirrored, re-encoded) whose face is still found."""
+    from facerec.data.images import decode_image, encode_jpeg
+
+    return encode_jpeg(np.ascontiguousarray(decode_image(data)[:, ::-1]), quality=quality)
+
+
+@pytest.mark.parametrize("identity", [2**63, 2**53, -1])
+@pytest.mark.parametrize("how", ["form", "json"])
+def test_out_of_range_identity_is_refused_before_any_write(client, live_app, photos, how, identity):
+    """2**63 used to pass the check, overflow in the Retriever (500) after index folders and a
+    crop were written. Now every identity outside 0..2**53-1 is a 422 and the gallery folder is
+    exactly as it was."""
+    before = _tree(live_app["gallery"])
+    if how == "form":
+        r = client.post("/v1/gallery", headers=AUTH, data={"identity": str(identity)},
+                        files={"image": ("a.jpg", photos[7][1], "image/jpeg")})
+    else:
+        r = client.post("/v1/gallery", headers=AUTH,
+                        json={"identity": identity, "images_base64": [base64.b64encode(photos[7][1]).decode()]})
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == "bad_parameter" and set(r.json()) == {"detail", "code"}
+    bound = "less than or equal to 9007199254740991" if identity > 0 else "greater than or equal to 0"
+    assert re.search(rf"identity: Input should be {bound} \(got '?{identity}'?\)", r.json()["detail"]), r.json()
+    assert _tree(live_app["gallery"]) == before
+
+
+def test_largest_identity_is_stored_exactly(client, live_app, photos):
+    from facerec.gallery import read_table
+
+    r = client.post("/v1/gallery", headers=AUTH, data={"identity": str(2**53 - 1)},
+                    files={"image": ("a.jpg", _mirrored(photos[8][1], 91), "image/jpeg")})
+    assert r.status_code == 201, r.text
+    table = read_table(live_app["gallery"])
+    row = table[table["image_id"] == r.json()["image_ids"][0]]
+    assert int(row["identity"].iloc[0]) == 2**53 - 1 == r.json()["identity"]
+
+
+@pytest.mark.parametrize("payload, pattern", [
+    ({"identity": True}, r"identity: Input should be a valid integer \(got true\)"),
+    ({"identity": "12"}, r"identity: Input should be a valid integer \(got '12'\)"),
+])
+def test_json_identity_is_strict(client, live_app, photos, payload, pattern):
+    before = _tree(live_app["gallery"])
+    r = client.post("/v1/gallery", headers=AUTH, json={**payload, "images_base64": [base64.b64encode(photos[7][1]).decode()]})
+    assert r.status_code == 422 and re.search(pattern, r.json()["detail"]), r.text
+    assert _tree(live_app["gallery"]) == before
+
+
+@pytest.mark.parametrize("query, pattern", [
+    ("k=0", r"^query parameter k: Input should be greater than or equal to 1 \(got '0'\)$"),
+    ("k=abc", r"^query parameter k: Input should be a valid integer, unable to parse string as an integer \(got 'abc'\)$"),
+    ("faces=bogus", r"^query parameter faces: Input should be 'largest' or 'all' \(got 'bogus'\)$"),
+])
+def test_query_string_errors_have_the_one_error_shape(client, photos, query, pattern):
+    r = client.post(f"/v1/search?{query}", content=photos[0][1], headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 422
+    assert set(r.json()) == {"detail", "code"} and r.json()["code"] == "bad_parameter", r.text
+    assert re.search(pattern, r.json()["detail"]), r.json()
+
+
+def test_json_k_true_is_not_1(client, photos):
+    image = base64.b64encode(photos[0][1]).decode()
+    r = client.post("/v1/search", json={"image_base64": image, "k": True})
+    assert r.status_code == 422 and re.search(r"^k: Input should be a valid integer \(got true\)$", r.json()["detail"]), r.text
+    assert client.post("/v1/search", json={"image_base64": image, "k": 2}).status_code == 200
+
+
+@pytest.mark.parametrize("method, path, status, code", [
+    ("GET", "/nowhere", 404, "not_found"),
+    ("GET", "/v1/search", 405, "method_not_allowed"),
+    ("POST", "/v1/search", 415, "unsupported_media_type"),
+])
+def test_every_4xx_has_the_one_error_shape(client, method, path, status, code):
+    r = client.request(method, path)
+    assert r.status_code == status and r.headers["content-type"] == "application/json"
+    assert set(r.json()) == {"detail", "code"} and r.json()["code"] == code and r.json()["detail"]
+
+
+def test_multipart_form_limits(client, photos):
+    """Starlette's multipart limits: a search takes one file; a malformed body is a 400."""
+    two = [("image", ("a.jpg", photos[0][1], "image/jpeg")), ("image", ("b.jpg", photos[1][1], "image/jpeg"))]
+    r = client.post("/v1/search", files=two)
+    assert r.status_code == 400 and r.json()["code"] == "bad_request"
+    assert re.search(r"Too many files\. Maximum number of files is 1", r.json()["detail"]), r.text
+    r = client.post("/v1/search", content=b"--x\r\nnot a part", headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert r.status_code in (400, 422) and set(r.json()) == {"detail", "code"}, r.text
+
+
+def test_openapi_documents_the_uploads(client):
+    spec = client.get("/openapi.json").json()
+    search = spec["paths"]["/v1/search"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json", "image/jpeg"} <= set(search)
+    def schema_of(content, field):  # the non-null alternative of a generated form field
+        form = spec["components"]["schemas"][content["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[-1]]
+        s = form["properties"][field]
+        return next(x for x in s.get("anyOf", [s]) if x.get("type") != "null"), form
+
+    image, form = schema_of(search, "image")  # generated from the UploadFile / Form parameters
+    assert image == {"type": "string", "contentMediaType": "application/octet-stream"}
+    assert {"k", "model", "faces"} <= set(form["properties"])
+    add = spec["paths"]["/v1/gallery"]["post"]["requestBody"]["content"]
+    assert schema_of(add, "image")[0]["type"] == "array"
+    ident = schema_of(add, "identity")[0]
+    assert ident["minimum"] == 0 and ident["maximum"] == 2**53 - 1
+
+
+def test_security_headers_and_favicon(client, photos):
+    r = client.get("/favicon.ico")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml") and b"<svg" in r.content
+    image_id = _search(client, photos[0][1], k=1).json()["faces"][0]["results"][0]["image_id"]
+    responses = [client.get(p) for p in ("/", "/static/app.js", "/docs", "/openapi.json", "/v1/models", "/healthz",
+                                         f"/v1/images/{image_id}", "/nowhere", "/favicon.ico")]
+    responses += [client.post("/v1/search?k=0", content=b"x", headers={"Content-Type": "image/jpeg"}),
+                  client.post("/v1/gallery", data={"identity": "1"}, files={"image": ("a.jpg", b"x", "image/jpeg")})]
+    for r in responses:
+        h = r.headers
+        assert h["x-content-type-options"] == "nosniff", r.url
+        assert h["x-frame-options"] == "DENY", r.url
+        assert "frame-ancestors 'none'" in h["content-security-policy"], r.url
+        assert h["referrer-policy"] in ("no-referrer", "same-origin"), r.url
+
+
+def test_docs_need_no_network(client):
+    html = client.get("/docs").text
+    spec = client.get("/openapi.json").json()
+    for path, item in spec["paths"].items():
+        for method in item:
+            assert f"{method.upper()}</span> <code>{path}</code>" in html, (method, path)
+    links = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert links and all(u.startswith(("/", "#")) for u in links), [u for u in links if not u.startswith(("/", "#"))]
+    assert "cdn" not in html.lower()
+    assert client.get("/static/docs.css").status_code == 200
+
+
+def test_duplicate_add_is_reported_not_stored_twice(client, live_app, photos):
+    from facerec.gallery import read_table
+
+    photo = _mirrored(photos[9][1], 88)
+    first = client.post("/v1/gallery", headers=AUTH, data={"identity": "5151"}, files={"image": ("a.jpg", photo, "image/jpeg")})
+    assert first.status_code == 201 and first.json()["duplicate_of"] == [None] and first.json()["added"] == 1, first.text
+    rows = len(read_table(live_app["gallery"]))
+    again = client.post("/v1/gallery", headers=AUTH, data={"identity": "5151"}, files={"image": ("b.jpg", photo, "image/jpeg")})
+    assert again.status_code == 200, again.text
+    body = again.json()
+    assert body["added"] == 0 and body["duplicate_of"] == first.json()["image_ids"] == body["image_ids"]
+    assert body["gallery_version"] == first.json()["gallery_version"] and len(read_table(live_app["gallery"])) == rows
+    # the same bytes twice in one request, plus a new photo: one new row each, the repeat points at it
+    other = _mirrored(photos[10][1], 87)
+    both = client.post("/v1/gallery", headers=AUTH, data={"identity": "5151"},
+                       files=[("image", ("c.jpg", other, "image/jpeg")), ("image", ("d.jpg", other, "image/jpeg")),
+                              ("image", ("e.jpg", photo, "image/jpeg"))])
+    assert both.status_code == 201, both.text
+    b = both.json()
+    assert b["added"] == 1 and b["duplicate_of"] == [None, b["image_ids"][0], first.json()["image_ids"][0]]
+    assert len(read_table(live_app["gallery"])) == rows + 1
+
+
+# ---- the UploadGate: request bodies bounded before they are read ---------------------------
+
+def _open(url: str, path: str, headers: dict[str, str], body: bytes = b"") -> socket.socket:
+    """A raw HTTP/1.1 request: headers (and ``body``, maybe less than declared) sent, nothing more."""
+    host, port = url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=60)
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    s.sendall(head.encode() + b"\r\n" + body)
+    return s
+
+
+def _response(s: socket.socket) -> tuple[int, dict[str, str], dict]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, f"connection closed before a response: {data!r}"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    while len(rest) < int(headers.get("content-length", 0)):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return int(lines[0].split()[1]), headers, json.loads(rest or b"{}")
+
+
+def test_declared_length_over_the_limit_is_refused_before_the_body(live_app):
+    # nothing of the 50 MB is sent: the answer comes from the headers alone
+    with _open(live_app["url"], "/v1/search", {"Content-Type": "image/jpeg", "Content-Length": "50000000"}) as s:
+        status, headers, body = _response(s)
+    limit = live_app["config"].max_upload_bytes * 4 // 3 + 64 * 1024  # one photo as base64 JSON + form overhead
+    assert status == 413 and body["code"] == "too_large", body
+    assert body["detail"] == f"request body of 50,000,000 bytes exceeds the limit of {limit:,} bytes"
+    assert headers["x-content-type-options"] == "nosniff"
+    # a gallery write without the token is refused before its body too
+    with _open(live_app["url"], "/v1/gallery", {"Content-Type": "multipart/form-data; boundary=x", "Content-Length": "9000000"}) as s:
+        status, headers, body = _response(s)
+    assert status == 401 and body["code"] == "unauthorized" and headers["www-authenticate"].startswith("Bearer")
+
+
+def test_undeclared_body_is_cut_at_the_limit(client):
+    def chunks():  # chunked transfer encoding: no Content-Length to check up front
+        for _ in range(10):
+            yield b"\x00" * 100_000
+
+    r = client.post("/v1/search", content=chunks(), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 413 and r.json()["code"] == "too_large", r.text
+    assert re.search(r"request body exceeds the limit of [\d,]+ bytes", r.json()["detail"])
+
+
+def test_uploads_in_flight_over_the_budget_get_503(live_app):
+    """Two uploads that declared 450 kB each and are still sending hold 900 kB of the replica's
+    1 MB budget: the next upload is refused at once with 503 + Retry-After (not read, not
+    queued); once they are gone, uploads are accepted again."""
+    url = live_app["url"]
+    junk = b"\xff\xd8" + b"\x00" * 199_998
+
+    def probe() -> tuple[int, dict[str, str], dict]:
+        with _open(url, "/v1/search", {"Content-Type": "image/jpeg", "Content-Length": str(len(junk))}, junk) as s:
+            return _response(s)
+
+    held = [_open(url, "/v1/search", {"Content-Type": "image/jpeg", "Content-Length": "450000"}, b"\xff\xd8" + b"\x00" * 998)
+            for _ in range(2)]
+    try:
+        deadline = time.time() + 60
+        status, headers, body = probe()
+        while status != 503 and time.time() < deadline:  # until the Ingress has both held requests
+            time.sleep(0.2)
+            status, headers, body = probe()
+        assert status == 503, (status, body)
+        assert body["code"] == "busy" and "1,000,000 bytes in flight at most" in body["detail"]
+        assert int(headers["retry-after"]) >= 1
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.time() + 60
+    status, _, body = probe()
+    while status == 503 and time.time() < deadline:  # the closed requests release their reservation
+        time.sleep(0.2)
+        status, _, body = probe()
+    assert status == 400 and body["code"] == "unreadable", (status, body)  # accepted, read, judged: not an image
+
+
+def test_replica_killed_during_a_request_gives_503_with_retry_after(live_app, photos):
+    """A search is inside the mnv3 Embedder replica (held in its batch queue: the replica's
+    batch wait is raised to 30 s through its own reconfigure) when the replica's actor is
+    killed: the answer is a 503 with Retry-After, not a bare 500. Serve then starts a new
+    replica (with the deployment's own batching) and searches succeed again. Last in this
+    module: the replica it kills is back before the next module's tests."""
+    import ray
+    from ray import serve
+
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith("SERVE_REPLICA::facerec#Embedder_mnv3#")]
+    assert len(replicas) == 1, replicas
+    victim = ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"])
+    handle = serve.get_deployment_handle("Embedder_mnv3", app_name=live_app["app_name"])
+    handle.reconfigure.remote({"max_batch_size": 8, "batch_wait_timeout_s": 30.0}).result()
+    with ThreadPoolExecutor(1) as pool, httpx.Client(base_url=live_app["url"], timeout=120) as c:
+        pending = pool.submit(_search, c, photos[11][1], k=1, model="mnv3")
+        time.sleep(2.0)  # it reaches the replica in milliseconds, then waits there for a batch
+        assert not pending.done(), pending.result().text
+        ray.kill(victim, no_restart=True)
+        r = pending.result(timeout=120)
+    assert r.status_code == 503, r.text
+    assert r.json()["code"] == "replica_died" and "retry" in r.json()["detail"], r.text
+    assert int(r.headers["retry-after"]) >= 1
+    with httpx.Client(base_url=live_app["url"], timeout=120) as c:
+        deadline = time.time() + 120
+        r = _search(c, photos[11][1], k=1, model="mnv3")
+        while r.status_code != 200 and time.time() < deadline:
+            time.sleep(0.5)
+            r = _search(c, photos[11][1], k=1, model="mnv3")
+        assert r.status_code == 200, r.text

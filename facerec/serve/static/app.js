@@ -2,7 +2,8 @@
 "use strict";
 (function () {
   const $ = (id) => document.getElementById(id);
-  const state = { image: null, faces: [], active: 0, stream: null, verification: null, showNearest: false };
+  // last: the photo last searched, searched again when the model or the faces mode changes
+  const state = { image: null, faces: [], active: 0, stream: null, last: null, verification: null, showNearest: false };
 
   function setStatus(text, isError) {
     const s = $("status");
@@ -46,7 +47,11 @@
 
   function drawPreview() {
     const c = $("preview");
-    if (!state.image) return;
+    if (!state.image) {  // no photo (or one the browser cannot show): no stale earlier photo either
+      c.width = 0;
+      c.height = 0;
+      return;
+    }
     const img = state.image;
     c.width = img.naturalWidth || img.width;
     c.height = img.naturalHeight || img.height;
@@ -120,7 +125,21 @@
     }
   }
 
+  // The server's message (its texts are written for people); a body that is not the API's JSON
+  // (a proxy's error page) falls back to the HTTP status.
+  async function errorText(r) {
+    let detail = "";
+    try {
+      const body = await r.json();
+      detail = body && typeof body.detail === "string" ? body.detail : "";
+    } catch (e) { /* not JSON */ }
+    if (r.status === 503) detail = detail || "the server is busy";
+    return `Error ${r.status}: ${detail || r.statusText || "the request failed"}` +
+      (r.status === 503 ? " — try again in a moment." : "");
+  }
+
   async function search(blob, name) {
+    state.last = { blob, name };
     state.faces = [];
     state.showNearest = false;
     renderResults();
@@ -140,13 +159,19 @@
     let r, body;
     try {
       r = await fetch("v1/search", { method: "POST", body: form });
-      body = await r.json();
     } catch (e) {
-      setStatus("Request failed: " + e, true);
+      setStatus("Could not reach the server; check the connection and try again.", true);
       return;
     }
+    if (state.last === null || state.last.blob !== blob) return;  // a newer search started meanwhile
     if (!r.ok) {
-      setStatus(`Error ${r.status}: ${body.detail || JSON.stringify(body)}`, true);
+      setStatus(await errorText(r), true);
+      return;
+    }
+    try {
+      body = await r.json();
+    } catch (e) {
+      setStatus("The server sent an answer this page cannot read; try again.", true);
       return;
     }
     state.faces = body.faces;
@@ -212,6 +237,11 @@
   $("camera-start").onclick = startCamera;
   $("camera-stop").onclick = stopCamera;
   $("camera-shoot").onclick = shoot;
-  $("model").onchange = () => { showCard(); setStatus("Model changed: upload again to search with it."); };
+  // A new model or faces mode answers the same photo again.
+  function rerun() {
+    if (state.last) search(state.last.blob, state.last.name);
+  }
+  $("model").onchange = () => { showCard(); rerun(); };
+  $("faces").onchange = rerun;
   loadModels();
 })();
