@@ -40,6 +40,7 @@ class RunPlan:
     crops: Path
     sweep: Any                  # SweepConfig (validated without the crops, which do not exist yet)
     train_overrides: dict = field(default_factory=dict)
+    sweep_overrides: dict = field(default_factory=dict)
     gallery: Any = None         # GalleryBuildConfig
     tables: Any = None          # TablesConfig
 
@@ -52,18 +53,19 @@ def _fields(kind: type, overrides: dict | None, stage: str) -> dict:
 
 
 def plan_run(work: str | Path = "out/run", data: str | None = None, preset: str = "face-smoke",
-             preprocess: dict | None = None, train: dict | None = None, gallery: dict | None = None,
-             tables: dict | None = None) -> RunPlan:
+             preprocess: dict | None = None, train: dict | None = None, sweep: dict | None = None,
+             gallery: dict | None = None, tables: dict | None = None) -> RunPlan:
     """Build and validate the configs of every stage; starts nothing and writes nothing.
 
     ``preprocess``/``gallery``/``tables``: overrides of the PreprocessConfig, GalleryBuildConfig and
-    TablesConfig fields; ``train``: overrides of the preset's TrainConfig fields. A bad value is a
+    TablesConfig fields; ``train``/``sweep``: overrides of the preset's TrainConfig and SweepConfig
+    fields (losses, backbones, ...). A bad value is a
     ConfigError naming its field (a DataNotFoundError naming a missing folder)."""
     from facerec.data.preprocess import PreprocessConfig
     from facerec.eval.gallery_index import GalleryBuildConfig
     from facerec.eval.tables import TablesConfig
     from facerec.train.cli import sweep_input_kind
-    from facerec.train.config import TrainConfig, data_prepared_later
+    from facerec.train.config import SweepConfig, TrainConfig, data_prepared_later
     from facerec.train.presets import PRESETS, build_sweep
 
     if data is not None:
@@ -72,8 +74,12 @@ def plan_run(work: str | Path = "out/run", data: str | None = None, preset: str 
     work = Path(work)
     crops, run, gallery_dir, results = work / "crops", work / f"sweep-{preset}", work / "gallery", work / "results"
     train = _fields(TrainConfig, train, "train")
+    sweep_overrides = _fields(SweepConfig, sweep, "sweep")
+    for name in ("train", "out_dir"):
+        if name in sweep_overrides:
+            raise ConfigError("sweep settings", [name], "SweepConfig fields other than train and out_dir (set by facerec run)")
     with data_prepared_later():
-        sweep = build_sweep(preset, str(crops), str(run), train)
+        sweep = build_sweep(preset, str(crops), str(run), train, **sweep_overrides)
     kind = sweep_input_kind(sweep.backbones)
     pre = PreprocessConfig(**{"input_kind": kind, **_fields(PreprocessConfig, preprocess, "preprocess")})
     if pre.input_kind != kind:
@@ -85,7 +91,7 @@ def plan_run(work: str | Path = "out/run", data: str | None = None, preset: str 
     tables_cfg = TablesConfig(**{"crops_dir": str(crops), "out_dir": str(results), "backbones": list(sweep.backbones),
                                  "checkpoints": pending, **_fields(TablesConfig, tables, "tables")})
     return RunPlan(source=data, work=work, preset=preset, preprocess=pre, crops=crops, sweep=sweep,
-                   train_overrides=train, gallery=gallery_cfg, tables=tables_cfg)
+                   train_overrides=train, sweep_overrides=sweep_overrides, gallery=gallery_cfg, tables=tables_cfg)
 
 
 def _stage(name: str, what: str, fn: Callable[[], Any]) -> Any:
@@ -116,7 +122,7 @@ def run_plan(plan: RunPlan) -> dict[str, Any]:
     print("preprocess summary: " + json.dumps(summary, sort_keys=True), flush=True)
 
     # Validated again now that the crops exist: the split and batch plans are checked against them.
-    sweep = build_sweep(plan.preset, str(plan.crops), plan.sweep.out_dir, plan.train_overrides)
+    sweep = build_sweep(plan.preset, str(plan.crops), plan.sweep.out_dir, plan.train_overrides, **plan.sweep_overrides)
     run = Path(sweep.out_dir)
     df = _stage("train-sweep", f"preset {plan.preset}: {sweep.losses} x {sweep.backbones} -> {run}",
                 lambda: run_sweep(sweep))

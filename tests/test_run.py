@@ -50,3 +50,34 @@ def test_the_plan_holds_each_stages_config(tmp_path):
 def test_a_missing_photo_folder_is_named(tmp_path):
     with pytest.raises(DataNotFoundError, match=r"--data .*nothere: no such folder"):
         plan_run(tmp_path / "w", data=str(tmp_path / "nothere"))
+
+
+@pytest.mark.slow
+def test_the_whole_chain_on_generated_photos(tmp_path, monkeypatch, capsys):
+    """preprocess -> one-trial sweep -> gallery -> tables, each a library call with its config."""
+    import json
+
+    import pandas as pd
+
+    from facerec.data.synth import generate_synthetic
+    from facerec.run import run_plan
+
+    monkeypatch.setenv("FACEREC_CACHE", str(tmp_path / "cache"))
+    photos = generate_synthetic(tmp_path / "photos", 8, 5, seed=1, progress=False)
+    plan = plan_run(tmp_path / "w", data=str(photos), preset="smoke",
+                    preprocess={"several_faces": "largest"}, sweep={"losses": ["triplet"]},
+                    train={"epochs": 1, "steps_per_epoch": 2, "image_size": 32, "embedding_dim": 16, "p": 3, "k": 2,
+                           "val_max_images": 40, "num_workers": 1, "cpus_per_worker": 1},
+                    tables={"ks": [5], "timing_queries": 5}, gallery={"kinds": ["exact"]})
+    out = run_plan(plan)
+    printed = capsys.readouterr().out
+    for stage in ("preprocess", "train-sweep", "build-index", "evaluate"):
+        assert f"=== facerec run: {stage} ===" in printed and f"=== {stage}: done in" in printed
+    assert "facerec run: finished in" in printed and "$ facerec" not in printed  # no argv round trip
+    summary = json.loads((tmp_path / "w" / "crops" / "summary.json").read_text())
+    assert summary["kept"] + sum(summary["dropped"].values()) == summary["listed"] == 40
+    assert out["trials"] == 1 and (out["run"] / "sweep_summary.csv").is_file()
+    manifest = json.loads((out["gallery"] / "gallery.json").read_text())
+    assert set(manifest["models"]) == {"mobilenet_v3_small"}
+    tables = pd.read_csv(out["results"] / "tables.csv")
+    assert set(tables["table"].astype(str)) >= {"3.1", "3.2"}
