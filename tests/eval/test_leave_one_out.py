@@ -143,3 +143,32 @@ def test_bad_shapes_are_named():
         leave_one_out_metrics(np.zeros((4, 2)), np.zeros(3))
     with pytest.raises(ConfigError, match=r"embeddings='array of shape \(4,\)'"):
         leave_one_out_metrics(np.zeros(4), np.zeros(4))
+
+
+def test_query_gallery_metrics_match_pytorch_metric_learning():
+    """The evaluation protocol (queries searched in a separate gallery, facerec.eval.tables) uses the
+    same AP@R: precision_at_1 and map_at_r of an exact ranking against pml with a reference set."""
+    pml = pytest.importorskip("pytorch_metric_learning.utils.accuracy_calculator")
+    import torch
+    from pytorch_metric_learning.distances import LpDistance
+    from pytorch_metric_learning.utils.inference import CustomKNN
+
+    from facerec.eval.metrics import map_at_r, precision_at_1
+
+    x, labels = clustered(6, identities=12, dim=8, scale=0.9, max_images=9)
+    rng = np.random.default_rng(0)
+    is_query = np.zeros(len(x), bool)
+    for ident in np.unique(labels):  # one query per identity with at least two images
+        rows = np.flatnonzero(labels == ident)
+        if len(rows) >= 2:
+            is_query[rng.choice(rows)] = True
+    q, g = x[is_query], x[~is_query]
+    ql, gl = labels[is_query], labels[~is_query]
+    order = np.argsort(((q[:, None, :].astype(np.float64) - g[None, :, :]) ** 2).sum(-1), axis=1, kind="stable")
+    retrieved = gl[order]
+    calc = pml.AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r"), k="max_bin_count",
+                                 knn_func=CustomKNN(LpDistance(normalize_embeddings=False)))
+    ref = calc.get_accuracy(torch.from_numpy(q), torch.from_numpy(ql), torch.from_numpy(g), torch.from_numpy(gl),
+                            ref_includes_query=False)
+    assert precision_at_1(ql, retrieved) == pytest.approx(ref["precision_at_1"], abs=1e-6)
+    assert map_at_r(ql, retrieved, gl) == pytest.approx(ref["mean_average_precision_at_r"], abs=1e-6)
