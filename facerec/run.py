@@ -75,9 +75,10 @@ def plan_run(work: str | Path = "out/run", data: str | None = None, preset: str 
     crops, run, gallery_dir, results = work / "crops", work / f"sweep-{preset}", work / "gallery", work / "results"
     train = _fields(TrainConfig, train, "train")
     sweep_overrides = _fields(SweepConfig, sweep, "sweep")
-    for name in ("train", "out_dir"):
-        if name in sweep_overrides:
-            raise ConfigError("sweep settings", [name], "SweepConfig fields other than train and out_dir (set by facerec run)")
+    for stage, given, owned in (("train", train, "data_dir"), ("sweep", sweep_overrides, "train"),
+                                ("sweep", sweep_overrides, "out_dir")):
+        if owned in given:
+            raise ConfigError(f"{stage} settings", [owned], f"fields other than {owned} (facerec run sets it from --work)")
     with data_prepared_later():
         sweep = build_sweep(preset, str(crops), str(run), train, **sweep_overrides)
     kind = sweep_input_kind(sweep.backbones)

@@ -13,6 +13,8 @@ BAD = [
     ("preprocess", {"preprocess": {"margin": 5.0}}, r"margin=5\.0 is invalid: expected a fraction in \[0, 2\]"),
     ("train", {"train": {"epochs": 0}}, r"epochs=0 is invalid"),
     ("train field", {"train": {"epoch": 3}}, r"train settings=\['epoch'\] is invalid: expected fields of TrainConfig"),
+    ("train data_dir", {"train": {"data_dir": "/elsewhere"}},
+     r"train settings=\['data_dir'\] is invalid: expected fields other than data_dir"),
     ("gallery", {"gallery": {"kinds": ["kdtree", "nosuch"]}}, r"index kind='nosuch' is invalid"),
     ("evaluate", {"tables": {"ks": [10, 0]}}, r"ks=\[10, 0\] is invalid: expected a non-empty list of integers >= 1"),
     ("input kind", {"preprocess": {"input_kind": "haar_crop"}},
