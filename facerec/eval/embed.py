@@ -1,9 +1,9 @@
 """Embedding face crops at scale: a Ray Data ``map_batches`` pipeline over an actor pool.
 
 Each actor loads the model once (from a checkpoint folder, or from a state dict shipped
-through the object store for an in-memory model), applies the deterministic
-``test_transform(image_size)`` and runs the forward pass batch by batch -- the "offline batch
-inference" pattern of Ray Data (Moritz et al. 2018, "Ray: A Distributed Framework for
+through the object store for an in-memory model), makes the input kind's deterministic inputs
+and runs the forward pass batch by batch through :mod:`facerec.models.inference` (the loop
+training and serving run too) -- the "offline batch inference" pattern of Ray Data (Moritz et al. 2018, "Ray: A Distributed Framework for
 Emerging AI Applications", OSDI; Ray Data docs, "End-to-end: Offline Batch Inference").
 
 * CPU: one fused decode + embed stage; each actor owns ``threads`` CPUs and sets
