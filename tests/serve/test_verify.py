@@ -241,6 +241,8 @@ def test_page_marks_the_hits_that_are_the_same_person(cal_page, cal_app):
     assert grid[0]["marked"] and grid[0]["verdict"] == "same person"
     assert all(g["verdict"] == "" for g, h in zip(grid, hits) if not h["same_person"])
     assert cal_page.is_hidden("#no-match")
+    card = cal_page.inner_text("#model-card")
+    assert f"Same person iff distance ≤ {cal_app['thresholds'][0.001]:.3f} (false accept rate 0.001; TAR 0.900" in card
     n_same = sum(h["same_person"] for h in hits)
     assert f"{n_same} of them the same person" in cal_page.inner_text("#status")
 
@@ -264,3 +266,4 @@ def test_page_says_no_match_instead_of_nine_strangers(cal_page, cal_app):
     cal_page.wait_for_function("document.querySelectorAll('#results .result').length === 9", timeout=30_000)
     same = cal_page.evaluate("[...document.querySelectorAll('#results .result')].map(li => li.dataset.samePerson)")
     assert same == ["null"] * 9 and cal_page.is_hidden("#no-match")
+    assert "Not calibrated" in cal_page.inner_text("#model-card")

@@ -40,7 +40,13 @@
     if (!m || !el) return;
     const lfw = m.lfw_accuracy_pct == null ? "LFW accuracy not measured yet"
       : `LFW accuracy ${m.lfw_accuracy_pct.toFixed(2)} %` + (m.lfw_measured_on ? ` (${m.lfw_measured_on})` : "");
-    el.textContent = `Weights: ${m.weights || "?"}. Training data: ${m.training_data || "?"}. ${lfw}.` +
+    // Its same-person rule (facerec calibrate), or that it has none.
+    const cal = m.calibration;
+    const point = cal && cal.operating_points.find((p) => p.resolvable && p.far === cal.default_far);
+    const verify = !point ? " Not calibrated: results are the nearest faces, not a same-person decision."
+      : ` Same person iff distance ≤ ${point.threshold.toFixed(3)} (false accept rate ${point.far}; ` +
+        `TAR ${point.tar_mean.toFixed(3)} on held-out people of ${cal.data.name}).`;
+    el.textContent = `Weights: ${m.weights || "?"}. Training data: ${m.training_data || "?"}. ${lfw}.` + verify +
       (m.untrained ? " Warning: this model was never trained on faces." : "");
     el.classList.toggle("error", !!m.untrained);
   }
