@@ -294,7 +294,12 @@ def test_full_size_identity_and_attribute_files(tmp_path):
 def test_real_celeba_sample(celeba_sample):
     root = celeba_sample
     df = load_celeba(root)
-    assert len(df) == 5101 and df["identity"].nunique() == 239
+    # the sample's size (README: 5,101 photos), and every row as the text files spell it, split here
+    idents = [line.split() for line in (root / "identity_CelebA.txt").read_text().splitlines() if line.strip()]
+    assert len(df) == len(idents) == 5101 and df["identity"].nunique() == len({i for _, i in idents}) == 239
+    assert list(df["image_id"]) == [n for n, _ in idents] and list(df["identity"]) == [int(i) for _, i in idents]
+    parts = dict(line.split() for line in (root / "list_eval_partition.txt").read_text().splitlines() if line.strip())
+    assert list(df["partition"]) == [int(parts.get(n, -1)) for n, _ in idents]
     assert df.attrs["found"]["attributes"] and df.attrs["found"]["partition"]
     assert set(np.unique(df[list(ATTRIBUTE_NAMES)].to_numpy())) == {-1, 1}
     assert set(df["partition"]) <= {0, 1, 2}
