@@ -194,3 +194,56 @@ def test_display_names_and_identity_pages(small_gallery):
     delete_from_gallery(g, identity=102)
     assert "102" not in read_manifest(g)["names"]
     assert files_containing(g, b"Grace Hopper") == []
+
+
+def test_upgrade_from_format_1_keeps_neighbours(tmp_path):
+    """A format-1 gallery written as the previous version did (table, full-copy version folders,
+    enumerable ids): upgraded in place, it answers with the same rows and distances, its ids are
+    random, its old folders are gone, and format-1 galleries are refused with the upgrade hint."""
+    import json
+
+    import pandas as pd
+
+    from facerec.data.schema import ATTRIBUTE_NAMES
+    from facerec.errors import ArtifactMismatchError
+    from facerec.gallery.upgrade import upgrade_gallery
+    from facerec.index import build_index
+    from facerec.io import atomic_write_parquet
+
+    g = tmp_path / "g1"
+    rng = np.random.default_rng(4)
+    n = 30
+    emb = unit(rng, n, 12)
+    (g / "crops").mkdir(parents=True)
+    table = pd.DataFrame({"row_id": np.arange(n), "image_id": [f"{i:06d}.jpg" for i in range(n)],
+                          "identity": np.arange(n) // 3, "crop_path": [f"crops/{i:06d}.jpg.png" for i in range(n)],
+                          "source": ["dataset"] * (n - 1) + ["upload"]})
+    for c in ("box_x", "box_y", "box_w", "box_h"):
+        table[c] = np.int32(1)
+    for a in ATTRIBUTE_NAMES:
+        table[a] = np.int8(1)
+    for i, rel in enumerate(table["crop_path"]):
+        (g / rel).write_bytes(png(i))
+    for v in (1, 2):  # two full copies, as adds left them
+        folder = g / "indexes" / "m" / f"v{v:06d}"
+        build_index("kdtree", emb, np.arange(n)).save(folder / "index", {"model_id": "mid"})
+        np.save(folder / "embeddings.npy", emb)
+    atomic_write_parquet(g / "gallery.parquet", table)
+    (g / "gallery.json").write_text(json.dumps({
+        "format": "facerec-gallery/1", "version": 2, "rows": n, "crop_size": 150, "margin": 0.2,
+        "models": {"m": {"model_id": "mid", "embedding_dim": 12, "index_kind": "kdtree", "index_params": {},
+                         "path": "indexes/m/v000002"}}}))
+    with pytest.raises(ArtifactMismatchError, match="python -m facerec.gallery upgrade"):
+        read_manifest(g)
+    q = unit(rng, 4, 12)
+    want = _brute(emb, np.arange(n), q, 5)
+    m = upgrade_gallery(g)
+    assert m["format"] == "facerec-gallery/2" and m["rows"] == n
+    assert not (g / "indexes").exists() and not (g / "gallery.parquet").exists()
+    snap = GallerySnapshot.load(g)
+    assert _ids(snap.search("m", q, 5)) == want
+    t = snap.table()
+    assert t["source_id"].tolist() == table["image_id"].tolist() and t["source"].iloc[-1] == "upload"
+    assert not set(t["image_id"]) & set(table["image_id"])
+    assert snap.crop_file(t["image_id"].iloc[7]).read_bytes() == png(7)
+    assert len(list((g / "crops").iterdir())) == n
