@@ -38,6 +38,7 @@ def _serve_config(args: argparse.Namespace, gallery: str, checkpoints: dict[str,
                 for n, c in checkpoints.items()],
         index_kind=args.serve_index_kind,
         gallery_token=args.token,
+        read_token=args.read_token,
         allow_untrained=args.allow_untrained,
     )
 
@@ -63,9 +64,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="serve another index kind, rebuilt in memory from the stored embeddings")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--read-token", default=os.environ.get("FACEREC_READ_TOKEN") or None,
+                   help="bearer token required for search, face images and identity listings (default: "
+                        "$FACEREC_READ_TOKEN; unset or empty = open to anyone who reaches the server)")
     p.add_argument("--token", default=os.environ.get("FACEREC_GALLERY_TOKEN") or None,
-                   help="bearer token for POST /v1/gallery (default: $FACEREC_GALLERY_TOKEN; unset or empty = writes "
-                        "disabled)")
+                   help="bearer token for gallery writes: POST /v1/gallery, DELETE/PUT under /v1/gallery/ (default: "
+                        "$FACEREC_GALLERY_TOKEN; unset or empty = writes disabled)")
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--batch-wait-ms", type=float, default=0.0)
     p.add_argument("--replicas", type=int, default=1, help="Embedder replicas per model")
@@ -79,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="start, answer one search from a gallery crop, stop (for CI)")
     args = p.parse_args(argv)
     args.token = args.token or None  # --token "" like an empty $FACEREC_GALLERY_TOKEN: writes disabled
+    args.read_token = args.read_token or None  # likewise: an empty read token leaves reads open
     if args.data is not None:
         check_source(args.data)
     if args.crops is not None:
@@ -167,7 +172,8 @@ def _serve(args: argparse.Namespace, workdir: Path, checkpoints: dict[str, str])
 
         table = read_table(gallery)
         data = (gallery / table["crop_path"].iloc[0]).read_bytes()
-        req = urllib.request.Request(url + "v1/search?k=3", data=data, headers={"Content-Type": "image/jpeg"})
+        req = urllib.request.Request(url + "v1/search?k=3", data=data, headers={"Content-Type": "image/jpeg",
+                         **({"Authorization": f"Bearer {args.read_token}"} if args.read_token else {})})
         try:
             with urllib.request.urlopen(req, timeout=120) as r:
                 body = json.loads(r.read())
