@@ -65,6 +65,7 @@ class RetrieverCore:
                                         self.index_kind, self.index_params, previous=previous)
             if manifest_fingerprint(self.gallery_dir) == snap.fingerprint:
                 return snap
+            previous = snap  # its segments are reused: only what changed meanwhile is read again
         return snap
 
     def reload(self, force: bool = False) -> dict[str, Any]:
