@@ -4,6 +4,8 @@ without a face shows the error; the camera path (getUserMedia, fed a face video)
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 
 import httpx
@@ -51,9 +53,14 @@ def browser(photos, tmp_path_factory):
             b.close()
 
 
+# Playwright's wait_for_function evaluates its predicate with eval(), which the page's
+# Content-Security-Policy forbids; test_page_works_under_its_csp runs the page under the real policy.
+NO_CSP = {"bypass_csp": True}
+
+
 @pytest.fixture
 def page(browser, live_app):
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, **NO_CSP)
     pg = ctx.new_page()
     pg.goto(live_app["url"] + "/")
     pg.wait_for_function("document.querySelectorAll('#model option').length === 2", timeout=60_000)
@@ -119,3 +126,134 @@ def test_camera_capture(page, photos):
     assert 124 <= box["x"] and box["x"] + box["w"] <= 516 and box["w"] >= 80
     assert page.evaluate("document.getElementById('preview').width") == 640
     assert page.evaluate("document.getElementById('video').hidden") is True
+
+
+# --------------------------------------------------------------------------------------------
+# Hardening (issue 13): at a desktop width and at a phone's 390 px
+# --------------------------------------------------------------------------------------------
+
+WIDTHS = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
+
+
+@pytest.fixture(params=list(WIDTHS))
+def sized_page(request, browser, live_app):
+    ctx = browser.new_context(viewport=WIDTHS[request.param], **NO_CSP)
+    pg = ctx.new_page()
+    pg.goto(live_app["url"] + "/")
+    pg.wait_for_function("document.querySelectorAll('#model option').length === 2", timeout=60_000)
+    yield pg
+    ctx.close()
+
+
+def _upload(page, data: bytes, name: str = "query.jpg", mime: str = "image/jpeg"):
+    page.set_input_files("#file", files=[{"name": name, "mimeType": mime, "buffer": data}])
+
+
+def _wait_error(page) -> str:
+    page.wait_for_function("document.getElementById('status').classList.contains('error')", timeout=120_000)
+    return page.inner_text("#status")
+
+
+def test_failed_upload_clears_the_previous_photo(sized_page, photos, bad_images):
+    page = sized_page
+    _upload(page, photos[0][1])
+    _read_grid(page)
+    assert page.evaluate("document.getElementById('preview').width") > 0
+    _upload(page, bad_images["not_an_image"][0], "notes.jpg")
+    text = _wait_error(page)
+    assert text.startswith("Error 400: ") and 'it starts with the text "hello, t"' in text, text
+    assert "b'" not in text and "Traceback" not in text
+    # no earlier photo, no earlier results beside the new error
+    assert page.evaluate("document.getElementById('preview').width") == 0
+    assert page.evaluate("document.getElementById('preview').getBoundingClientRect().height") == 0
+    assert page.evaluate("document.querySelectorAll('#results .result').length") == 0
+
+
+def test_errors_are_texts_for_people(sized_page, bad_images):
+    page = sized_page
+    _upload(page, bad_images["decompression_bomb"][0], "bomb.png", "image/png")
+    text = _wait_error(page)
+    assert re.fullmatch(r"Error 413: \w+: (10000x10000 = )?100,000,000 pixels exceeds the limit of 40,000,000 pixels; "
+                        r"send a smaller image", text), text
+    assert "DOS" not in text and "decompression bomb" not in text
+
+
+def test_grid_fits_the_screen(sized_page, photos):
+    page = sized_page
+    _upload(page, photos[0][1])
+    grid = _read_grid(page)
+    width = page.viewport_size["width"]
+    assert page.evaluate("document.documentElement.scrollWidth") <= width  # no horizontal scrolling
+    rights = page.evaluate("[...document.querySelectorAll('#results .result')].map(li => li.getBoundingClientRect().right)")
+    assert max(rights) <= width
+    assert len({round(g["left"]) for g in grid}) == 3 and len({round(g["top"]) for g in grid}) == 3  # still 3 x 3
+    assert page.evaluate("document.getElementById('preview').getBoundingClientRect().right") <= width
+
+
+def test_changing_the_model_searches_again(sized_page, live_app, photos):
+    page = sized_page
+    data = photos[2][1]
+    _upload(page, data)
+    first = _read_grid(page)
+    assert "with mnv3" in page.inner_text("#status")
+    with page.expect_response(lambda r: r.url.endswith("/v1/search")) as resp:
+        page.select_option("#model", "r18")
+    assert resp.value.status == 200
+    page.wait_for_function("document.getElementById('status').innerText.includes('with r18')", timeout=120_000)
+    grid = _read_grid(page)
+    api = httpx.post(live_app["url"] + "/v1/search", files={"image": ("q.jpg", data, "image/jpeg")},
+                     data={"k": "9", "model": "r18"}, timeout=120).json()
+    assert [g["image_id"] for g in grid] == [h["image_id"] for h in api["faces"][0]["results"]]
+    np.testing.assert_allclose([g["distance"] for g in grid], [h["distance"] for h in api["faces"][0]["results"]], rtol=1e-6)
+    assert [g["distance"] for g in grid] != [g["distance"] for g in first]  # another model, other distances
+
+
+def test_docs_work_with_the_network_blocked(browser, live_app):
+    ctx = browser.new_context(viewport=WIDTHS["desktop"])
+    outside: list[str] = []
+
+    def only_the_server(route):
+        if route.request.url.startswith(live_app["url"]):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    ctx.route("**/*", only_the_server)
+    try:
+        page = ctx.new_page()
+        page.goto(live_app["url"] + "/docs")
+        page.wait_for_load_state("networkidle")
+        spec = httpx.get(live_app["url"] + "/openapi.json", timeout=60).json()
+        text = page.inner_text("body")
+        for path, item in spec["paths"].items():
+            for method in item:
+                assert page.locator(f"section.op:has-text('{method.upper()}'):has-text('{path}')").count() >= 1, (method, path)
+        assert "POST /v1/search" in text.replace("\n", " ") or "POST\n/v1/search" in text or "/v1/search" in text
+        # the stylesheet arrived (styled), and nothing was asked of any other host
+        assert page.evaluate("getComputedStyle(document.querySelector('.op')).borderTopStyle") == "solid"
+        assert outside == []
+    finally:
+        ctx.close()
+
+
+def test_page_works_under_its_csp(browser, live_app, photos):
+    """The served Content-Security-Policy (scripts, styles, images only from the server, blob:
+    previews) lets the page do its whole job, and the browser reports no violation."""
+    ctx = browser.new_context(viewport=WIDTHS["desktop"])
+    violations: list[str] = []
+    try:
+        page = ctx.new_page()
+        page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+        response = page.goto(live_app["url"] + "/")
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+        _upload(page, photos[0][1])
+        deadline = time.time() + 120
+        while time.time() < deadline and page.evaluate(
+                "[...document.querySelectorAll('#results img')].filter(i => i.complete && i.naturalWidth > 0).length") < 9:
+            time.sleep(0.2)
+        assert page.evaluate("document.querySelectorAll('#results .result').length") == 9
+        assert page.evaluate("document.getElementById('preview').width") > 0  # the blob: preview was drawn
+        assert violations == []
+    finally:
+        ctx.close()

@@ -154,7 +154,9 @@
     const img = new Image();
     await new Promise((ok, bad) => { img.onload = ok; img.onerror = () => bad(new Error("not an image")); img.src = url; })
       .catch(() => null);
-    state.image = img.naturalWidth ? img : null;
+    // Drawn only when it is a sane size: the server refuses more than 40 MP anyway, and a
+    // decompression bomb must not take the browser down with it.
+    state.image = img.naturalWidth && img.naturalWidth * img.naturalHeight <= 40e6 ? img : null;
     drawPreview();
     setStatus("Searching…");
     const form = new FormData();
