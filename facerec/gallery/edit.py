@@ -228,6 +228,33 @@ def check_display_name(name: Any) -> str | None:
     return name.strip()
 
 
+def check_add_embeddings(manifest: dict[str, Any], embeddings: dict[str, np.ndarray], n: int,
+                         expected_model_ids: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """The embeddings of ``n`` new images as float32 arrays, checked against the gallery: one
+    (n, d) array per model of the gallery, finite, from the model that built its index."""
+    missing = sorted(set(manifest["models"]) - set(embeddings))
+    if missing:
+        raise ConfigError(
+            "embeddings", sorted(embeddings),
+            f"embeddings for every gallery model, also {missing}: new images must enter every index, so serve "
+            f"all of the gallery's models {sorted(manifest['models'])} (or rebuild the gallery for the served ones)",
+        )
+    arrays = {}
+    for name, entry in manifest["models"].items():
+        emb = np.asarray(embeddings[name], dtype=np.float32)
+        if emb.shape != (n, int(entry["embedding_dim"])):
+            raise ArtifactMismatchError(
+                f"embeddings for {name!r} have shape {emb.shape}, expected ({n}, {entry['embedding_dim']})"
+            )
+        if not np.isfinite(emb).all():
+            raise ArtifactMismatchError(f"embeddings for {name!r} hold NaN/inf; nothing was added")
+        want = (expected_model_ids or {}).get(name)
+        if want is not None and want != entry["model_id"]:
+            raise ArtifactMismatchError(f"embeddings of model_id {want} cannot go into the {name!r} index of {entry['model_id']}")
+        arrays[name] = emb
+    return arrays
+
+
 def add_to_gallery(
     gallery_dir: str | os.PathLike,
     embeddings: dict[str, np.ndarray],
@@ -258,26 +285,7 @@ def add_to_gallery(
     with write_lock(gallery_dir):
         manifest = read_manifest(gallery_dir)
         recover(gallery_dir, manifest)
-        missing = sorted(set(manifest["models"]) - set(embeddings))
-        if missing:
-            raise ConfigError(
-                "embeddings", sorted(embeddings),
-                f"embeddings for every gallery model, also {missing}: new images must enter every index, so serve "
-                f"all of the gallery's models {sorted(manifest['models'])} (or rebuild the gallery for the served ones)",
-            )
-        arrays = {}
-        for name, entry in manifest["models"].items():
-            emb = np.asarray(embeddings[name], dtype=np.float32)
-            if emb.shape != (n, int(entry["embedding_dim"])):
-                raise ArtifactMismatchError(
-                    f"embeddings for {name!r} have shape {emb.shape}, expected ({n}, {entry['embedding_dim']})"
-                )
-            if not np.isfinite(emb).all():
-                raise ArtifactMismatchError(f"embeddings for {name!r} hold NaN/inf; nothing was added")
-            want = (expected_model_ids or {}).get(name)
-            if want is not None and want != entry["model_id"]:
-                raise ArtifactMismatchError(f"embeddings of model_id {want} cannot go into the {name!r} index of {entry['model_id']}")
-            arrays[name] = emb
+        arrays = check_add_embeddings(manifest, embeddings, n, expected_model_ids)
         version = int(manifest["version"]) + 1
         start = int(manifest["next_row_id"])
         row_ids = np.arange(start, start + n, dtype=np.int64)

@@ -34,6 +34,7 @@ from facerec.gallery import (
     set_display_name,
     write_lock,
 )
+from facerec.gallery.edit import check_add_embeddings
 
 logger = logging.getLogger("ray.serve")
 
@@ -135,6 +136,8 @@ class RetrieverCore:
         with self._lock:
             self.snapshot = self._load(self.snapshot)  # another replica's adds count as "already there"
             snap = self.snapshot
+            # a request this gallery cannot take is refused before duplicates are looked for
+            check_add_embeddings(snap.manifest, embeddings, len(crops_png), self.expected_model_ids)
             duplicate_of: list[str | None] = []
             seen: dict[tuple[int, str], str | None] = {}
             for identity, crop in zip(identities, crops_png):
