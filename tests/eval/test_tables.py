@@ -111,6 +111,29 @@ def test_figures_match_an_independent_computation(result, tiny_crops, tiny_check
     assert 0 < s["gallery_embed_s"] < s["embed_wall_s"]
 
 
+@pytest.mark.slow
+def test_evaluate_command_gives_the_library_figures(result, tiny_crops, tiny_checkpoint, tmp_path, capsys):
+    """``facerec evaluate`` (what ``pipelines/evaluate.py`` runs) on the same crops and checkpoint:
+    exit 0, the results it prints are the results.md it wrote, and its Table 3.2 figures are
+    those of the library call above (checked independently in the previous test)."""
+    from facerec.cli import main
+
+    out = tmp_path / "cli"
+    code = main(["evaluate", "--crops", str(tiny_crops), "--checkpoint", str(tiny_checkpoint), "--out", str(out),
+                 "--ks", ",".join(map(str, KS)), "--no-before", "--batch-size", "16", "--num-actors", "1"])
+    assert code == 0
+    assert capsys.readouterr().out.strip().endswith((out / "results.md").read_text().strip())
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["stage"]) == ["after"]  # --no-before: Table 3.2 only
+    want = result[0]["summary"].set_index("stage").loc["after"]
+    assert summary.loc[0, "precision_at_1"] == pytest.approx(want["precision_at_1"])
+    assert summary.loc[0, "map_at_r"] == pytest.approx(want["map_at_r"])
+    long = pd.read_csv(out / "tables.csv")
+    ref = result[0]["long"]
+    ref = ref[ref["stage"] == "after"]
+    np.testing.assert_allclose(long["attribute_accuracy_pct"], ref["attribute_accuracy_pct"].astype(float))
+
+
 def test_best_checkpoint_per_backbone(tiny_checkpoint, tmp_path):
     run = tmp_path / "run"
     for trial, score in (("a", 0.3), ("b", 0.6), ("c", 0.9)):
