@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 #: Headers on every response. ``frame-ancestors 'none'`` is the CSP form of ``X-Frame-Options:
@@ -201,6 +202,8 @@ class SecurityHeaders:
 
         try:
             await self.app(scope, receive, with_headers)
+        except ClientDisconnect:
+            return  # the client went away mid-request: nobody to answer, nothing went wrong here
         except Exception as exc:
             logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if started:
