@@ -86,10 +86,8 @@ def check_crops_source(crops_dir: str | os.PathLike, model: str | os.PathLike) -
 
     table = Path(crops_dir) / CROPS_TABLE
     if isinstance(model, str) and model in PRETRAINED:
-        from facerec.models.backbones import BACKBONES
-
-        spec = BACKBONES.get(PRETRAINED.get(model).backbone)
-        meta = {"input_kind": spec.input_kind, "image_size": spec.default_image_size}
+        entry = PRETRAINED.get(model)
+        meta = {"input_kind": entry.input_kind, "image_size": entry.image_size}
     else:
         meta = read_checkpoint_metadata(model)
     try:

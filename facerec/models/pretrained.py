@@ -22,6 +22,10 @@ class PretrainedModel:
     backbone: str
     source_sha256: Callable[[], str]  # hash of the file the weights come from (names the cache folder)
     card: dict[str, Any]              # weights, training data, licence: shown by /v1/models and the page
+    # The input it takes (as its backbone's spec says), known without importing torch: entry points
+    # check a crops folder against it before anything heavy runs.
+    input_kind: str = "haar_crop"
+    image_size: int = 218
 
 
 PRETRAINED: Registry[PretrainedModel] = Registry("pretrained model")
@@ -37,6 +41,8 @@ def _dlib_sha() -> str:
 PRETRAINED.register("dlib_resnet")(PretrainedModel(
     name="dlib_resnet",
     backbone="dlib_resnet",
+    input_kind="aligned_chip_5pt",
+    image_size=150,
     source_sha256=_dlib_sha,
     card={
         "weights": "dlib face recognition ResNet v1 (dlib_face_recognition_resnet_model_v1.dat, "

@@ -123,3 +123,13 @@ def test_last_policy_trains_only_the_final_layer():
     r18 = build_embedder("resnet18", 16, freeze="last", pretrained=False)
     trainable = {n.split(".")[0] for n, p in r18.backbone.named_parameters() if p.requires_grad}
     assert trainable == {"layer4"}
+
+
+def test_pretrained_input_matches_its_backbone():
+    """The torch-free input kind and size of each registered pretrained model are its backbone's."""
+    from facerec.models.backbones import BACKBONES
+    from facerec.models.pretrained import PRETRAINED
+
+    for name in PRETRAINED.names():
+        entry, spec = PRETRAINED.get(name), BACKBONES.get(PRETRAINED.get(name).backbone)
+        assert (entry.input_kind, entry.image_size) == (spec.input_kind, spec.default_image_size)
