@@ -98,14 +98,11 @@ def check_crops_source(crops_dir: str | os.PathLike, model: str | os.PathLike) -
     check_inputs_match(meta, crops_meta, f"--crops {crops_dir}", str(model))
 
 
-def _folded(genuine: np.ndarray, g_fold: np.ndarray, impostor: np.ndarray, i_fold: np.ndarray) -> FoldedDistances:
-    return FoldedDistances(genuine, g_fold, impostor, i_fold)
-
-
 def lfw_distances(lfw_root: str | os.PathLike, model: str | os.PathLike, config: CalibrateConfig,
                   pairs_path: str | os.PathLike | None = None, crop_dir: str | os.PathLike | None = None
                   ) -> tuple[FoldedDistances, dict[str, Any]]:
     """LFW genuine/impostor distances by fold and the provenance of the data (see module docstring)."""
+    from facerec.data.inputs import kind_of
     from facerec.eval.lfw import LFWCropConfig, lfw_embeddings, read_lfw_pairs
     from facerec.eval.verification import kfold_verification_accuracy
     from facerec.io import sha256_file
@@ -114,8 +111,6 @@ def lfw_distances(lfw_root: str | os.PathLike, model: str | os.PathLike, config:
     pairs_file = Path(pairs_path) if pairs_path else root / "pairs.txt"
     pairs = read_lfw_pairs(root, pairs_file)
     folder, meta = _model_meta(model)
-    from facerec.data.inputs import kind_of
-
     kind = kind_of(meta)
     crop_cfg = LFWCropConfig(input_kind=kind.name, crop_size=int(meta.get("image_size")) if kind.fixed_size else None)
     crops, emb, stats = lfw_embeddings(root, folder, pairs, crop_dir, crop_cfg, config.batch_size, config.num_actors,
@@ -155,7 +150,7 @@ def lfw_distances(lfw_root: str | os.PathLike, model: str | os.PathLike, config:
     }
     accuracy = {"mean": acc_mean, "std": acc_std, "protocol": "LFW View 2 on the file's pairs: threshold maximising "
                 "accuracy on the other folds"}
-    return _folded(genuine, matched["fold"].to_numpy(), impostor, imp_fold), {"data": data, "accuracy": accuracy,
+    return FoldedDistances(genuine, matched["fold"].to_numpy(), impostor, imp_fold), {"data": data, "accuracy": accuracy,
                                                                               "embed": stats, "checkpoint": folder,
                                                                               "meta": meta}
 
@@ -207,7 +202,7 @@ def crops_distances(crops_dir: str | os.PathLike, model: str | os.PathLike, conf
     }
     accuracy = {"mean": acc_mean, "std": acc_std, "protocol": "each fold's genuine pairs and as many impostor pairs; "
                 "threshold maximising accuracy on the other folds"}
-    return _folded(genuine, g_fold, impostor, i_fold), {"data": data, "accuracy": accuracy, "embed": stats,
+    return FoldedDistances(genuine, g_fold, impostor, i_fold), {"data": data, "accuracy": accuracy, "embed": stats,
                                                         "checkpoint": folder, "meta": meta}
 
 
@@ -382,6 +377,9 @@ def calibrate(model: str | os.PathLike, source: str, path: str | os.PathLike, co
         files["json"] = str(Path(out_dir) / "calibration.json")
     pts = ", ".join(f"TAR@FAR{p['far']:g} {p['tar_mean']:.4f}+-{p['tar_std']:.4f} (t={p['threshold']:.4f})"
                     if p["resolvable"] else f"FAR{p['far']:g} {p['note']}" for p in cal["operating_points"])
+    if not cal["data"].get("folds_identity_disjoint", True):
+        print(f"calibrate: warning: people in several folds ({', '.join(cal['data']['people_in_several_folds'])}, ...): "
+              f"held-out figures are optimistic", flush=True)
     print(f"calibrate: {cal['backbone']} on {cal['data']['name']} ({source}): {cal['pairs']['genuine']:,} genuine / "
           f"{cal['pairs']['impostor']:,} impostor pairs in {len(dist.folds)} folds; {pts}; EER {cal['eer']['mean']:.4f}"
           f"+-{cal['eer']['std']:.4f}; accuracy {100 * cal['accuracy']['mean']:.2f}+-{100 * cal['accuracy']['std']:.2f} % "
