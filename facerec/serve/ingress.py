@@ -6,8 +6,13 @@ Routes (schema at ``/docs``, ``/openapi.json``):
 - ``POST /v1/search``   photo -> faces -> top-k gallery matches per face (each flagged ``same_person``
   at the model's calibrated threshold, :mod:`facerec.serve.verification`)
 - ``POST /v1/verify``   two photos -> same person or not, at a calibrated false accept rate
-- ``GET  /v1/images/{image_id}``  a gallery crop (looked up in the gallery table by id)
-- ``POST /v1/gallery``  add photos of an identity (bearer token)
+- ``GET  /v1/images/{image_id}``  a gallery crop (looked up in the gallery by its random id; ``no-store``)
+- ``POST /v1/gallery``  add photos of an identity, optionally with its display name (bearer token)
+- ``DELETE /v1/gallery/images/{image_id}``, ``DELETE /v1/gallery/identities/{identity}``  forget
+  them: rows, crops, embeddings and index entries of every model, in one new version (bearer token)
+- ``GET  /v1/gallery/identities`` (paged), ``PUT /v1/gallery/identities/{identity}`` (display name)
+
+With a read token configured (``read_token``), search, images and listings need it too.
 - ``GET  /v1/models``, ``GET /healthz``
 - ``GET  /``            the web page (``static/``)
 
@@ -78,6 +83,7 @@ class Hit(BaseModel):
     image_id: str
     row_id: int
     identity: int
+    display_name: str | None = Field(None, description="The identity's display name, when one was set")
     distance: float = Field(description="Euclidean distance between the query's and this face's embeddings "
                                         "(unit-norm embeddings: in [0, 2]; dlib_resnet's raw descriptors: not bounded)")
     attributes: dict[str, int] = Field(description="The 40 CelebA attributes, -1/1 (0 = unknown)")
@@ -131,6 +137,41 @@ class GalleryJSON(BaseModel):
     identity: int = Field(ge=0, le=IDENTITY_MAX, strict=True,
                           description=f"Identity label of the person in the photos, 0-{IDENTITY_MAX}")
     images_base64: list[str] = Field(min_length=1, description="One or more photos of that person, base64")
+    display_name: str | None = Field(None, min_length=1, max_length=100,
+                                      description="A display name for the identity (kept in the gallery)")
+
+
+class DeleteResponse(BaseModel):
+    deleted: int = Field(description="Gallery rows deleted (their crops, embeddings and index entries are gone)")
+    image_ids: list[str]
+    row_ids: list[int]
+    identities: list[int]
+    gallery_version: int = Field(description="The version in which they are gone, for every served model")
+    rows: int
+
+
+class IdentityItem(BaseModel):
+    identity: int
+    images: int = Field(description="Live gallery images of this identity")
+    display_name: str | None = None
+
+
+class IdentitiesResponse(BaseModel):
+    identities: list[IdentityItem]
+    total: int = Field(description="Identities in the gallery")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page")
+    gallery_version: int
+
+
+class DisplayNameJSON(BaseModel):
+    display_name: str | None = Field(min_length=1, max_length=100, description="The name to show; null removes it")
+
+
+class DisplayNameResponse(BaseModel):
+    identity: int
+    display_name: str | None
+    images: int
+    gallery_version: int
 
 
 class GalleryAddResponse(BaseModel):
@@ -345,6 +386,10 @@ class Ingress:
         self.timeout = float(config["request_timeout_s"])
         token = config.get("gallery_token") or os.environ.get(config["gallery_token_env"]) or None
         self._token = token.encode() if token else None
+        # Read access (search, images, identities): open unless a read token is configured; the
+        # gallery token reads too. An empty variable is unset, like the gallery token's.
+        read = config.get("read_token") or os.environ.get(config.get("read_token_env") or "FACEREC_READ_TOKEN") or None
+        self._read_token = read.encode() if read else None
         self._model_info: dict[str, dict[str, Any]] = {}
         # Bodies are bounded before they are read (UploadGate): a search carries one photo (base64
         # in JSON is 4/3 of it), an add up to max_add_images; other routes at most two photos.
@@ -353,7 +398,7 @@ class Ingress:
             total=int(config["max_inflight_upload_bytes"]),
             limits={"/v1/search": search_limit, "/v1/gallery": self.max_upload * self.max_add * 4 // 3 + _FORM_OVERHEAD},
             default_limit=2 * search_limit,
-            before_body={"/v1/gallery": self._authorize_headers},
+            before_body={"/v1/gallery": self._authorize_headers, "/v1/search": self._authorize_read_headers},
         )
 
     async def _call(self, response, what: str):
@@ -443,6 +488,7 @@ class Ingress:
         form_model: str | None = Form(None, alias="model", description="Served model name"),
         form_faces: Literal["largest", "all"] | None = Form(None, alias="faces", description="largest face only, or every face"),
     ) -> SearchResponse:
+        self._authorize_read(request)
         t0 = time.perf_counter()
         # form fields win over the query string
         fields = {"k": form_k if form_k is not None else k, "model": form_model or model, "faces": form_faces or faces}
@@ -555,7 +601,8 @@ class Ingress:
         response_class=Response,
         summary="The face crop of a gallery image (by its image_id from a search result)",
     )
-    async def image(self, image_id: str) -> Response:
+    async def image(self, request: Request, image_id: str) -> Response:
+        self._authorize_read(request)
         if not _IMAGE_ID.match(image_id) or ".." in image_id:
             raise APIError(400, "bad_image_id", f"{image_id!r} is not a gallery image id (letters, digits, '_', '-', '.')")
         data = await self._call(self.retriever.crop_bytes.remote(image_id), "retriever")
@@ -563,7 +610,8 @@ class Ingress:
             raise APIError(404, "not_found", f"no gallery image with id {image_id!r}")
         # Stored inputs are PNG (galleries built before input kinds hold JPEG): sniff the bytes.
         media = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
-        return Response(content=data, media_type=media, headers={"Cache-Control": "public, max-age=3600"})
+        # A face is biometric data: no shared cache (proxy, CDN) keeps it, nor the browser's disk.
+        return Response(content=data, media_type=media, headers={"Cache-Control": "private, no-store"})
 
     def _authorize_headers(self, headers: Headers) -> None:
         """The bearer token of a gallery write, checked by the UploadGate before the body is read
@@ -585,6 +633,26 @@ class Ingress:
         except GateRefusal as r:
             raise APIError(r.status, r.code, r.message, r.headers) from None
 
+    def _authorize_read_headers(self, headers: Headers) -> None:
+        """With a read token configured, searches, images and listings need it (or the gallery
+        token) as a bearer token; without one they are open."""
+        if self._read_token is None:
+            return
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise GateRefusal(401, "unauthorized", "this server needs a read token: send 'Authorization: Bearer <token>'",
+                              headers={"WWW-Authenticate": "Bearer"})
+        given_b = given.strip().encode()
+        if not (secrets.compare_digest(given_b, self._read_token)
+                or (self._token is not None and secrets.compare_digest(given_b, self._token))):
+            raise GateRefusal(401, "unauthorized", "wrong bearer token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+    def _authorize_read(self, request: Request) -> None:
+        try:
+            self._authorize_read_headers(request.headers)
+        except GateRefusal as r:
+            raise APIError(r.status, r.code, r.message, r.headers) from None
+
     @app.post(
         "/v1/gallery",
         status_code=201,
@@ -601,6 +669,8 @@ class Ingress:
         request: Request,
         image: list[UploadFile] | None = File(None, description="Photos of one person (repeat the field)"),
         identity: int | None = Form(None, ge=0, le=IDENTITY_MAX, description=f"Identity label, 0-{IDENTITY_MAX}"),
+        display_name: str | None = Form(None, min_length=1, max_length=100,
+                                        description="A display name for the identity (kept in the gallery)"),
     ) -> GalleryAddResponse:
         self._authorize(request)  # also checked before the body was read (UploadGate); kept for direct callers
         ctype = _content_type(request)
@@ -620,7 +690,7 @@ class Ingress:
             if len(payload.images_base64) > self.max_add:
                 raise APIError(413, "too_many_images", f"{len(payload.images_base64)} images in one request; the limit is {self.max_add}")
             images = [decode_b64(t, f"images_base64[{i}]", self.max_upload) for i, t in enumerate(payload.images_base64)]
-            identity = payload.identity
+            identity, display_name = payload.identity, payload.display_name
         else:
             raise APIError(415, "unsupported_media_type", f"Content-Type {ctype or '(none)'!r}: use multipart/form-data or application/json")
         for i, data in enumerate(images):
@@ -639,9 +709,12 @@ class Ingress:
         embeddings = {m: np.stack([res[j]["faces"][0]["embedding"] for res in per_image]) for j, m in enumerate(names)}
         crops = [res[0]["crops_png"][0] for res in per_image]
         boxes = [res[0]["faces"][0]["box"] for res in per_image]
-        out = await self._call(self.retriever.add.remote(embeddings, [identity] * len(images), crops, boxes), "retriever")
+        out = await self._call(self.retriever.add.remote(embeddings, [identity] * len(images), crops, boxes, display_name),
+                               "retriever")
         if not out["ok"]:
-            raise APIError(409, out.get("code", "gallery_conflict"), f"cannot add to this gallery: {out['message']}")
+            status = out.get("status", 409)
+            raise APIError(status, "gallery_conflict" if status == 409 else "bad_parameter",
+                           f"cannot add to this gallery: {out['message']}")
         duplicate_of = out.get("duplicate_of") or [None] * len(images)
         added = sum(d is None for d in duplicate_of)
         body = GalleryAddResponse(added=added, identity=identity, image_ids=out["image_ids"], row_ids=out["row_ids"],
@@ -679,3 +752,86 @@ class Ingress:
             raise APIError(503, "unhealthy", exc.message) from None
         return {"status": "ok", "gallery_version": gallery["version"], "gallery_rows": gallery["rows"],
                 "models": sorted(self.embedders)}
+
+    # ---- the gallery: forget, list, name ------------------------------------------------------
+
+    async def _retriever_write(self, call, what: str) -> dict[str, Any]:
+        out = await self._call(call, "retriever")
+        if not out["ok"]:
+            status = int(out.get("status", 409))
+            code = {404: "not_found", 422: "bad_parameter"}.get(status, "gallery_conflict")
+            raise APIError(status, code, f"{what}: {out['message']}")
+        return out
+
+    @staticmethod
+    def _deleted(out: dict[str, Any]) -> JSONResponse:
+        body = DeleteResponse(deleted=out["deleted"], image_ids=out["image_ids"], row_ids=out["row_ids"],
+                              identities=out["identities"], gallery_version=out["version"], rows=out["rows"])
+        return JSONResponse(body.model_dump())
+
+    @app.delete(
+        "/v1/gallery/images/{image_id}",
+        response_model=DeleteResponse,
+        responses=_error_responses(400, 401, 403, 404, 503, 504),
+        summary="Delete one gallery image: its row, crop, embeddings and index entries, for every model, in one new version",
+    )
+    async def gallery_delete_image(self, request: Request, image_id: str) -> JSONResponse:
+        self._authorize(request)
+        if not _IMAGE_ID.match(image_id) or ".." in image_id:
+            raise APIError(400, "bad_image_id", f"{image_id!r} is not a gallery image id (letters, digits, '_', '-', '.')")
+        out = await self._retriever_write(self.retriever.delete.remote(image_ids=[image_id]), f"cannot delete {image_id!r}")
+        return self._deleted(out)
+
+    @app.delete(
+        "/v1/gallery/identities/{identity}",
+        response_model=DeleteResponse,
+        responses=_error_responses(401, 403, 404, 422, 503, 504),
+        summary="Delete every image of an identity (and its display name), for every model, in one new version",
+    )
+    async def gallery_delete_identity(self, request: Request, identity: int) -> JSONResponse:
+        self._authorize(request)
+        if not 0 <= identity <= IDENTITY_MAX:
+            raise APIError(422, "bad_parameter", f"identity must be an integer in [0, {IDENTITY_MAX}] (got {identity})")
+        out = await self._retriever_write(self.retriever.delete.remote(identity=identity), f"cannot delete identity {identity}")
+        return self._deleted(out)
+
+    @app.get(
+        "/v1/gallery/identities",
+        response_model=IdentitiesResponse,
+        responses=_error_responses(401, 422, 503, 504),
+        summary="The gallery's identities in ascending order, with their image counts and display names (paged)",
+    )
+    async def gallery_identities(
+        self,
+        request: Request,
+        limit: int = Query(100, ge=1, le=1000, description="Identities per page, 1-1000"),
+        cursor: str | None = Query(None, description="`next_cursor` of the previous page; omit for the first page"),
+    ) -> JSONResponse:
+        self._authorize_read(request)
+        after = None
+        if cursor is not None:
+            try:
+                after = int(cursor)
+            except ValueError:
+                raise APIError(422, "bad_parameter", f"cursor {cursor!r} is not a cursor from a previous page") from None
+        page = await self._call(self.retriever.identities.remote(limit, after), "retriever")
+        return JSONResponse(IdentitiesResponse(**page).model_dump())
+
+    @app.put(
+        "/v1/gallery/identities/{identity}",
+        response_model=DisplayNameResponse,
+        responses=_error_responses(401, 403, 404, 415, 422, 503, 504),
+        summary="Set (or with null remove) the display name of an identity of the gallery",
+    )
+    async def gallery_name_identity(self, request: Request, identity: int) -> JSONResponse:
+        self._authorize(request)
+        if _content_type(request) != "application/json":
+            raise APIError(415, "unsupported_media_type", 'send application/json: {"display_name": "..."}')
+        try:
+            payload = DisplayNameJSON.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise APIError(422, "bad_parameter", _validation_message(exc.errors())) from None
+        out = await self._retriever_write(self.retriever.set_name.remote(identity, payload.display_name),
+                                          f"cannot name identity {identity}")
+        return JSONResponse(DisplayNameResponse(identity=out["identity"], display_name=out["display_name"],
+                                                images=out["images"], gallery_version=out["version"]).model_dump())
