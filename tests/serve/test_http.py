@@ -623,6 +623,24 @@ def test_uploads_in_flight_over_the_budget_get_503(live_app):
     assert status == 400 and body["code"] == "unreadable", (status, body)  # accepted, read, judged: not an image
 
 
+def test_ingress_returns_upload_buffers_to_the_system(live_app):
+    """The Ingress replica process runs with glibc's mmap threshold fixed at 1 MB (its large
+    upload buffers are unmapped when freed instead of kept on the heap)."""
+    from facerec.serve.app import INGRESS_ENV
+
+    def cmdline(d: Path) -> bytes:
+        try:
+            return (d / "cmdline").read_bytes()
+        except OSError:  # a process that ended meanwhile
+            return b""
+
+    pids = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and b"ServeReplica:facerec:Ingress" in cmdline(d)]
+    assert len(pids) == 1, pids
+    environ = (Path("/proc") / str(pids[0]) / "environ").read_bytes().split(b"\0")
+    assert INGRESS_ENV == {"MALLOC_MMAP_THRESHOLD_": "1048576"}
+    assert b"MALLOC_MMAP_THRESHOLD_=1048576" in environ
+
+
 def test_replica_killed_during_a_request_gives_503_with_retry_after(live_app, photos):
     """A search is inside the mnv3 Embedder replica (held in its batch queue: the replica's
     batch wait is raised to 30 s through its own reconfigure) when the replica's actor is
