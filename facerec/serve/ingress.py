@@ -483,7 +483,9 @@ class Ingress:
         k: int | None = Query(None, ge=1, le=K_MAX, description="Results per face (default 9)"),
         model: str | None = Query(None, description="Served model name"),
         faces: Literal["largest", "all"] | None = Query(None, description="largest face only, or every face"),
-        image: UploadFile | None = File(None, description="The photo (JPEG, PNG, ...)"),
+        # Optional for FastAPI because the same route takes JSON and raw image bodies; a multipart
+        # body without it is a 400 missing_image.
+        image: UploadFile | None = File(None, description="The photo (JPEG, PNG, ...); required in a multipart body"),
         form_k: int | None = Form(None, alias="k", ge=1, le=K_MAX, description="Results per face (default 9)"),
         form_model: str | None = Form(None, alias="model", description="Served model name"),
         form_faces: Literal["largest", "all"] | None = Form(None, alias="faces", description="largest face only, or every face"),
@@ -667,7 +669,8 @@ class Ingress:
     async def gallery_add(
         self,
         request: Request,
-        image: list[UploadFile] | None = File(None, description="Photos of one person (repeat the field)"),
+        image: list[UploadFile] | None = File(None, description="Photos of one person (repeat the field); required "
+                                                                "in a multipart body, with identity"),
         identity: int | None = Form(None, ge=0, le=IDENTITY_MAX, description=f"Identity label, 0-{IDENTITY_MAX}"),
         display_name: str | None = Form(None, min_length=1, max_length=100,
                                         description="A display name for the identity (kept in the gallery)"),
