@@ -33,6 +33,10 @@ def test_defaults_and_from_dict():
         ({"default_k": 0}, r"default_k=0 is invalid: expected an integer in \[1, 1000\]"),
         ({"default_k": 1001}, r"default_k=1001"),
         ({"max_upload_bytes": 10}, r"max_upload_bytes=10"),
+        # the budget of upload bytes in flight must hold one search at the upload limit (10 MB as base64 + 64 KB)
+        ({"max_inflight_upload_bytes": 10_000_000},
+         r"max_inflight_upload_bytes=10000000 is invalid: expected an integer >= 14,046,549 \(one search request"),
+        ({"max_inflight_upload_bytes": True}, r"max_inflight_upload_bytes=True"),
         ({"index_kind": "ball_tree"}, r"index_kind='ball_tree'.*kdtree"),
         ({"gallery_token": "short"}, r"gallery_token='<hidden>'.*at least 8"),
         ({"reload_poll_s": 0}, r"reload_poll_s=0.*> 0"),
