@@ -146,6 +146,34 @@ def test_empty_gallery_token_means_unset(monkeypatch):
     assert seen == [None, None]
 
 
+def test_empty_read_token_means_unset_and_a_short_one_is_refused(monkeypatch, capsys):
+    """FACEREC_READ_TOKEN= (empty) or --read-token "" leaves reads open; a short one is refused
+    with the field named, before Ray."""
+    import facerec.ray_utils
+    import facerec.serve.cli as serve_cli
+
+    class ReachedRay(Exception):
+        pass
+
+    def no_ray(*args, **kwargs):
+        raise ReachedRay
+
+    seen = []
+    build = serve_cli._serve_config
+    monkeypatch.setattr(serve_cli, "_serve_config", lambda args, *a: seen.append(build(args, *a).read_token) or build(args, *a))
+    monkeypatch.setattr(facerec.ray_utils, "init_ray", no_ray)
+    for name in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_DIRECT_INGRESS"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    monkeypatch.setenv("FACEREC_READ_TOKEN", "")
+    with pytest.raises(ReachedRay):
+        serve_cli.main([])
+    with pytest.raises(ReachedRay):
+        serve_cli.main(["--read-token", ""])
+    assert seen == [None, None]
+    assert serve_cli.main(["--read-token", "short"]) == 2
+    assert "read_token='<hidden>' is invalid" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("preset", ["smoke", "face-smoke"])
 def test_valid_sweep_is_checked_before_its_photos_are_preprocessed(preset, tmp_path, monkeypatch):
     """A photo folder is preprocessed only once Ray is up: the config check before must pass
