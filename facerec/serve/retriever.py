@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,9 @@ class RetrieverCore:
         self.compaction = compaction or CompactionPolicy()
         self._lock = threading.Lock()  # serialises loads and writes of this replica
         self._compacting = threading.Lock()
-        if recover_on_start:
+        if recover_on_start and os.access(self.gallery_dir, os.W_OK):
             # A replica killed between a delete's commit and the end of its scrub: finish it now.
+            # (A gallery mounted read-only is served as it is; it cannot have been written either.)
             with write_lock(self.gallery_dir):
                 recover(self.gallery_dir)
         self.snapshot = self._load(None)
