@@ -260,6 +260,12 @@ def train_loop_per_worker(config: dict) -> None:
 
     def val_embeddings() -> np.ndarray:
         """Validation embeddings of all ranks, in ``val_rows`` order."""
+        if world > 1:
+            # DDP copies rank 0's buffers (batch-norm running statistics) only at the start of a
+            # wrapped forward, so after the last step each rank holds its own; validate every shard
+            # with the statistics of the model rank 0 checkpoints.
+            for buf in inner.embedder.buffers():
+                torch.distributed.broadcast(buf, src=0)
         emb = embed_rows(inner.embedder, cache, val_cache_rows, cfg.image_size, device)
         gathered = _all_gather((my_val.index.to_numpy(), emb), world)
         order = np.concatenate([g[0] for g in gathered])
