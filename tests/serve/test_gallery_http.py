@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from .conftest import TOKEN, served_ids
+from .test_web import browser  # noqa: F401  (the Chromium fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -112,6 +113,31 @@ def test_read_token_and_private_images(forget, photos):
     # the dataset's file name is not an id: ids cannot be enumerated from it
     assert c.get(f"/v1/images/{name}", headers=READ).status_code == 404
     assert c.get("/v1/gallery/identities").status_code == 401
+
+
+def test_page_asks_for_the_read_token_and_shows_protected_thumbnails(forget, browser, photos):
+    # The page of a server with a read token: the first search is refused (401), the page shows the
+    # token field, and with the token it searches again and loads the (protected) thumbnails.
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
+    try:
+        pg = ctx.new_page()
+        pg.goto(forget["url"] + "/")
+        pg.wait_for_function("document.querySelectorAll('#model option').length > 0", timeout=60_000)
+        assert pg.is_hidden("#token-label")
+        pg.set_input_files("#file", files=[{"name": "q.jpg", "mimeType": "image/jpeg", "buffer": photos[0][1]}])
+        pg.wait_for_function("document.getElementById('status').classList.contains('error')", timeout=120_000)
+        assert "needs a read token" in pg.inner_text("#status")
+        assert pg.is_visible("#token-label")
+        pg.fill("#token", READ_TOKEN)
+        pg.dispatch_event("#token", "change")
+        pg.wait_for_function(
+            "(() => { const imgs = [...document.querySelectorAll('#results li img')];"
+            " return imgs.length > 0 && imgs.every((i) => i.complete && i.naturalWidth > 0); })()",
+            timeout=120_000)
+        assert not pg.evaluate("document.getElementById('status').classList.contains('error')")
+        assert pg.evaluate("sessionStorage.length + localStorage.length") == 0  # the token is kept nowhere
+    finally:
+        ctx.close()
 
 
 def test_identities_listing_and_display_names(forget):

@@ -11,6 +11,26 @@
     s.classList.toggle("error", !!isError);
   }
 
+  // A server started with --read-token answers searches and images only with it: the page asks for
+  // it on the first 401 and keeps it in this tab's memory only (never in storage: it is a credential).
+  function authHeaders() {
+    const t = $("token").value.trim();
+    return t ? { Authorization: "Bearer " + t } : {};
+  }
+
+  // Thumbnails are protected too when a read token is set: an <img src> cannot send a header, so
+  // they are fetched with it and shown from blob URLs.
+  function showThumbnail(img, url) {
+    if (!$("token").value.trim()) {
+      img.src = url;
+      return;
+    }
+    fetch(url, { headers: authHeaders() })
+      .then((r) => (r.ok ? r.blob() : null))
+      .then((b) => { if (b) img.src = URL.createObjectURL(b); })
+      .catch(() => null);
+  }
+
   async function loadModels() {
     try {
       const r = await fetch("v1/models");
@@ -107,7 +127,7 @@
       li.dataset.rank = h.rank;
       li.dataset.imageId = h.image_id;
       li.dataset.distance = h.distance;
-      li.querySelector("img").src = h.thumbnail_url;
+      showThumbnail(li.querySelector("img"), h.thumbnail_url);
       li.querySelector("img").alt = `gallery face ${h.image_id}`;
       li.querySelector(".rank").textContent = `#${h.rank}`;
       li.querySelector(".identity").textContent = `id ${h.identity}`;
@@ -166,12 +186,19 @@
     form.append("faces", $("faces").value);
     let r, body;
     try {
-      r = await fetch("v1/search", { method: "POST", body: form });
+      r = await fetch("v1/search", { method: "POST", body: form, headers: authHeaders() });
     } catch (e) {
       setStatus("Could not reach the server; check the connection and try again.", true);
       return;
     }
     if (state.last === null || state.last.blob !== blob) return;  // a newer search started meanwhile
+    if (r.status === 401) {
+      $("token-label").hidden = false;
+      $("token").focus();
+      setStatus(($("token").value.trim() ? "Wrong read token" : "This server needs a read token") +
+        ": enter it beside the model and the photo is searched again.", true);
+      return;
+    }
     if (!r.ok) {
       setStatus(await errorText(r), true);
       return;
@@ -251,5 +278,6 @@
   }
   $("model").onchange = () => { showCard(); rerun(); };
   $("faces").onchange = rerun;
+  $("token").onchange = rerun;
   loadModels();
 })();
