@@ -71,7 +71,14 @@ def test_the_whole_chain_on_generated_photos(tmp_path, monkeypatch, capsys):
                     train={"epochs": 1, "steps_per_epoch": 2, "image_size": 32, "embedding_dim": 16, "p": 3, "k": 2,
                            "val_max_images": 40, "num_workers": 1, "cpus_per_worker": 1},
                     tables={"ks": [5], "timing_queries": 5}, gallery={"kinds": ["exact"]})
-    out = run_plan(plan)
+    import ray
+
+    started = not ray.is_initialized()
+    try:
+        out = run_plan(plan)
+    finally:
+        if started:  # the chain starts a local Ray in this process: later modules start their own
+            ray.shutdown()
     printed = capsys.readouterr().out
     for stage in ("preprocess", "train-sweep", "build-index", "evaluate"):
         assert f"=== facerec run: {stage} ===" in printed and f"=== {stage}: done in" in printed
