@@ -55,19 +55,14 @@ class GalleryBuildConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        from facerec.index import INDEXES
+        from facerec.index import check_kinds
         from facerec.models import BACKBONES
 
         if not self.checkpoints and not self.initial:
             raise ConfigError("checkpoints/initial", "none", "at least one --checkpoint NAME=DIR or --backbone NAME --initial")
         if self.split not in SPLIT_CHOICES:
             raise ConfigError("split", self.split, f"one of {SPLIT_CHOICES}")
-        if not self.kinds:
-            raise ConfigError("kinds", self.kinds, f"at least one index kind of {INDEXES.names()}")
-        for k in self.kinds:
-            INDEXES.get(k)  # ConfigError naming the kinds
-        if len(set(self.kinds)) != len(self.kinds):
-            raise ConfigError("kinds", self.kinds, "each kind once")
+        check_kinds(self.kinds, self.index_params)
         for b in self.initial:
             BACKBONES.get(b)
         names = list(self.checkpoints) + [f"{b}_initial" for b in self.initial]

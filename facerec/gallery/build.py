@@ -67,19 +67,11 @@ class GalleryBuildConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        from facerec.index import INDEXES
+        from facerec.index import check_kinds
 
         if not self.checkpoints:
             raise ConfigError("checkpoints", self.checkpoints, "at least one NAME=CHECKPOINT_DIR")
-        if not self.kinds:
-            raise ConfigError("kinds", self.kinds, f"at least one index kind of {INDEXES.names()}")
-        for k in self.kinds:
-            INDEXES.get(k)  # ConfigError naming the kinds
-        if len(set(self.kinds)) != len(self.kinds):
-            raise ConfigError("kinds", self.kinds, "each kind once")
-        for k in self.index_params:
-            if k not in self.kinds:
-                raise ConfigError("index_params", sorted(self.index_params), f"parameters only for the kinds built {self.kinds}")
+        check_kinds(self.kinds, self.index_params)
         EMBED_ENGINES.get(self.engine)
         if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
             raise ConfigError("batch_size", self.batch_size, "an integer >= 1")

@@ -17,7 +17,7 @@ refuses another model id / embedding dimension / damaged or missing file with a 
 says how to rebuild.
 """
 
-from facerec.index.base import INDEXES, Index, build_index, load_index, read_manifest
+from facerec.index.base import INDEXES, Index, build_index, check_kinds, load_index, read_manifest
 from facerec.index.exact import ExactIndex
 from facerec.index.hnsw import HNSWIndex
 from facerec.index.kdtree import KDTreeIndex
@@ -27,6 +27,7 @@ __all__ = [
     "INDEXES",
     "Index",
     "build_index",
+    "check_kinds",
     "load_index",
     "read_manifest",
     "ExactIndex",

@@ -280,6 +280,20 @@ class Index(abc.ABC):
 # --------------------------------------------------------------------------- build / load
 
 
+def check_kinds(kinds: list[str], index_params: dict[str, Any] | None = None) -> None:
+    """A configuration's index kinds: at least one, each registered and named once, parameters
+    only for kinds it builds (:class:`~facerec.errors.ConfigError` naming the field otherwise)."""
+    if not kinds:
+        raise ConfigError("kinds", kinds, f"at least one index kind of {INDEXES.names()}")
+    for k in kinds:
+        INDEXES.get(k)  # ConfigError naming the kinds
+    if len(set(kinds)) != len(kinds):
+        raise ConfigError("kinds", kinds, "each kind once")
+    for k in index_params or {}:
+        if k not in kinds:
+            raise ConfigError("index_params", sorted(index_params), f"parameters only for the kinds built {kinds}")
+
+
 def build_index(kind: str, embeddings: Any, ids: Any = None, **params: Any) -> Index:
     """Build an index of ``kind`` (one of ``INDEXES.names()``) over ``embeddings`` with ``ids``."""
     return INDEXES.get(kind).build(embeddings, ids, **params)
