@@ -57,7 +57,10 @@ def test_signal_stops_serve_and_its_ray(serve_artifacts, tmp_path, sig):
     env.update(RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(ROOT / "pipelines" / "serve.py"), "--gallery", str(gallery), "--allow-untrained",
            "--port", str(port), "--num-cpus", "2", "--workdir", str(tmp_path / "work")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A suite started in the background by a non-interactive shell (`pytest &`) ignores SIGINT, and
+    # a child inherits that: give the server the default disposition a terminal's Ctrl-C meets.
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[str] = []
     ready = threading.Event()
 
