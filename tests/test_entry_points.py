@@ -121,23 +121,29 @@ def test_bad_argument_fails_in_one_line_before_ray(case, sandbox):
     assert not (sandbox["base"] / "cache" / "synthetic-v1").exists(), "data was generated"
 
 
-def test_empty_gallery_token_means_unset(monkeypatch):
-    """FACEREC_GALLERY_TOKEN= (empty) passes validation as "writes disabled", up to starting Ray."""
-    import facerec.ray_utils
-    import facerec.serve.cli as serve_cli
+class ReachedRay(Exception):
+    """Raised where ``facerec serve`` would start Ray: its whole configuration was accepted."""
 
-    class ReachedRay(Exception):
-        pass
+
+@pytest.fixture
+def serve_stops_at_ray(monkeypatch):
+    """``facerec serve``'s main runs up to starting Ray, then raises :class:`ReachedRay`."""
+    import facerec.ray_utils
 
     def no_ray(*args, **kwargs):
         raise ReachedRay
 
-    seen = []
-    build = serve_cli._serve_config
-    monkeypatch.setattr(serve_cli, "_serve_config", lambda args, *a: seen.append(args.token) or build(args, *a))
     monkeypatch.setattr(facerec.ray_utils, "init_ray", no_ray)
     for name in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_DIRECT_INGRESS"):
         monkeypatch.setenv(name, os.environ.get(name, ""))  # apply_serve_env sets them; restored after
+
+def test_empty_gallery_token_means_unset(monkeypatch, serve_stops_at_ray):
+    """FACEREC_GALLERY_TOKEN= (empty) passes validation as "writes disabled", up to starting Ray."""
+    import facerec.serve.cli as serve_cli
+
+    seen = []
+    build = serve_cli._serve_config
+    monkeypatch.setattr(serve_cli, "_serve_config", lambda args, *a: seen.append(args.token) or build(args, *a))
     monkeypatch.setenv("FACEREC_GALLERY_TOKEN", "")
     with pytest.raises(ReachedRay):
         serve_cli.main([])
@@ -146,24 +152,14 @@ def test_empty_gallery_token_means_unset(monkeypatch):
     assert seen == [None, None]
 
 
-def test_empty_read_token_means_unset_and_a_short_one_is_refused(monkeypatch, capsys):
+def test_empty_read_token_means_unset_and_a_short_one_is_refused(monkeypatch, capsys, serve_stops_at_ray):
     """FACEREC_READ_TOKEN= (empty) or --read-token "" leaves reads open; a short one is refused
     with the field named, before Ray."""
-    import facerec.ray_utils
     import facerec.serve.cli as serve_cli
-
-    class ReachedRay(Exception):
-        pass
-
-    def no_ray(*args, **kwargs):
-        raise ReachedRay
 
     seen = []
     build = serve_cli._serve_config
     monkeypatch.setattr(serve_cli, "_serve_config", lambda args, *a: seen.append(build(args, *a).read_token) or build(args, *a))
-    monkeypatch.setattr(facerec.ray_utils, "init_ray", no_ray)
-    for name in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_DIRECT_INGRESS"):
-        monkeypatch.setenv(name, os.environ.get(name, ""))
     monkeypatch.setenv("FACEREC_READ_TOKEN", "")
     with pytest.raises(ReachedRay):
         serve_cli.main([])
