@@ -32,13 +32,39 @@ def add_preprocess_arguments(ap: argparse.ArgumentParser) -> None:
                                  "or aligned_chip_5pt (dlib's aligned 150 px chip, for dlib_resnet) (default %(default)s)")
         elif f.name == "several_faces":
             ap.add_argument(flag, choices=list(SEVERAL_FACES_RULES), default=default,
-                            help="photos where Haar finds several faces: drop them (the study) or keep the largest face "
-                                 "(default %(default)s)")
+                            help="photos with several accepted faces: keep the largest face, or drop them (the study's "
+                                 "rule) (default %(default)s)")
         elif f.name == "crop_size":
             ap.add_argument(flag, type=int, default=None, help="side of the stored input (default: the input kind's, 218 or 150)")
         else:
-            kind = float if isinstance(default, float) else int
-            ap.add_argument(flag, type=kind, default=default, help=f"(default {default})")
+            add_detector_argument(ap, f.name, default)
+
+
+def add_detector_argument(ap: argparse.ArgumentParser, name: str, default, prefix: str = "") -> bool:
+    """One option of the face detector and its gate (``facerec.detect.DetectorConfig``), shared by
+    every command that detects faces; False when ``name`` is no detector setting (then a plain
+    typed option is added)."""
+    from facerec.detect import DETECTORS
+
+    flag = "--" + prefix + name.replace("_", "-")
+    helps = {
+        "detector": ("face detector (default %(default)s; haar is the study's two-pass cascade)", str),
+        "min_confidence": ("face gate: lowest detector score accepted, 0-1 (default: the detector's)", float),
+        "min_face": ("face gate: smallest face accepted, pixels of its box's shorter side (default: the detector's)", int),
+        "scale_step": ("ratio between the detector's pyramid scales, > 1 (default: the detector's; Haar 1.1)", float),
+        "min_neighbors": ("Haar only: the cascade's minNeighbors (default %(default)s)", int),
+        "detect_max_side": ("photos are scanned at most at this side, pixels (default %(default)s)", int),
+    }
+    if name not in helps:
+        kind = float if isinstance(default, float) else int
+        ap.add_argument(flag, type=kind, default=default, help=f"(default {default})")
+        return False
+    text, kind = helps[name]
+    if name == "detector":
+        ap.add_argument(flag, choices=DETECTORS.names(), default=default, help=text)
+    else:
+        ap.add_argument(flag, type=kind, default=default, help=text)
+    return True
 
 
 @reports_errors("facerec preprocess")
@@ -46,7 +72,7 @@ def preprocess_main(argv=None) -> int:
     from facerec.data.preprocess import PreprocessConfig, preprocess
 
     ap = argparse.ArgumentParser(prog="facerec preprocess",
-                                 description="Crop faces (Haar cascade, two passes) on Ray Data and write the crops table.")
+                                 description="Find faces (MTCNN, or the study's Haar cascade) on Ray Data, crop or align them, and write the crops table.")
     add_preprocess_arguments(ap)
     args = ap.parse_args(argv)
     config = PreprocessConfig(**{f.name: getattr(args, f.name) for f in fields(PreprocessConfig)})

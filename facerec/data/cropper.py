@@ -1,14 +1,15 @@
-"""Photos -> stored model inputs: the one Haar cropper of every stage that crops photos in bulk
+"""Photos -> stored model inputs: the one face cropper of every stage that crops photos in bulk
 (``facerec preprocess`` on a CelebA-layout folder, the LFW verification images).
 
-:class:`HaarCropper` is the callable class a Ray Data ``map_batches`` actor pool runs (the cascade
-is loaded once per actor, Ray Data's "stateful transform" pattern): read -> decode -> two-pass Haar
-detection (Viola & Jones, CVPR 2001; :class:`facerec.data.haar.HaarDetector`) -> the *box rule*
-picks the face (or drops the photo) -> the input kind makes the stored input
-(:meth:`facerec.data.inputs.InputKind.faces_many`) -> PNG written atomically. A box rule is what
-differs between data sets: the study's rule for CelebA (:func:`study_box_rule`: one face, or the
-largest when configured, else the photo is dropped with its reason), and for deep-funneled LFW the
-face nearest the centre (``facerec.eval.lfw.subject_box``).
+:class:`FaceCropper` is the callable class a Ray Data ``map_batches`` actor pool runs (the detector
+is loaded once per actor, Ray Data's "stateful transform" pattern): read -> decode -> the configured
+face detector over the whole batch (:mod:`facerec.detect`: MTCNN by default, or the study's two-pass
+Haar cascade) and its face gate -> the *box rule* picks the face (or drops the photo) -> the
+detector's box mapped into the convention the input kind expects -> the input kind makes the
+stored input (:meth:`facerec.data.inputs.InputKind.faces_many`) -> PNG written atomically. A box
+rule is what differs between data sets: the study's rule for CelebA (:func:`study_box_rule`: one
+face, or the largest when configured, else the photo is dropped with its reason), and for
+deep-funneled LFW the face nearest the centre (``facerec.eval.lfw.subject_box``).
 
 :func:`crop_images` runs the cropper over a list of photos on Ray Data (or in this process for the
 local engine) with a progress bar.
@@ -28,56 +29,64 @@ import pandas as pd
 from facerec.errors import ImageDecodeError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from facerec.data.haar import Detection
     from facerec.data.preprocess import PreprocessConfig
+    from facerec.detect import Found
 
-RESULT_COLUMNS = ["image_id", "status", "reason", "detail", "method", "box_x", "box_y", "box_w", "box_h", "haar_pass",
-                  "orig_w", "orig_h", "faces_pass1", "faces_pass2"]
+RESULT_COLUMNS = ["image_id", "status", "reason", "detail", "method", "box_x", "box_y", "box_w", "box_h", "score",
+                  "haar_pass", "orig_w", "orig_h", "faces_pass1", "faces_pass2", "faces", "rejected"]
 
 
 @dataclass(frozen=True)
 class BoxChoice:
-    """What a box rule decided for one photo: the face box (x, y, w, h), or None and why not."""
+    """What a box rule decided for one photo: the face box (x, y, w, h, in the detector's
+    convention) and its score, or None and why not."""
 
-    box: tuple[int, int, int, int] | None
-    method: str = "haar"
+    box: tuple[float, float, float, float] | None
+    method: str = "face"
     reason: str = ""
     detail: str = ""
+    score: float = float("nan")
 
 
-BoxRule = Callable[["Detection", int, int], BoxChoice]
-"""(detection, image height, image width) -> BoxChoice; a module-level function (or a partial of
-one), so Ray can ship it to the actors by reference."""
+BoxRule = Callable[["Found", int, int], BoxChoice]
+"""(gated detection, image height, image width) -> BoxChoice; a module-level function (or a
+partial of one), so Ray can ship it to the actors by reference."""
 
 
-def _study_box(det: "Detection", height: int, width: int, several_faces: str = "drop") -> BoxChoice:
-    if det.reason == "several_faces" and several_faces == "largest":
-        from facerec.data.haar import largest_first
+def _study_box(found: "Found", height: int, width: int, several_faces: str = "drop") -> BoxChoice:
+    n = len(found)
+    if n > 1 and several_faces == "largest":
+        # Found lists the accepted faces largest first.
+        return BoxChoice(tuple(found.boxes[0]), "largest", detail=f"largest of {n} faces", score=float(found.scores[0]))
+    if n == 1:
+        return BoxChoice(tuple(found.boxes[0]), "face", score=float(found.scores[0]))
+    if n > 1:
+        return BoxChoice(None, "", reason="several_faces", detail=f"{n} faces accepted" + _passes(found))
+    rejected = found.detail()
+    return BoxChoice(None, "", reason=found.reason, detail=(rejected or "no face found") + _passes(found))
 
-        box = largest_first(det.boxes)[0]
-        return BoxChoice(tuple(int(v) for v in box), "haar_largest",
-                         detail=f"largest of {max(det.faces_pass1, det.faces_pass2)} faces")
-    if det.reason is not None:
-        return BoxChoice(None, reason=det.reason,
-                         detail=f"pass 1 found {det.faces_pass1} faces, pass 2 found {det.faces_pass2}")
-    return BoxChoice(tuple(int(v) for v in det.boxes[0]))
+
+def _passes(found: "Found") -> str:
+    info = found.info
+    return f" (pass 1 found {info['faces_pass1']}, pass 2 {info['faces_pass2']})" if "faces_pass1" in info else ""
 
 
 def study_box_rule(several_faces: str = "drop") -> BoxRule:
-    """The study's rule: exactly one face is kept; several faces in both passes drop the photo
-    (``"drop"``) or keep the largest (``"largest"``); no face drops it."""
+    """The study's rule: exactly one accepted face is kept; several drop the photo (``"drop"``)
+    or keep the largest (``"largest"``); none drops it with the gate's reason (``no_face``,
+    ``too_small``, ``low_confidence``)."""
     return functools.partial(_study_box, several_faces=several_faces)
 
 
-class HaarCropper:
-    """Callable class for ``Dataset.map_batches`` (one cascade per actor): crops one batch.
+class FaceCropper:
+    """Callable class for ``Dataset.map_batches`` (one detector per actor): crops one batch.
 
     ``image_root``: the folder ``image_id`` values are relative to; ``out_dir``: inputs go to
     ``out_dir/crops/<image_id>.png`` (``facerec.data.inputs.crop_relpath``); ``config``: a
-    :class:`~facerec.data.preprocess.PreprocessConfig` (input kind and size, margin, detector
-    settings, pixel limit, OpenCV threads); ``box_rule``: see :data:`BoxRule` (default: the
-    study's, with ``config.several_faces``); ``parts_dir``: when given, each finished batch's rows
-    are written there as a part file once its crops are on disk (a resumable run's record).
+    :class:`~facerec.data.preprocess.PreprocessConfig` (input kind and size, margin, detector and
+    gate, pixel limit, OpenCV threads); ``box_rule``: see :data:`BoxRule` (default: the study's,
+    with ``config.several_faces``); ``parts_dir``: when given, each finished batch's rows are
+    written there as a part file once its crops are on disk (a resumable run's record).
 
     Returns one row per photo (:data:`RESULT_COLUMNS`): status ``kept`` or ``dropped`` with the
     reason (decode errors included: a bad photo never stops the run).
@@ -87,7 +96,6 @@ class HaarCropper:
                  parts_dir: str | None = None):
         import cv2
 
-        from facerec.data.haar import HaarDetector
         from facerec.data.inputs import input_kind
 
         self.cfg = config
@@ -97,45 +105,61 @@ class HaarCropper:
         self.image_root = Path(image_root)
         self.out_dir = Path(out_dir)
         self.box_rule = box_rule or study_box_rule(config.several_faces)
-        self.detector = HaarDetector(config.scale_factor, config.min_neighbors, config.min_face, config.detect_max_side)
+        self.detector = config.detector_config().build()
         self.parts_dir = Path(parts_dir) if parts_dir else None
         (self.out_dir / "crops").mkdir(parents=True, exist_ok=True)
         if self.parts_dir is not None:
             self.parts_dir.mkdir(parents=True, exist_ok=True)
 
-    def detect(self, image_id: str) -> tuple[dict, np.ndarray | None, tuple[int, int, int, int] | None]:
-        """Decode and detect one photo: (result row, the photo if a face is kept, its box)."""
+    def _decode(self, image_id: str) -> tuple[dict, np.ndarray | None]:
         from facerec.data.images import read_image
 
         row = {"image_id": image_id, "status": "dropped", "reason": "", "detail": "", "method": "", "box_x": -1,
-               "box_y": -1, "box_w": -1, "box_h": -1, "haar_pass": 0, "orig_w": -1, "orig_h": -1, "faces_pass1": -1,
-               "faces_pass2": -1}
+               "box_y": -1, "box_w": -1, "box_h": -1, "score": float("nan"), "haar_pass": 0, "orig_w": -1,
+               "orig_h": -1, "faces_pass1": -1, "faces_pass2": -1, "faces": 0, "rejected": 0}
         try:
             rgb = read_image(self.image_root / image_id, max_pixels=self.cfg.max_pixels)
         except ImageDecodeError as e:
             row.update(reason=e.reason, detail=str(e))
-            return row, None, None
+            return row, None
         row["orig_h"], row["orig_w"] = int(rgb.shape[0]), int(rgb.shape[1])
-        det = self.detector.detect(rgb)
-        row["faces_pass1"], row["faces_pass2"], row["haar_pass"] = det.faces_pass1, det.faces_pass2, det.pass_used
-        choice = self.box_rule(det, rgb.shape[0], rgb.shape[1])
-        row.update(method=choice.method, reason=choice.reason, detail=choice.detail)
-        if choice.box is None:
-            return row, None, None
-        x, y, w, h = (int(v) for v in choice.box)
-        row.update(box_x=x, box_y=y, box_w=w, box_h=h)
-        return row, rgb, (x, y, w, h)
+        return row, rgb
+
+    def detect(self, image_ids: list[str]) -> list[tuple[dict, np.ndarray | None, np.ndarray | None]]:
+        """Decode and detect a batch of photos (one detector call for the batch): per photo (result
+        row, the photo if a face is kept, its box in the detector's convention)."""
+        decoded = [self._decode(i) for i in image_ids]
+        ok = [k for k, (_, rgb) in enumerate(decoded) if rgb is not None]
+        found = dict(zip(ok, self.detector.find_many([decoded[k][1] for k in ok])))
+        out = []
+        for k, (row, rgb) in enumerate(decoded):
+            if rgb is None:
+                out.append((row, None, None))
+                continue
+            f = found[k]
+            info = f.info
+            row.update(haar_pass=int(info.get("haar_pass", 1)), faces_pass1=int(info.get("faces_pass1", -1)),
+                       faces_pass2=int(info.get("faces_pass2", -1)), faces=len(f), rejected=sum(f.rejected.values()))
+            choice = self.box_rule(f, rgb.shape[0], rgb.shape[1])
+            row.update(method=choice.method, reason=choice.reason, detail=choice.detail, score=float(choice.score))
+            if choice.box is None:
+                out.append((row, None, None))
+                continue
+            box = np.asarray(choice.box, dtype=np.float64)
+            row.update(zip(("box_x", "box_y", "box_w", "box_h"), (int(round(v)) for v in box)))
+            out.append((row, rgb, box))
+        return out
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         from facerec.data.images import encode_png
         from facerec.data.inputs import crop_relpath
         from facerec.io import atomic_write_bytes, atomic_write_parquet, sync_filesystem
 
-        detected = [self.detect(i) for i in batch["image_id"]]
+        detected = self.detect(list(batch["image_id"]))
         keep = [k for k, (_, rgb, _) in enumerate(detected) if rgb is not None]
         # One call for the whole batch: the aligned-chip landmarker is vectorised across faces.
-        inputs = self.kind.faces_many([detected[k][1] for k in keep], [detected[k][2] for k in keep],
-                                      self.cfg.crop_size, self.cfg.margin)
+        boxes = self.detector.boxes_in(self.kind.box_convention, np.array([detected[k][2] for k in keep]).reshape(-1, 4))
+        inputs = self.kind.faces_many([detected[k][1] for k in keep], list(boxes), self.cfg.crop_size, self.cfg.margin)
         for k, face in zip(keep, inputs):
             row = detected[k][0]
             # No fsync per file: the batch ends with one filesystem barrier (below).
@@ -156,7 +180,7 @@ class HaarCropper:
 def crop_images(image_ids: list[str], image_root: str | Path, out_dir: str | Path, config: "PreprocessConfig",
                 box_rule: BoxRule | None = None, parts_dir: str | Path | None = None, progress: bool = True
                 ) -> pd.DataFrame:
-    """Run :class:`HaarCropper` over ``image_ids`` (relative to ``image_root``), ``config.batch_size``
+    """Run :class:`FaceCropper` over ``image_ids`` (relative to ``image_root``), ``config.batch_size``
     photos per batch: on a Ray Data actor pool of ``config.num_workers`` actors (default: every CPU
     of the cluster) for ``config.engine == "ray"``, else in this process. Returns the rows of all
     photos (order not guaranteed on Ray)."""
@@ -167,7 +191,7 @@ def crop_images(image_ids: list[str], image_root: str | Path, out_dir: str | Pat
     if not image_ids:
         return pd.DataFrame(columns=RESULT_COLUMNS)
     if config.engine != "ray":
-        fn = HaarCropper(**args)
+        fn = FaceCropper(**args)
         rows = []
         with tqdm(total=len(image_ids), desc="crop (local)", unit="img", disable=not progress) as bar:
             for i in range(0, len(image_ids), config.batch_size):
@@ -179,6 +203,7 @@ def crop_images(image_ids: list[str], image_root: str | Path, out_dir: str | Pat
 
     from facerec.ray_utils import cluster_cpus, init_ray
 
+    config.detector_config().build().prepare()  # an export happens here once, not in every actor
     init_ray()
     # One block per batch so the actor pool can spread them; a single block would go to one actor.
     # from_items builds the blocks and their metadata in the driver; from_pandas would start two
@@ -186,7 +211,7 @@ def crop_images(image_ids: list[str], image_root: str | Path, out_dir: str | Pat
     n_blocks = -(-len(image_ids) // config.batch_size)
     workers = min(config.num_workers or cluster_cpus(), n_blocks)
     ds = ray.data.from_items([{"image_id": i} for i in image_ids], override_num_blocks=n_blocks).map_batches(
-        HaarCropper, fn_constructor_kwargs=args, batch_size=config.batch_size, batch_format="pandas", num_cpus=1,
+        FaceCropper, fn_constructor_kwargs=args, batch_size=config.batch_size, batch_format="pandas", num_cpus=1,
         compute=ray.data.ActorPoolStrategy(size=workers),
     )
     rows = list(ds.iter_batches(batch_size=None, batch_format="pandas"))

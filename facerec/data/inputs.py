@@ -38,6 +38,10 @@ class InputKind:
     default_size: int = 0
     fixed_size: bool = False
     describe: str = ""
+    box_convention: str | None = None
+    """The face box convention this kind's step expects (``facerec.detect.base``): None takes the
+    detector's own box (the study's crop is drawn around whatever box detected the face), ``"dlib"``
+    the box of dlib's detector, which dlib's shape predictor was trained on."""
     supports_numpy: bool = False
     """True when :meth:`array` makes the model input with numpy alone, so a model of this kind can
     be served without torch (through ONNX Runtime, :mod:`facerec.models.onnx_runtime`)."""
@@ -132,6 +136,7 @@ class AlignedChip5pt(InputKind):
     default_size = CHIP_SIZE
     fixed_size = True
     describe = "dlib's 5-point aligned face chip, 150 x 150 px, padding 0.25"
+    box_convention = "dlib"  # the shape predictor starts from dlib's detector box
     supports_numpy = True  # the chip goes in as raw RGB values: no resize, no normalisation
 
     def faces(self, rgb, boxes, size, margin=0.2):
@@ -145,7 +150,7 @@ class AlignedChip5pt(InputKind):
         self.check_size(size)
         if len(images) == 0:
             return []
-        rects = [rect_from_xywh(*(int(v) for v in np.asarray(b).reshape(4))) for b in boxes]
+        rects = [rect_from_xywh(*(int(round(float(v))) for v in np.asarray(b).reshape(4))) for b in boxes]
         landmarks = shape_predictor().predict_many(list(images), rects)
         return [extract_face_chip(img, pts, size=CHIP_SIZE, padding=CHIP_PADDING) for img, pts in zip(images, landmarks)]
 

@@ -1,8 +1,9 @@
 """Photos -> face crops + Parquet table + drop manifest, as a Ray Data pipeline.
 
-Each block of listed images goes through one actor of a pool running the project's one Haar
-cropper (:class:`facerec.data.cropper.HaarCropper`, the study's box rule): read -> decode ->
-detect (two Haar passes) -> crop -> write. Every finished batch writes
+Each block of listed images goes through one actor of a pool running the project's one face
+cropper (:class:`facerec.data.cropper.FaceCropper`, the study's box rule): read -> decode ->
+detect (:mod:`facerec.detect`: MTCNN by default, the study's two Haar passes with ``--detector
+haar``) -> face gate -> crop -> write. Every finished batch writes
 a small part file, so re-running over the same output skips finished work and an interrupted
 run resumes where it stopped. The driver then joins the parts with the listing and writes
 ``crops.parquet``, ``dropped.parquet`` and ``summary.json`` (layout: ``facerec.data.schema``).
@@ -32,7 +33,7 @@ PARTS_DIR = "_parts"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-SEVERAL_FACES_RULES = ("drop", "largest")
+SEVERAL_FACES_RULES = ("largest", "drop")
 
 
 @dataclass
@@ -42,17 +43,20 @@ class PreprocessConfig:
     ``input_kind`` (``facerec.data.inputs.INPUT_KINDS``): what is stored per kept photo -- the
     study's ``haar_crop`` or dlib's ``aligned_chip_5pt`` (the input of ``dlib_resnet``).
     ``crop_size`` None means the kind's size (218 / 150). ``several_faces``: ``"drop"`` (the
-    study's rule: a photo in which Haar finds several faces in both passes is dropped) or
-    ``"largest"`` (keep the largest face).
+    study's rule: a photo with several accepted faces is dropped) or ``"largest"`` (keep the
+    largest face). ``detector`` and the fields after it up to ``detect_max_side`` are the face
+    detector and its gate (:class:`facerec.detect.DetectorConfig`; None = the detector's default).
     """
 
     input_kind: str = "haar_crop"
     crop_size: int | None = None   # None: the input kind's size (haar_crop 218, the study's; chips 150)
     margin: float = 0.2            # of the face box side, on every side (haar_crop)
-    several_faces: str = "drop"    # "drop" (the study) or "largest"
-    scale_factor: float = 1.1      # Haar scan step of pass 1 (pass 2 halves it)
-    min_neighbors: int = 5
-    min_face: int = 24             # smallest face side scanned, pixels
+    several_faces: str = "largest"  # "largest" or "drop" (the study's rule)
+    detector: str = "mtcnn"        # facerec.detect.DETECTORS: "mtcnn", or "haar" (the study's)
+    min_confidence: float | None = None  # face gate: lowest detector score kept (None: the detector's default)
+    min_face: int | None = None    # face gate: smallest face side kept, pixels (None: the detector's default)
+    scale_step: float | None = None  # ratio between pyramid scales (None: the detector's default; Haar 1.1)
+    min_neighbors: int = 5         # Haar only
     detect_max_side: int = 640
     max_pixels: int = 40_000_000   # decompression-bomb guard
     min_images_per_identity: int = 2
@@ -63,6 +67,8 @@ class PreprocessConfig:
     # 0 leaves OpenCV's default threading on (only the benchmark's naive baseline wants that).
     opencv_threads: int = 1
 
+    DETECTOR_FIELDS = ("detector", "min_confidence", "min_face", "scale_step", "min_neighbors", "detect_max_side")
+
     def __post_init__(self):
         from facerec.data.inputs import INPUT_KINDS
 
@@ -70,13 +76,10 @@ class PreprocessConfig:
         if self.crop_size is None:
             self.crop_size = kind.default_size
         kind.check_size(self.crop_size)
+        self.detector_config()  # ConfigError naming the detector field
         checks = {
             "margin": (0 <= self.margin <= 2, "a fraction in [0, 2], e.g. 0.2"),
-            "several_faces": (self.several_faces in SEVERAL_FACES_RULES, "'drop' (the study's rule) or 'largest'"),
-            "scale_factor": (1.0 < self.scale_factor <= 2.0, "a number in (1, 2], e.g. 1.1"),
-            "min_neighbors": (self.min_neighbors >= 0, "an integer >= 0"),
-            "min_face": (self.min_face >= 1, "a positive number of pixels"),
-            "detect_max_side": (self.detect_max_side >= 64, "at least 64"),
+            "several_faces": (self.several_faces in SEVERAL_FACES_RULES, "'largest' or 'drop' (the study's rule)"),
             "max_pixels": (self.max_pixels >= 64 * 64, "at least 4096"),
             "min_images_per_identity": (self.min_images_per_identity >= 1, "an integer >= 1 (2 for retrieval)"),
             "batch_size": (self.batch_size >= 1, "an integer >= 1"),
@@ -88,11 +91,17 @@ class PreprocessConfig:
             if not ok:
                 raise ConfigError(name, getattr(self, name), expected)
 
-    SETTINGS = ("input_kind", "crop_size", "margin", "several_faces", "scale_factor", "min_neighbors", "min_face",
-                "detect_max_side", "max_pixels")
+    def detector_config(self):
+        """The :class:`facerec.detect.DetectorConfig` of these settings."""
+        from facerec.detect import DetectorConfig
+
+        return DetectorConfig(**{("name" if f == "detector" else f): getattr(self, f) for f in self.DETECTOR_FIELDS})
+
+    SETTINGS = ("input_kind", "crop_size", "margin", "several_faces", "max_pixels")
 
     def settings(self) -> dict:
-        return {k: getattr(self, k) for k in self.SETTINGS}
+        """What decides the stored inputs: the crop settings and the detector's resolved settings."""
+        return {**{k: getattr(self, k) for k in self.SETTINGS}, **self.detector_config().settings()}
 
     def fingerprint(self) -> str:
         """What decides a stored input's bytes; a resumed run must use the same settings."""
@@ -180,6 +189,7 @@ def preprocess(data_dir: str | Path, out_dir: str | Path, config: PreprocessConf
     for col in ("box_x", "box_y", "box_w", "box_h", "orig_w", "orig_h"):
         kept[col] = kept[col].astype(np.int32)
     kept["haar_pass"] = kept["haar_pass"].astype(np.int8)
+    kept["score"] = kept["score"].astype(np.float32)
     extra = [c for c in listing.columns if c.startswith("celeba_")]
     kept = kept[list(CROP_COLUMNS) + list(ATTRIBUTE_NAMES) + extra].reset_index(drop=True)
     dropped = table[table["status"] == "dropped"][["image_id", "identity", "reason", "detail"]].reset_index(drop=True)
@@ -194,7 +204,8 @@ def preprocess(data_dir: str | Path, out_dir: str | Path, config: PreprocessConf
             "margin": config.margin, "several_faces": config.several_faces,
             "attribute_names": list(ATTRIBUTE_NAMES), "source": str(data_dir.resolve()),
             "has_attributes": bool(listing.attrs["found"].get("attributes")),
-            "has_partition": bool(listing.attrs["found"].get("partition")), "settings_fingerprint": config.fingerprint()}
+            "has_partition": bool(listing.attrs["found"].get("partition")), "settings_fingerprint": config.fingerprint(),
+            "detector": config.detector_config().settings()}
     atomic_write_parquet(out_dir / CROPS_TABLE, kept, metadata=meta)
     atomic_write_parquet(out_dir / DROPPED_TABLE, dropped, metadata={"data_version": version})
     reasons = dropped["reason"].value_counts()
@@ -204,6 +215,7 @@ def preprocess(data_dir: str | Path, out_dir: str | Path, config: PreprocessConf
         "identities": int(kept["identity"].nunique()), "unlisted": len(unlisted),
         "kept_fraction": round(len(kept) / max(1, len(listing)), 4),
         "input_kind": config.input_kind, "crop_size": config.crop_size, "several_faces": config.several_faces,
+        "detector": config.detector_config().describe(),
         "haar_pass2": int((kept["haar_pass"] == 2).sum()),
         "processed_now": len(todo), "resumed": len(unique_ids) - len(todo),
         "seconds": round(time.perf_counter() - t0, 2), "engine": config.engine,

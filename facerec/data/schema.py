@@ -2,7 +2,7 @@
 
 ```
 OUT/
-  crops/<image_id>            face crops, JPEG, size x size (default 218)
+  crops/<image_id>.png        the model inputs (face crops or aligned chips), PNG, size x size
   crops.parquet               one row per kept image, columns below; schema metadata ``facerec``
                               holds {"data_version", "crop_size", "margin", "attribute_names", ...}
   dropped.parquet             the drop manifest: image_id, identity, reason, detail
@@ -35,7 +35,8 @@ CROP_COLUMNS: tuple[str, ...] = (
     "partition",   # int8: official 0 train / 1 val / 2 test, -1 when no partition file
     "crop_path",   # str, relative to OUT, e.g. "crops/000114.jpg"
     "box_x", "box_y", "box_w", "box_h",  # int32, detected face box in the original image
-    "haar_pass",   # int8: 1 or 2 (pass 2 = scan step halved)
+    "haar_pass",   # int8: 1 or 2 (Haar's pass 2 = scan step halved); 1 for one-pass detectors
+    "score",       # float32: the detector's confidence in the face (1.0 for Haar, which gives none)
     "orig_w", "orig_h",  # int32
 )
 
@@ -43,8 +44,10 @@ DROP_REASONS: tuple[str, ...] = (
     "missing",             # listed but no file
     "unreadable",          # zero bytes, truncated, not an image, unsupported
     "too_large",           # over the pixel limit (decompression bomb guard)
-    "no_face",             # Haar found no face in either pass
-    "several_faces",       # Haar found more than one face in both passes
+    "no_face",             # the detector found no face (Haar: in either pass)
+    "too_small",           # every face found was smaller than the gate's min_face
+    "low_confidence",      # every face found scored under the gate's min_confidence
+    "several_faces",       # several faces accepted (Haar: in both passes) under several_faces=drop
     "duplicate",           # listed more than once (first row kept)
     "identity_too_small",  # identity left with fewer than 2 images
 )

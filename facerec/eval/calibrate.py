@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from facerec.detect import crops_detector
 from facerec.errors import ConfigError, DataNotFoundError
 from facerec.eval.calibration import (DEFAULT_FAR, DEFAULT_FARS, MIN_FALSE_ACCEPTS, FoldedDistances, cross_validate,
                                       identity_folds, pair_distances, pairs_within_folds, roc_curve)
@@ -51,6 +52,7 @@ class CalibrateConfig:
     batch_size: int = 64
     num_actors: int | None = None
     use_gpu: bool | None = None
+    detector: dict | None = None        # lfw only: DetectorConfig settings (None: the default detector)
 
     def __post_init__(self) -> None:
         self.fars = tuple(float(f) for f in self.fars)
@@ -66,6 +68,12 @@ class CalibrateConfig:
                 raise ConfigError(name, v, f"an integer >= {low}")
         if self.max_pairs_per_fold is not None and (not isinstance(self.max_pairs_per_fold, int) or self.max_pairs_per_fold < 100):
             raise ConfigError("max_pairs_per_fold", self.max_pairs_per_fold, "None or an integer >= 100")
+        from facerec.detect import DetectorConfig
+
+        if self.detector is None:
+            self.detector = DetectorConfig().settings()
+        elif not isinstance(self.detector, dict) or "detector" not in self.detector:
+            raise ConfigError("detector", self.detector, "None or the settings of a facerec.detect.DetectorConfig")
 
 
 def _model_meta(model: str | os.PathLike) -> tuple[str, dict]:
@@ -112,7 +120,8 @@ def lfw_distances(lfw_root: str | os.PathLike, model: str | os.PathLike, config:
     pairs = read_lfw_pairs(root, pairs_file)
     folder, meta = _model_meta(model)
     kind = kind_of(meta)
-    crop_cfg = LFWCropConfig(input_kind=kind.name, crop_size=int(meta.get("image_size")) if kind.fixed_size else None)
+    crop_cfg = LFWCropConfig(input_kind=kind.name, crop_size=int(meta.get("image_size")) if kind.fixed_size else None,
+                             detector=config.detector)
     crops, emb, stats = lfw_embeddings(root, folder, pairs, crop_dir, crop_cfg, config.batch_size, config.num_actors,
                                        config.use_gpu)
     pos = {img: i for i, img in enumerate(crops["image"])}
@@ -140,7 +149,7 @@ def lfw_distances(lfw_root: str | os.PathLike, model: str | os.PathLike, config:
     data = {
         "source": "lfw", "name": root.name, "path": str(root.resolve()), "pairs_file": str(pairs_file.resolve()),
         "fingerprint": sha256_file(pairs_file)[:16], "data_version": f"lfw-pairs:{sha256_file(pairs_file)[:12]}",
-        "crop_fingerprint": crop_cfg.fingerprint(), "images": int(len(crops)),
+        "crop_fingerprint": crop_cfg.fingerprint(), "images": int(len(crops)), "detector": crop_cfg.detector,
         "folds": int(pairs["fold"].nunique()), "folds_identity_disjoint": not shared,
         "people_in_several_folds": shared[:10], "centre_fallback": int(crop_methods.get("centre", 0)),
         "genuine_pairs": "the matched pairs of the pairs file",
@@ -193,7 +202,7 @@ def crops_distances(crops_dir: str | os.PathLike, model: str | os.PathLike, conf
     data = {
         "source": "crops", "name": root.name, "path": str(root.resolve()),
         "fingerprint": str(crops_meta.get("data_version")), "data_version": crops_meta.get("data_version"),
-        "split": split_args, "split_part": "val", "images": int(len(val)), "identities": int(val["identity"].nunique()),
+        "detector": crops_detector(crops_meta), "split": split_args, "split_part": "val", "images": int(len(val)), "identities": int(val["identity"].nunique()),
         "folds": int(config.folds), "folds_identity_disjoint": True,
         "genuine_pairs": "every pair of images of one identity inside a fold",
         "impostor_pairs": "every pair of images of different identities inside a fold",

@@ -1,17 +1,17 @@
-"""LFW face verification end to end: pairs file -> Haar boxes -> model inputs -> embeddings -> distances ->
+"""LFW face verification end to end: pairs file -> face boxes -> model inputs -> embeddings -> distances ->
 k-fold accuracy (Huang et al. 2007, "Labeled Faces in the Wild", UMass TR 07-49, View 2
 protocol; :func:`facerec.eval.verification.kfold_verification_accuracy`).
 
-Inputs follow the training data: the study's two-pass Haar detector
-(:class:`facerec.data.haar.HaarDetector`), then the model's input kind
+Inputs follow the training data: the configured face detector and its gate (:mod:`facerec.detect`,
+MTCNN by default; the study's two-pass Haar cascade with ``detector="haar"``), then the model's input kind
 (:mod:`facerec.data.inputs`: the study's crop, or dlib's aligned chip) at its size, stored as
 PNG like ``preprocess`` does. Deep-funneled LFW
 images are aligned so the named person is at the centre; hence
 
 * several faces found: the box whose centre is nearest the image centre is used;
-* no face found: a centred square box of side :data:`CENTRE_BOX_FRACTION` of the shorter
-  image side (the median Haar box on deep-funneled LFW, 117 px of 250) is used and counted
-  (``centre_fallback``), never silently.
+* no face accepted: a centred square box of side :data:`CENTRE_BOX_FRACTION` of the shorter
+  image side (the median Haar box on deep-funneled LFW, 117 px of 250), mapped into the detector's
+  own convention, is used and counted (``centre_fallback``), never silently.
 
 The score of a pair is the negative Euclidean distance of its two embeddings (cosine order for
 unit-norm embeddings; dlib_resnet's raw descriptors keep their norm); the threshold is fit on the
@@ -35,7 +35,7 @@ from facerec.errors import ConfigError, DataNotFoundError
 
 CENTRE_BOX_FRACTION = 0.47
 CROPS_TABLE = "lfw_crops.parquet"
-CROP_METHODS = ("haar", "haar_nearest_centre", "centre")
+CROP_METHODS = ("face", "nearest_centre", "centre")
 
 
 @dataclass
@@ -45,6 +45,7 @@ class LFWCropConfig:
     margin: float = 0.2
     batch_size: int = 32
     num_workers: int | None = None
+    detector: dict | None = None  # DetectorConfig settings (facerec.detect); None: the default detector
 
     def __post_init__(self) -> None:
         from facerec.data.inputs import input_kind
@@ -59,10 +60,20 @@ class LFWCropConfig:
             raise ConfigError("batch_size", self.batch_size, "an integer >= 1")
         if self.num_workers is not None and (not isinstance(self.num_workers, int) or self.num_workers < 1):
             raise ConfigError("num_workers", self.num_workers, "None (every CPU) or an integer >= 1")
+        self.detector = self.detector_config().settings()
+
+    def detector_config(self):
+        from facerec.detect import DetectorConfig
+
+        if self.detector is None:
+            return DetectorConfig()
+        if not isinstance(self.detector, dict) or "detector" not in self.detector:
+            raise ConfigError("detector", self.detector, "None or the settings of a facerec.detect.DetectorConfig")
+        return DetectorConfig.from_settings(self.detector)
 
     def fingerprint(self) -> str:
         blob = json.dumps({"input_kind": self.input_kind, "crop_size": self.crop_size, "margin": float(self.margin),
-                           "format": "png", "centre": CENTRE_BOX_FRACTION, "haar": "default-2pass"}, sort_keys=True)
+                           "format": "png", "centre": CENTRE_BOX_FRACTION, "detector": self.detector}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -72,39 +83,52 @@ def centre_box(height: int, width: int) -> tuple[int, int, int, int]:
     return (width - side) // 2, (height - side) // 2, side, side
 
 
-def choose_box(boxes: np.ndarray, height: int, width: int) -> tuple[tuple[int, int, int, int], str]:
-    """(box, method) for one deep-funneled image given Haar's boxes (see module docstring)."""
-    boxes = np.asarray(boxes).reshape(-1, 4)
+def choose_box(boxes: np.ndarray, height: int, width: int) -> tuple[int, str]:
+    """(index of the box, method) for one deep-funneled image given its accepted face boxes, or
+    (-1, "centre") when there is none (see module docstring)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     if len(boxes) == 1:
-        return tuple(int(v) for v in boxes[0]), "haar"
+        return 0, "face"
     if len(boxes) > 1:
         centres = boxes[:, :2] + boxes[:, 2:] / 2.0
         d = np.hypot(centres[:, 0] - width / 2.0, centres[:, 1] - height / 2.0)
-        return tuple(int(v) for v in boxes[int(np.argmin(d))]), "haar_nearest_centre"
-    return centre_box(height, width), "centre"
+        return int(np.argmin(d)), "nearest_centre"
+    return -1, "centre"
 
 
-def subject_box(det, height: int, width: int):
-    """The box rule of deep-funneled LFW for :class:`facerec.data.cropper.HaarCropper`: the
-    :func:`choose_box` of the detection (never drops a photo)."""
+def subject_box(found, height: int, width: int, detector: str = "haar"):
+    """The box rule of deep-funneled LFW for :class:`facerec.data.cropper.FaceCropper`: the
+    :func:`choose_box` of the gated detection (never drops a photo). The centre fallback is a box
+    of Haar's convention (what :data:`CENTRE_BOX_FRACTION` was measured on), mapped into the
+    ``detector``'s, whose boxes the later steps map on."""
     from facerec.data.cropper import BoxChoice
 
-    box, method = choose_box(det.boxes, height, width)
-    return BoxChoice(box, method)
+    i, method = choose_box(found.boxes, height, width)
+    if i >= 0:
+        return BoxChoice(tuple(found.boxes[i]), method, score=float(found.scores[i]))
+    from facerec.detect import DETECTORS, DLIB
+
+    box = np.asarray(centre_box(height, width), dtype=np.float64)
+    if detector != "haar":  # Haar's box -> dlib's -> the detector's
+        box = DETECTORS.get(detector).box_maps[DLIB].inverse(DETECTORS.get("haar").box_maps[DLIB](box))
+    return BoxChoice(tuple(box.reshape(4)), method, detail=found.detail() or "no face found")
 
 
 def cropper_config(cfg: LFWCropConfig):
-    """The cropper settings of ``cfg``: its input kind, size and margin, the default two-pass Haar
-    detector, one OpenCV thread (one image per core is the parallelism)."""
+    """The cropper settings of ``cfg``: its input kind, size and margin, its detector and gate,
+    one OpenCV thread (one image per core is the parallelism)."""
     from facerec.data.preprocess import PreprocessConfig
 
+    d = cfg.detector_config()
     return PreprocessConfig(input_kind=cfg.input_kind, crop_size=cfg.crop_size, margin=cfg.margin,
-                            batch_size=cfg.batch_size, num_workers=cfg.num_workers, opencv_threads=1)
+                            batch_size=cfg.batch_size, num_workers=cfg.num_workers, opencv_threads=1,
+                            detector=d.name, min_confidence=d.min_confidence, min_face=d.min_face,
+                            scale_step=d.scale_step, min_neighbors=d.min_neighbors, detect_max_side=d.detect_max_side)
 
 
 def crop_lfw_images(lfw_root: str | os.PathLike, images: list[str], out_dir: str | os.PathLike,
                     config: LFWCropConfig | None = None) -> pd.DataFrame:
-    """Haar-crop ``images`` (paths relative to ``lfw_root``) into ``out_dir/crops/`` on a Ray
+    """Detect and crop ``images`` (paths relative to ``lfw_root``) into ``out_dir/crops/`` on a Ray
     Data actor pool; crops already listed in ``out_dir/lfw_crops.parquet`` with the same
     settings are reused. Returns one row per image: image, crop_path, method, box_*."""
     from facerec.data.inputs import crop_relpath
@@ -129,7 +153,10 @@ def crop_lfw_images(lfw_root: str | os.PathLike, images: list[str], out_dir: str
     if todo:
         from facerec.data.cropper import crop_images
 
-        rows = crop_images(todo, root, out, cropper_config(cfg), box_rule=subject_box)
+        import functools
+
+        rows = crop_images(todo, root, out, cropper_config(cfg),
+                           box_rule=functools.partial(subject_box, detector=cfg.detector_config().name))
         bad = rows[rows["status"] != "kept"]
         if len(bad):
             first = bad.iloc[0]
@@ -140,7 +167,7 @@ def crop_lfw_images(lfw_root: str | os.PathLike, images: list[str], out_dir: str
         done = pd.concat([done, new], ignore_index=True)
         atomic_write_parquet(table_path, done, metadata={"fingerprint": cfg.fingerprint(), "root": str(root.resolve()),
                                                          "input_kind": cfg.input_kind, "crop_size": cfg.crop_size,
-                                                         "margin": cfg.margin})
+                                                         "margin": cfg.margin, "detector": cfg.detector})
     seconds = time.perf_counter() - t0
     result = done.set_index("image").loc[images].reset_index()
     counts = result["method"].value_counts().to_dict()

@@ -1,10 +1,10 @@
-"""Photos straight to embeddings on a Ray Data actor pool: decode -> Haar -> the model's input
-(crop, or 5 landmarks + aligned chip) -> forward, fused in one callable class per actor.
+"""Photos straight to embeddings on a Ray Data actor pool: decode -> face detector and gate -> the
+model's input (crop, or 5 landmarks + aligned chip) -> forward, fused in one callable class per actor.
 
 This is the path of ``bench_pipeline.py`` and of :func:`embed_photos`: nothing is written between
 the steps, and each actor runs every step of its batch, so the two CPUs of a small machine are
-both busy with whatever step is slow (the Haar scan) instead of one stage waiting on another.
-The steps are the ones every stage uses (:class:`facerec.data.haar.HaarDetector`,
+both busy with whatever step is slow (detection) instead of one stage waiting on another.
+The steps are the ones every stage uses (:mod:`facerec.detect`,
 :meth:`facerec.data.inputs.InputKind.faces_many`, :meth:`~facerec.data.inputs.InputKind.tensor`).
 """
 
@@ -24,14 +24,16 @@ class PhotoSteps:
     """The per-photo steps with one model and one detector: usable in-process (the benchmark's
     single-process loop) and as the body of :class:`EmbedPhotosBatch`. The model runs on ONNX
     Runtime when its input kind allows it (as served), else on torch, through
-    :mod:`facerec.models.inference`; detection is preprocess's two-pass scan."""
+    :mod:`facerec.models.inference`; detection is preprocess's detector and gate (``detector``:
+    :class:`facerec.detect.DetectorConfig` settings, default the default detector), batched over
+    the photos of a call."""
 
     def __init__(self, checkpoint: str, torch_threads: int | None = None, opencv_threads: int | None = None,
-                 several_faces: str = "largest", runtime: str = "auto"):
+                 several_faces: str = "largest", runtime: str = "auto", detector: dict | None = None):
         import cv2
 
-        from facerec.data.haar import HaarDetector
         from facerec.data.inputs import kind_of
+        from facerec.detect import DetectorConfig
         from facerec.models.inference import input_maker
         from facerec.models.metadata import read_checkpoint_metadata
         from facerec.models.onnx_runtime import OnnxModel, cpu_export
@@ -61,30 +63,38 @@ class PhotoSteps:
         # A fixed-size kind (dlib's chip) is made at the model's size; a crop at the study's 218.
         self.size = image_size if self.kind.fixed_size else 218
         self._make_input = input_maker(self.model, image_size, self.kind)
-        self.detector = HaarDetector()
+        self.detector = (DetectorConfig.from_settings(detector) if detector else DetectorConfig()).build()
         self.several_faces = several_faces
 
-    def detect(self, path: str) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    def detect(self, paths: list[str]) -> list[tuple[np.ndarray | None, np.ndarray | None, str]]:
+        """Per photo: (its pixels, its face box in the detector's convention, "ok"), or (None, None,
+        why not)."""
         from facerec.data.images import read_image
 
-        try:
-            rgb = read_image(path)
-        except ImageDecodeError as exc:
-            return None, None, exc.reason
-        det = self.detector.detect(rgb)
-        if det.reason == "no_face" or (det.reason == "several_faces" and self.several_faces == "drop"):
-            return None, None, det.reason
-        from facerec.data.haar import largest_first
-
-        return rgb, largest_first(det.boxes)[0], "ok"
+        out: list = [None] * len(paths)
+        images = {}
+        for i, path in enumerate(paths):
+            try:
+                images[i] = read_image(path)
+            except ImageDecodeError as exc:
+                out[i] = (None, None, exc.reason)
+        for i, found in zip(images, self.detector.find_many(list(images.values()))):
+            if found.reason is not None:
+                out[i] = (None, None, found.reason)
+            elif len(found) > 1 and self.several_faces == "drop":
+                out[i] = (None, None, "several_faces")
+            else:  # accepted faces come largest first
+                out[i] = (images[i], found.boxes[0], "ok")
+        return out
 
     def embed(self, paths: list[str]) -> tuple[np.ndarray, list[str]]:
         """(n, d) embeddings (NaN rows for photos without a usable face) and each photo's status."""
         from facerec.models.inference import forward
 
-        found = [self.detect(p) for p in paths]
+        found = self.detect(paths)
         keep = [i for i, (rgb, _, _) in enumerate(found) if rgb is not None]
-        inputs = self.kind.faces_many([found[i][0] for i in keep], [found[i][1] for i in keep], self.size)
+        boxes = self.detector.boxes_in(self.kind.box_convention, np.array([found[i][1] for i in keep]).reshape(-1, 4))
+        inputs = self.kind.faces_many([found[i][0] for i in keep], list(boxes), self.size)
         out = np.full((len(paths), int(self.meta["embedding_dim"])), np.nan, dtype=np.float32)
         if keep:
             out[keep] = forward(self.model, [self._make_input(f) for f in inputs])
@@ -94,9 +104,10 @@ class PhotoSteps:
 class EmbedPhotosBatch:
     """Callable class for ``map_batches``: one :class:`PhotoSteps` per actor."""
 
-    def __init__(self, checkpoint: str, torch_threads: int, several_faces: str):
+    def __init__(self, checkpoint: str, torch_threads: int, several_faces: str, detector: dict | None = None):
         # One actor per core is the parallelism: each step runs single-threaded inside it.
-        self.steps = PhotoSteps(checkpoint, torch_threads=torch_threads, opencv_threads=1, several_faces=several_faces)
+        self.steps = PhotoSteps(checkpoint, torch_threads=torch_threads, opencv_threads=1, several_faces=several_faces,
+                                detector=detector)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         emb, status = self.steps.embed([str(p) for p in batch["path"]])
@@ -104,7 +115,8 @@ class EmbedPhotosBatch:
 
 
 def embed_photos(paths: list[str | os.PathLike], checkpoint: str, batch_size: int = 16, num_actors: int | None = None,
-                 several_faces: str = "largest", progress: bool = True) -> tuple[np.ndarray, pd.DataFrame, dict[str, Any]]:
+                 several_faces: str = "largest", progress: bool = True, detector: dict | None = None
+                 ) -> tuple[np.ndarray, pd.DataFrame, dict[str, Any]]:
     """Embed the largest face of every photo with ``checkpoint`` (a folder or a pretrained name).
 
     Returns ``(embeddings (n, d) with NaN rows where no face was usable, a frame of path and
@@ -125,13 +137,18 @@ def embed_photos(paths: list[str | os.PathLike], checkpoint: str, batch_size: in
     from facerec.models.onnx_runtime import cpu_export
 
     cpu_export(checkpoint)  # exported once here, not by every actor at once
+    from facerec.detect import DetectorConfig
+
+    det = DetectorConfig.from_settings(detector) if detector else DetectorConfig()
+    det.build().prepare()
+    detector = det.settings()
     init_ray()
     actors = num_actors or cluster_cpus()
     t0 = time.perf_counter()
     blocks = -(-len(paths) // batch_size)
     ds = ray.data.from_items([{"row": i, "path": p} for i, p in enumerate(paths)], override_num_blocks=blocks)
     ds = ds.map_batches(EmbedPhotosBatch, fn_constructor_kwargs={"checkpoint": checkpoint, "torch_threads": 1,
-                                                                 "several_faces": several_faces},
+                                                                 "several_faces": several_faces, "detector": detector},
                         batch_size=batch_size, batch_format="numpy", num_cpus=1,
                         compute=ray.data.ActorPoolStrategy(size=min(actors, blocks)))
     ctx = ray.data.DataContext.get_current()

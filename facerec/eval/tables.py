@@ -212,12 +212,14 @@ def evaluate_model(cfg: TablesConfig, stage: str, backbone: str, checkpoint: str
     summary["grid"] = _grid(cfg, stage, backbone, weights, query, gallery, dist, ids, qa, ga)
     if cfg.lfw_root:
         from facerec.eval.lfw import LFWCropConfig, lfw_verification
+        from facerec.detect import crops_detector
 
         crops_meta = read_crops_meta(cfg.crops_dir)
         lfw = lfw_verification(cfg.lfw_root, checkpoint, pairs_path=cfg.lfw_pairs, crop_dir=cfg.lfw_crop_dir,
                                crop_config=LFWCropConfig(input_kind=str(crops_meta.get("input_kind") or "haar_crop"),
                                                          crop_size=int(crops_meta.get("crop_size") or 218),
-                                                         margin=float(crops_meta.get("margin", 0.2))),
+                                                         margin=float(crops_meta.get("margin", 0.2)),
+                                                         detector=crops_detector(crops_meta)),
                                batch_size=cfg.batch_size, num_actors=cfg.num_actors, use_gpu=cfg.use_gpu,
                                max_pairs_per_fold=cfg.lfw_max_pairs_per_fold)
         from facerec.models.pretrained import record_lfw

@@ -155,10 +155,13 @@ def build_gallery(config: GalleryBuildConfig, table: pd.DataFrame | None = None,
             "image_size": int(stats["image_size"]), "checkpoint": str(Path(ckpt).resolve()),
             "embed_seconds": round(float(stats["seconds"]), 3), **(model_extra or {}).get(name, {}),
         }
+    from facerec.detect import crops_detector
+
     manifest = write_gallery(out, rows, embeddings, models, cfg.kinds, cfg.index_params, {
         "input_kind": str(crops_meta.get("input_kind") or "haar_crop"),
         "crop_size": int(crops_meta.get("crop_size") or 218), "margin": float(crops_meta.get("margin", 0.2)),
-        "data_version": crops_meta.get("data_version"), "source": str(crops_dir.resolve()), **(extra or {}),
+        "data_version": crops_meta.get("data_version"), "source": str(crops_dir.resolve()),
+        "detector": crops_detector(crops_meta), **(extra or {}),
     })
     print(f"gallery: {n} crops of {df['identity'].nunique()} identities, models {sorted(models)}, indexes {cfg.kinds} "
           f"-> {out} ({time.perf_counter() - t0:.1f} s)", flush=True)

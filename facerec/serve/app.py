@@ -52,6 +52,14 @@ def check_artifacts(config: ServeConfig) -> dict[str, Any]:
                 f"built with {entry['model_id']}; rebuild the gallery with this checkpoint"
             )
         resolve_runtime(m, meta)  # runtime: onnx where it cannot run fails here, before any replica
+    from facerec.detect import check_same_detector, crops_detector
+
+    made, now = crops_detector(manifest), config.detector_config().settings()
+    check_same_detector(made, now, f"gallery {config.gallery_dir}",
+                        f"serve it with the detector it was made with (facerec serve --gallery {config.gallery_dir} "
+                        f"--detector {made['detector']} --min-confidence {made['min_confidence']} --min-face "
+                        f"{made['min_face']} --scale-step {made['scale_step']}), or rebuild it with this one "
+                        f"(facerec serve --data PHOTOS --rebuild)")
     return manifest
 
 
@@ -119,10 +127,9 @@ def build_app(config: ServeConfig):
         "margin": float(manifest.get("margin", 0.2)),
         "max_pixels": config.max_pixels,
         "max_faces": config.max_faces,
-        "haar_scale_factor": config.haar_scale_factor,
-        "haar_min_neighbors": config.haar_min_neighbors,
-        "haar_min_size": config.haar_min_size,
+        "detector": config.detector_config().settings(),
     }
+    config.detector_config().build().prepare()  # an export happens here, once, not in every replica
     model_ids = {m.name: read_checkpoint_metadata(m.checkpoint)["model_id"] for m in config.models}
     embedders = {}
     for m in config.models:

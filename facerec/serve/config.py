@@ -64,7 +64,7 @@ class ModelConfig:
     and a lone request should not wait for company that is not coming (bench_serve, one client,
     MobileNet-V2: 12.9 req/s batched with a 10 ms wait against 16.4 unbatched; 18.1 against 16.2
     with no wait).
-    ``prepare_threads``: threads decoding and Haar-scanning the images of one batch in
+    ``prepare_threads``: threads decoding the images of one batch and making their inputs in
     parallel (default: the reserved CPUs, at least 2).
     ``num_replicas``: an integer, or ``"auto"`` for Serve autoscaling between
     ``min_replicas`` and ``max_replicas`` aiming at ``target_ongoing_requests`` per replica.
@@ -114,7 +114,7 @@ class ModelConfig:
         if self.torch_threads is not None:
             _check_int(f"{p}.torch_threads", self.torch_threads, 1, 256)
         if self.prepare_threads is None:
-            # one decode/Haar thread per reserved CPU (at least 2: they mostly wait on C code)
+            # one decode thread per reserved CPU (at least 2: they mostly wait on C code)
             self.prepare_threads = max(2, int(self.num_cpus + 0.5))
         _check_int(f"{p}.prepare_threads", self.prepare_threads, 1, 256)
         if self.runtime not in RUNTIMES:
@@ -171,9 +171,14 @@ class ServeConfig:
     max_pixels: int = 40_000_000
     max_faces: int = 10
     max_add_images: int = 16
-    haar_scale_factor: float = 1.1
-    haar_min_neighbors: int = 5
-    haar_min_size: int = 24
+    # The face detector and its gate (facerec.detect.DetectorConfig; None: the detector's default).
+    # The gallery must have been made with the same settings (checked at start).
+    detector: str = "mtcnn"
+    min_confidence: float | None = None
+    min_face: int | None = None
+    scale_step: float | None = None
+    min_neighbors: int = 5
+    detect_max_side: int = 640
     gallery_token: str | None = None
     gallery_token_env: str = "FACEREC_GALLERY_TOKEN"
     read_token: str | None = None
@@ -223,9 +228,7 @@ class ServeConfig:
         _check_int("max_pixels", self.max_pixels, 64 * 64, 1 << 31)
         _check_int("max_faces", self.max_faces, 1, 100)
         _check_int("max_add_images", self.max_add_images, 1, 1000)
-        _check_num("haar_scale_factor", self.haar_scale_factor, 1.0, 2.0, low_open=True)
-        _check_int("haar_min_neighbors", self.haar_min_neighbors, 0)
-        _check_int("haar_min_size", self.haar_min_size, 1)
+        self.detector_config()  # ConfigError naming the detector field
         if self.gallery_token is not None and (not isinstance(self.gallery_token, str) or len(self.gallery_token) < 8):
             raise ConfigError("gallery_token", "<hidden>", "None or a secret string of at least 8 characters")
         if not isinstance(self.gallery_token_env, str) or not self.gallery_token_env:
@@ -256,6 +259,14 @@ class ServeConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    DETECTOR_FIELDS = ("detector", "min_confidence", "min_face", "scale_step", "min_neighbors", "detect_max_side")
+
+    def detector_config(self):
+        """The :class:`facerec.detect.DetectorConfig` of the replicas."""
+        from facerec.detect import DetectorConfig
+
+        return DetectorConfig(**{("name" if f == "detector" else f): getattr(self, f) for f in self.DETECTOR_FIELDS})
 
     def model(self, name: str) -> ModelConfig:
         for m in self.models:

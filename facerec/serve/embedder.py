@@ -1,11 +1,13 @@
 """The ``Embedder`` deployment: photo bytes -> detected faces -> one embedding per face.
 
-Per request: decode (``decode_image``, pixel-limited), Haar detection of every face
-(Viola & Jones, CVPR 2001; ``HaarDetector.detect_all``), then the model's input kind
-(:mod:`facerec.data.inputs`: the study's crop with the gallery's margin and size, or dlib's
-5-point aligned chip) -- the same code that made the gallery's inputs. The CNN forward pass of
-all faces of all requests waiting when the model becomes free runs as one batch
-(``@serve.batch``): on a GPU, or a CPU running the forward on several threads, one forward of
+Per batch of requests: decode each (``decode_image``, pixel-limited), detect every face of all of
+them in one call of the gallery's face detector and its gate (:mod:`facerec.detect`: MTCNN by
+default, Zhang et al. 2016), then the model's input kind (:mod:`facerec.data.inputs`: the study's
+crop with the gallery's margin and size, or dlib's 5-point aligned chip from the detector's box
+mapped into dlib's convention) -- the same code that made the gallery's inputs. A photo with no
+accepted face is a 422 ``no_face`` saying why (none found, too small, too unsure): a non-face is
+never searched. The CNN forward pass of all faces of all requests waiting when the model becomes
+free runs as one batch (``@serve.batch``): on a GPU, or a CPU running the forward on several threads, one forward of
 16 crops costs far less than 16 forwards of 1.
 An :class:`~facerec.serve.batching.IdleGate` holds new requests while a batch computes, so the
 next batch takes all of them (Serve 2.60 alone would form one-request batches meanwhile).
@@ -17,7 +19,6 @@ other requests of the batch get their embeddings.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -75,11 +76,11 @@ class FaceEmbedderCore:
     """
 
     def __init__(self, checkpoint: str, crop_size: int = 218, margin: float = 0.2, max_pixels: int = 40_000_000,
-                 max_faces: int = 10, haar_scale_factor: float = 1.1, haar_min_neighbors: int = 5,
-                 haar_min_size: int = 24, device: str | None = None, torch_threads: int | None = None,
-                 prepare_threads: int = 1, runtime: str = "auto", onnx_path: str | None = None):
-        from facerec.data.haar import HaarDetector
+                 max_faces: int = 10, detector: dict | None = None, device: str | None = None,
+                 torch_threads: int | None = None, prepare_threads: int = 1, runtime: str = "auto",
+                 onnx_path: str | None = None):
         from facerec.data.inputs import kind_of
+        from facerec.detect import DetectorConfig
         from facerec.models.metadata import read_checkpoint_metadata
         from facerec.models.pretrained import resolve_checkpoint
 
@@ -122,11 +123,11 @@ class FaceEmbedderCore:
         self.margin = float(margin)
         self.max_pixels = int(max_pixels)
         self.max_faces = int(max_faces)
-        self._haar_args = (haar_scale_factor, haar_min_neighbors, haar_min_size)
-        HaarDetector(*self._haar_args)  # validate now, in the constructor
-        self._local = threading.local()  # an OpenCV CascadeClassifier is not thread-safe: one per thread
-        # Decoding (PIL) and the Haar scan (OpenCV) release the GIL, so the items of one batch
-        # are prepared in parallel; an unbatched replica handles one image at a time.
+        # Validated now, in the constructor; the gallery's detector (build_app checks they agree).
+        self.detector_config = DetectorConfig.from_settings(detector) if detector else DetectorConfig()
+        self.detector = self.detector_config.build()
+        # Decoding (PIL) and making the inputs (OpenCV, numpy) release the GIL, so the items of one
+        # batch are prepared in parallel; detection runs once for the whole batch.
         self._pool = ThreadPoolExecutor(prepare_threads, thread_name_prefix="prepare") if prepare_threads > 1 else None
 
     def _choose_runtime(self, runtime: str, device: str | None, onnx_path: str | None) -> str:
@@ -146,14 +147,6 @@ class FaceEmbedderCore:
             raise ConfigError("runtime", runtime, f"'auto' or 'torch' for {self.checkpoint}: {reason}")
         return "torch"
 
-    def _detector(self):
-        from facerec.data.haar import HaarDetector
-
-        det = getattr(self._local, "detector", None)
-        if det is None:
-            det = self._local.detector = HaarDetector(*self._haar_args)
-        return det
-
     def info(self) -> dict[str, Any]:
         from facerec.models.calibration import summary as calibration_summary
         from facerec.models.pretrained import model_card
@@ -166,36 +159,50 @@ class FaceEmbedderCore:
             "input_kind": self.kind.name,
             "device": str(self.device),
             "runtime": self.runtime,
+            "detector": self.detector_config.settings(),
             **process_memory_mb(),
             **model_card(self.metadata, self.checkpoint),
             "calibration": calibration_summary(self.calibration),
         }
 
-    def prepare(self, data: bytes, faces: str = "largest", return_crops: bool = False) -> dict[str, Any]:
-        """Decode, detect, make the model's inputs and tensors of one image. Raises FaceError."""
+    def decode(self, data: bytes) -> np.ndarray:
+        """The RGB pixels of one upload (FaceError when empty, unreadable or too large)."""
         if not isinstance(data, (bytes, bytearray)) or len(data) == 0:
             raise FaceError("empty", "the image is empty (0 bytes); upload a JPEG or PNG photo")
         try:
             from facerec.data.images import decode_image
 
-            rgb = decode_image(bytes(data), max_pixels=self.max_pixels, source="upload")
+            return decode_image(bytes(data), max_pixels=self.max_pixels, source="upload")
         except ImageDecodeError as exc:
             reason = exc.reason if exc.reason in STATUS_OF_REASON else "unreadable"
             raise FaceError(reason, str(exc)) from None
-        boxes = np.asarray(self._detector().detect_all(rgb)).reshape(-1, 4)
-        if len(boxes) == 0:
+
+    def inputs(self, rgb: np.ndarray, found, faces: str = "largest", return_crops: bool = False) -> dict[str, Any]:
+        """The model inputs of the accepted faces of one decoded photo (``found``: its gated
+        detection); FaceError ``no_face`` saying why when none was accepted."""
+        if len(found) == 0:
             h, w = rgb.shape[:2]
-            raise FaceError("no_face", f"no face detected in the {w}x{h} image; upload a photo with a frontal face")
-        boxes = boxes[:1] if faces == "largest" else boxes[: self.max_faces]
-        crops = self.kind.faces(rgb, boxes, self.crop_size, self.margin)
+            why = {"no_face": "no face was found",
+                   "too_small": f"the faces found are smaller than {self.detector_config.resolved().min_face} px",
+                   "low_confidence": "nothing found looks enough like a face"}[found.reason]
+            raise FaceError("no_face", f"no face in the {w}x{h} image: {why}; upload a photo with a clear, frontal face")
+        keep = slice(0, 1) if faces == "largest" else slice(0, self.max_faces)
+        boxes, scores = found.boxes[keep], found.scores[keep]
+        crops = self.kind.faces(rgb, self.detector.boxes_in(self.kind.box_convention, boxes), self.crop_size, self.margin)
         return {
             "width": int(rgb.shape[1]),
             "height": int(rgb.shape[0]),
-            "boxes": [[int(v) for v in b] for b in boxes],
+            "boxes": [[int(round(float(v))) for v in b] for b in boxes],
+            "scores": [round(float(v), 4) for v in scores],
             # numpy arrays on the ONNX path (no torch in the process), torch tensors otherwise
             "tensors": [self.make_input(c) for c in crops],
             "crops": crops if return_crops else None,
         }
+
+    def prepare(self, data: bytes, faces: str = "largest", return_crops: bool = False) -> dict[str, Any]:
+        """Decode, detect, make the model's inputs and tensors of one image. Raises FaceError."""
+        rgb = self.decode(data)
+        return self.inputs(rgb, self.detector.find(rgb), faces, return_crops)
 
     def make_input(self, crop: np.ndarray):
         """A stored model input (chip or crop) as the runtime's input: a numpy array or a tensor."""
@@ -209,32 +216,39 @@ class FaceEmbedderCore:
             return np.zeros((0, int(self.metadata["embedding_dim"])), dtype=np.float32)
         return forward(self.model, tensors, self.device)
 
-    def _safe_prepare(self, item: tuple[bytes, str, bool]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        data, faces, return_crops = item
+    @staticmethod
+    def _safely(fn, *args) -> tuple[Any, dict[str, Any] | None]:
         try:
-            return self.prepare(data, faces, return_crops), None
+            return fn(*args), None
         except FaceError as exc:
             return None, exc.as_dict()
         except Exception as exc:  # an unforeseen decoder failure is still this item's bad input
             return None, FaceError("unreadable", f"the image could not be processed ({type(exc).__name__}: {exc})").as_dict()
 
-    def embed_many(self, items: list[tuple[bytes, str, bool]]) -> list[dict[str, Any]]:
-        """Embed a batch of (image bytes, faces mode, return_crops): per-item results, one
-        forward pass for all faces. A failure of one item never touches the others."""
-        t0 = time.perf_counter()
-        if self._pool is not None and len(items) > 1:
-            import cv2
+    def _map(self, fn, *iterables) -> list:
+        if self._pool is not None and len(iterables[0]) > 1:
+            return list(self._pool.map(fn, *iterables))
+        return list(map(fn, *iterables))
 
-            # Parallel across the images of the batch; OpenCV's own threads inside each Haar scan
-            # would oversubscribe the cores (one batch runs at a time, so the switch is safe).
-            threads = cv2.getNumThreads()
-            cv2.setNumThreads(1)
-            try:
-                outcomes = list(self._pool.map(self._safe_prepare, items))
-            finally:
-                cv2.setNumThreads(threads)
-        else:
-            outcomes = [self._safe_prepare(item) for item in items]
+    def embed_many(self, items: list[tuple[bytes, str, bool]]) -> list[dict[str, Any]]:
+        """Embed a batch of (image bytes, faces mode, return_crops): per-item results, one detector
+        call and one forward pass for all of them. A failure of one item never touches the others."""
+        t0 = time.perf_counter()
+        decoded = self._map(lambda item: self._safely(self.decode, item[0]), items)
+        ok = [i for i, (rgb, _) in enumerate(decoded) if rgb is not None]
+        try:
+            found = dict(zip(ok, self.detector.find_many([decoded[i][0] for i in ok])))
+        except Exception:  # one photo the detector cannot take must not fail the others: one by one
+            found = {}
+            for i in ok:
+                f, err = self._safely(self.detector.find, decoded[i][0])
+                if err is None:
+                    found[i] = f
+                else:
+                    decoded[i] = (None, err)
+        outcomes = self._map(
+            lambda i: decoded[i] if i not in found else self._safely(self.inputs, decoded[i][0], found[i], *items[i][1:]),
+            range(len(items)))
         prepared = [p for p, _ in outcomes]
         results = [{} if err is None else err for _, err in outcomes]
         t1 = time.perf_counter()
@@ -250,7 +264,8 @@ class FaceEmbedderCore:
                 "ok": True,
                 "width": p["width"],
                 "height": p["height"],
-                "faces": [{"box": b, "embedding": embeddings[pos + j]} for j, b in enumerate(p["boxes"])],
+                "faces": [{"box": b, "score": sc, "embedding": embeddings[pos + j]}
+                          for j, (b, sc) in enumerate(zip(p["boxes"], p["scores"]))],
                 "model_id": self.model_id,
                 "batch_size": len(items),
                 "timing_ms": {"prepare": (t1 - t0) * 1e3, "forward": (t2 - t1) * 1e3},
@@ -271,7 +286,7 @@ class Embedder:
 
     ``model``: a ModelConfig as a dict (plus ``onnx_path`` when the driver exported the model for
     ONNX Runtime, see ``build_app``); ``crop``: keyword arguments of FaceEmbedderCore
-    (crop size and margin of the gallery, pixel limit, Haar parameters).
+    (crop size and margin of the gallery, pixel limit, the gallery's face detector settings).
     """
 
     def __init__(self, model: dict[str, Any], crop: dict[str, Any]):

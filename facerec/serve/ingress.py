@@ -264,7 +264,7 @@ app = FastAPI(
     title="facerec",
     version="1.0",
     description="Face image retrieval: upload a photo, get the most similar faces of the gallery "
-                "with their identities and CelebA attributes. Haar detection (Viola & Jones 2001), "
+                "with their identities and CelebA attributes. MTCNN face detection (Zhang et al. 2016) with a face gate, "
                 "CNN embeddings trained with metric-learning losses, KD-tree search.",
     docs_url=None,  # FastAPI's Swagger UI loads from a CDN: blank offline; /docs below needs no network
     redoc_url=None,

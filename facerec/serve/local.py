@@ -24,11 +24,12 @@ DEFAULT_WORKDIR = Path.home() / ".cache" / "facerec" / "serve"
 
 
 def ensure_crops(workdir: Path | None, crops: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
-                 preprocess_engine: str = "ray", input_kind: str = "haar_crop") -> Path:
+                 preprocess_engine: str = "ray", input_kind: str = "haar_crop", detector: dict | None = None) -> Path:
     """A preprocess output: ``crops`` as given, else ``data`` (default: the synthetic set)
     preprocessed into ``input_kind`` inputs by :func:`facerec.data.crops_cache.preprocessed` (the
     shared cache: photos a training run already preprocessed are not cropped again; ``workdir`` no
-    longer decides where)."""
+    longer decides where). ``detector``: PreprocessConfig's detector fields (default: the default
+    detector)."""
     from facerec.data.crops_cache import preprocessed
     from facerec.data.preprocess import PreprocessConfig
 
@@ -40,7 +41,7 @@ def ensure_crops(workdir: Path | None, crops: str | os.PathLike | None = None, d
         from facerec.data.synth import ensure_synthetic
 
         source = Path(ensure_synthetic())
-    return preprocessed(source, PreprocessConfig(engine=preprocess_engine, input_kind=input_kind))
+    return preprocessed(source, PreprocessConfig(engine=preprocess_engine, input_kind=input_kind, **(detector or {})))
 
 
 def served_input_kind(checkpoints: dict[str, str]) -> str:
@@ -85,13 +86,15 @@ def prepare_gallery(
     rebuild: bool = False,
     preprocess_engine: str = "ray",
     untrained: bool = False,
+    detector: dict | None = None,
 ) -> tuple[Path, dict[str, str]]:
     """The gallery folder to serve and its checkpoints {name: folder}.
 
     An existing ``gallery`` is served as is (with the checkpoints it records, or the given ones
     if they are the ones it was built with); otherwise one is built from ``crops`` / ``data`` /
     the synthetic set with ``checkpoints`` (default: the pretrained ``dlib_resnet``;
-    ``untrained=True``: untrained resnet50 + mobilenet_v2 at ``image_size``, a pipeline demo).
+    ``untrained=True``: untrained resnet50 + mobilenet_v2 at ``image_size``, a pipeline demo);
+    ``detector``: PreprocessConfig's detector fields the photos are preprocessed with.
     """
     from facerec.models import read_checkpoint_metadata
     from facerec.models.pretrained import resolve_checkpoint
@@ -114,7 +117,7 @@ def prepare_gallery(
     if not checkpoints and not untrained:
         checkpoints = {n: resolve_checkpoint(n) for n in DEFAULT_MODELS}
     kind = served_input_kind(checkpoints) if checkpoints else "haar_crop"
-    crops_dir = ensure_crops(workdir, crops, data, preprocess_engine, input_kind=kind)
+    crops_dir = ensure_crops(workdir, crops, data, preprocess_engine, input_kind=kind, detector=detector)
     if not checkpoints:
         checkpoints = untrained_checkpoints(workdir, crops_dir, image_size)
     if target is None:

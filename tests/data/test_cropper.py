@@ -1,4 +1,4 @@
-"""The one Haar cropper (facerec.data.cropper) with its two box rules: the study's (preprocess) and
+"""The one face cropper (facerec.data.cropper) with its two box rules: the study's (preprocess) and
 the subject nearest the centre (LFW), on generated photos, in this process."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from facerec.data.cropper import RESULT_COLUMNS, HaarCropper, crop_images, study_box_rule
+from facerec.data.cropper import RESULT_COLUMNS, FaceCropper, crop_images, study_box_rule
 from facerec.data.images import encode_png, read_image
 from facerec.data.preprocess import PreprocessConfig
 from facerec.data.synth import generate_synthetic
@@ -31,7 +31,7 @@ def test_study_rule_keeps_faces_and_drops_the_rest_with_reasons(photos, tmp_path
     rows = crop_images(faces + ["blank.png", "junk.jpg"], folder, tmp_path, cfg, progress=False)
     assert list(rows.columns) == RESULT_COLUMNS
     by = rows.set_index("image_id")
-    assert (by.loc[faces, "status"] == "kept").all() and (by.loc[faces, "method"] == "haar").all()
+    assert (by.loc[faces, "status"] == "kept").all() and (by.loc[faces, "method"] == "face").all()
     assert by.loc["blank.png", ["status", "reason"]].tolist() == ["dropped", "no_face"]
     assert by.loc["junk.jpg", ["status", "reason"]].tolist() == ["dropped", "unreadable"]
     for f in faces:
@@ -58,7 +58,7 @@ def test_lfw_rule_crops_the_centre_when_no_face_is_found(photos, tmp_path):
 def test_part_files_record_finished_batches(photos, tmp_path):
     folder, faces = photos
     cfg = PreprocessConfig(engine="local", batch_size=1, several_faces="largest")
-    cropper = HaarCropper(str(folder), str(tmp_path), cfg, study_box_rule("largest"), parts_dir=str(tmp_path / "parts"))
+    cropper = FaceCropper(str(folder), str(tmp_path), cfg, study_box_rule("largest"), parts_dir=str(tmp_path / "parts"))
     cropper(pd.DataFrame({"image_id": faces[:1]}))
     parts = list((tmp_path / "parts").glob("part-*.parquet"))
     assert len(parts) == 1 and pd.read_parquet(parts[0])["image_id"].tolist() == faces[:1]

@@ -362,8 +362,9 @@ def test_ray_engine_gives_the_same_result(dataset, local_run, ray_cluster, tmp_p
 
 @pytest.mark.parametrize(
     "field, value",
-    [("crop_size", 8), ("margin", -0.1), ("margin", 3.0), ("scale_factor", 1.0), ("min_neighbors", -1),
-     ("min_face", 0), ("detect_max_side", 10), ("max_pixels", 100), ("min_images_per_identity", 0),
+    [("crop_size", 8), ("margin", -0.1), ("margin", 3.0), ("scale_step", 1.0), ("min_neighbors", -1),
+     ("min_face", 0), ("min_face", 1.5), ("min_confidence", 1.2), ("min_confidence", float("nan")),
+     ("detect_max_side", 10), ("detector", "hog"), ("max_pixels", 100), ("min_images_per_identity", 0),
      ("batch_size", 0), ("num_workers", 0), ("several_faces", "all"), ("engine", "spark")],
 )
 def test_config_validation(field, value):
@@ -377,7 +378,17 @@ def test_fingerprint_covers_crop_settings_only():
     assert PreprocessConfig(batch_size=3, engine="local", num_workers=1).fingerprint() == base.fingerprint()
     assert PreprocessConfig(crop_size=64).fingerprint() != base.fingerprint()
     assert PreprocessConfig(margin=0.3).fingerprint() != base.fingerprint()
-    assert PreprocessConfig(several_faces="largest").fingerprint() != base.fingerprint()
+    assert PreprocessConfig(several_faces="drop").fingerprint() != base.fingerprint()
+    # the detector and its gate decide which faces are stored: each is in the fingerprint
+    assert PreprocessConfig(detector="haar").fingerprint() != base.fingerprint()
+    assert PreprocessConfig(min_confidence=0.5).fingerprint() != base.fingerprint()
+    assert PreprocessConfig(min_face=64).fingerprint() != base.fingerprint()
+    assert PreprocessConfig(scale_step=1.8).fingerprint() != base.fingerprint()
+    # None means the detector's default: the same stored inputs, the same fingerprint
+    from facerec.detect import DETECTORS
+
+    d = DETECTORS.get("mtcnn").defaults
+    assert PreprocessConfig(min_confidence=d["min_confidence"], min_face=d["min_face"]).fingerprint() == base.fingerprint()
     assert PreprocessConfig(input_kind="aligned_chip_5pt").fingerprint() != base.fingerprint()
 
 

@@ -1,4 +1,4 @@
-"""Fixtures of the serve tests: a tiny real gallery (synthetic photos -> Haar crops -> two small
+"""Fixtures of the serve tests: a tiny real gallery (synthetic photos -> face crops -> two small
 untrained CNNs, batch norms recalibrated) and, for the HTTP/browser tests, one real Serve app on
 a local 2-CPU Ray cluster shared by the whole session and shut down at its end."""
 
@@ -99,24 +99,24 @@ def _png_bomb(side: int = 10_000) -> bytes:
 @pytest.fixture(scope="session")
 def photos(serve_artifacts) -> list[tuple[str, bytes]]:
     """(file name, JPEG bytes) of synthetic photos whose gallery crop is exactly what serving
-    crops (the largest single-pass Haar box equals preprocess's box), so a query with the photo
-    finds its own crop first."""
+    crops (the largest accepted face of the served detector is preprocess's box), so a query with
+    the photo finds its own crop first."""
     import pandas as pd
 
-    from facerec.data.haar import HaarDetector
     from facerec.data.images import decode_image
+    from facerec.detect import DetectorConfig
 
     crops = pd.read_parquet(serve_artifacts["crops"] / "crops.parquet").set_index("image_id")
-    det = HaarDetector()
+    det = DetectorConfig().build()
     out = []
     for p in sorted((serve_artifacts["photos"] / "img_celeba").iterdir()):
         if p.name not in crops.index:
             continue
-        boxes = det.detect_all(decode_image(p.read_bytes()))
+        boxes = det.find(decode_image(p.read_bytes())).boxes
         row = crops.loc[p.name]
-        if len(boxes) and list(map(int, boxes[0])) == [int(row.box_x), int(row.box_y), int(row.box_w), int(row.box_h)]:
+        if len(boxes) and [int(round(v)) for v in boxes[0]] == [int(row.box_x), int(row.box_y), int(row.box_w), int(row.box_h)]:
             out.append((p.name, p.read_bytes()))
-    assert len(out) >= 12, f"only {len(out)} usable synthetic photos; the Haar cascade misses the drawing"
+    assert len(out) >= 12, f"only {len(out)} usable synthetic photos; the detector misses the drawing"
     return out
 
 
@@ -128,7 +128,7 @@ def bad_images() -> dict[str, tuple[bytes, int, str]]:
         "truncated_jpeg": (_blank_jpeg()[:200], 400, "damaged or truncated|not a recognised"),
         "empty": (b"", 400, "empty"),
         "decompression_bomb": (_png_bomb(), 413, "exceeds the limit|decompression|pixels"),
-        "no_face": (_blank_jpeg(), 422, "no face detected"),
+        "no_face": (_blank_jpeg(), 422, "no face in the 160x120 image: no face was found"),
     }
 
 

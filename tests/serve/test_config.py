@@ -40,7 +40,10 @@ def test_defaults_and_from_dict():
         ({"index_kind": "ball_tree"}, r"index_kind='ball_tree'.*kdtree"),
         ({"gallery_token": "short"}, r"gallery_token='<hidden>'.*at least 8"),
         ({"reload_poll_s": 0}, r"reload_poll_s=0.*> 0"),
-        ({"haar_scale_factor": 1.0}, r"haar_scale_factor=1.0"),
+        ({"detector": "hog"}, r"detector='hog' is invalid: expected one of \['haar', 'mtcnn'\]"),
+        ({"min_confidence": 2}, r"min_confidence=2 is invalid: expected a detector score in \[0, 1\]"),
+        ({"min_face": 0}, r"min_face=0 is invalid: expected an integer number of pixels"),
+        ({"scale_step": 1.0}, r"scale_step=1.0 is invalid: expected a ratio in \(1, 2\]"),
     ],
 )
 def test_serve_config_rejects(kwargs, match):

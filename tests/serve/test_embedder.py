@@ -16,21 +16,22 @@ def core(serve_artifacts):
 
 
 def _reference(checkpoint: str, data: bytes) -> tuple[np.ndarray, list[list[int]]]:
-    """decode -> Haar -> crop -> test_transform -> model, composed by hand."""
+    """decode -> the default detector and gate -> crop -> test_transform -> model, composed by hand."""
     import torch
 
-    from facerec.data.haar import HaarDetector, crop_face
+    from facerec.data.haar import crop_face
+    from facerec.detect import DetectorConfig
     from facerec.data.images import decode_image
     from facerec.data.transforms import test_transform
     from facerec.models import load_embedder
 
     model, meta = load_embedder(checkpoint)
     rgb = decode_image(data)
-    boxes = HaarDetector().detect_all(rgb)
+    boxes = DetectorConfig().build().find(rgb).boxes
     tf = test_transform(int(meta["image_size"]))
     with torch.inference_mode():
         emb = model(torch.stack([tf(crop_face(rgb, b, 0.2, 218)) for b in boxes])).numpy()
-    return emb, [list(map(int, b)) for b in boxes]
+    return emb, [[int(round(v)) for v in b] for b in boxes]
 
 
 def test_bad_items_do_not_fail_the_batch(core, photos, bad_images, serve_artifacts):

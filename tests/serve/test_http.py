@@ -36,14 +36,15 @@ def _reference_query(checkpoint: str, data: bytes) -> np.ndarray:
     """Largest face -> crop -> test_transform -> model, by hand (no serve code)."""
     import torch
 
-    from facerec.data.haar import HaarDetector, crop_face
+    from facerec.data.haar import crop_face
     from facerec.data.images import decode_image
+    from facerec.detect import DetectorConfig
     from facerec.data.transforms import test_transform
     from facerec.models import load_embedder
 
     model, meta = load_embedder(checkpoint)
     rgb = decode_image(data)
-    box = HaarDetector().detect_all(rgb)[0]
+    box = DetectorConfig().build().find(rgb).boxes[0]
     with torch.inference_mode():
         return model(test_transform(int(meta["image_size"]))(crop_face(rgb, box, 0.2, 218))[None]).numpy()[0]
 
@@ -259,7 +260,7 @@ def test_gallery_add_then_search(client, live_app, photos, bad_images, serve_art
     # one bad image among good ones: nothing is added
     r = client.post("/v1/gallery", headers=auth, data={"identity": "4242"},
                     files=[("image", ("a.jpg", photos[1][1], "image/jpeg")), ("image", ("b.jpg", bad_images["no_face"][0], "image/jpeg"))])
-    assert r.status_code == 422 and "image 1: no face detected" in r.json()["detail"] and "nothing was added" in r.json()["detail"]
+    assert r.status_code == 422 and "image 1: no face in the" in r.json()["detail"] and "nothing was added" in r.json()["detail"]
     r = client.post("/v1/gallery", headers=auth, data={"identity": "-3"}, files={"image": ("a.jpg", photos[1][1], "image/jpeg")})
     assert r.status_code == 422 and "field identity: Input should be greater than or equal to 0 (got '-3')" in r.json()["detail"]
     assert json.loads((live_app["gallery"] / "gallery.json").read_text())["version"] == before["version"]

@@ -38,17 +38,17 @@ def _search(url: str, data: bytes, k: int, model: str = "mnv3") -> dict:
 @pytest.fixture(scope="module")
 def stranger(tmp_path_factory) -> bytes:
     """A photo of a synthetic person who is not in the gallery (another seed)."""
-    from facerec.data.haar import HaarDetector
     from facerec.data.images import decode_image
+    from facerec.detect import DetectorConfig
     from facerec.data.synth import generate_synthetic
 
     root = generate_synthetic(tmp_path_factory.mktemp("stranger"), n_identities=2, images_per_identity=3, seed=11,
                               progress=False)
-    det = HaarDetector()
+    det = DetectorConfig().build()
     for p in sorted((root / "img_celeba").iterdir()):
-        if len(det.detect_all(decode_image(p.read_bytes()))):
+        if len(det.find(decode_image(p.read_bytes()))):
             return p.read_bytes()
-    pytest.skip("no synthetic stranger photo with a face for the cascade")
+    pytest.skip("no synthetic stranger photo with a face for the detector")
 
 
 @pytest.fixture(scope="module")

@@ -106,7 +106,7 @@ def test_upload_shows_box_and_top9(page, live_app, photos, model):
 def test_no_face_shows_error(page, bad_images):
     page.set_input_files("#file", files=[{"name": "wall.jpg", "mimeType": "image/jpeg", "buffer": bad_images["no_face"][0]}])
     page.wait_for_function("document.getElementById('status').classList.contains('error')", timeout=120_000)
-    assert "Error 422: no face detected" in page.inner_text("#status")
+    assert "Error 422: no face in the" in page.inner_text("#status")
     assert page.evaluate("document.querySelectorAll('#results .result').length") == 0
 
 
