@@ -220,7 +220,7 @@ def lfw_embeddings(lfw_root: str | os.PathLike, model: Any, pairs: pd.DataFrame,
     crops = crop_lfw_images(root, images, crop_dir, cfg)
     emb, stats = embed_crops_with_stats(crops, crop_dir, model, EmbedConfig(batch_size=batch_size, num_actors=num_actors,
                                                                            use_gpu=use_gpu))
-    return crops, emb, stats
+    return crops, emb, {**stats, "detector": cfg.detector}
 
 
 def lfw_verification(lfw_root: str | os.PathLike, model: Any, pairs_path: str | os.PathLike | None = None,
@@ -253,6 +253,7 @@ def lfw_verification(lfw_root: str | os.PathLike, model: Any, pairs_path: str | 
         "mean": mean, "std": std, "per_fold": per_fold, "folds": int(pairs["fold"].nunique()), "pairs": int(len(pairs)),
         "images": int(len(crops)), "crop_methods": {m: int(methods.get(m, 0)) for m in CROP_METHODS},
         "centre_fallback": int(methods.get("centre", 0)), "model_id": stats.get("model_id"),
+        "detector": stats["detector"],
         "seconds": time.perf_counter() - t0, "scores": scores, "same": pairs["same"].to_numpy(),
     }
     print(f"lfw: accuracy {mean * 100:.2f} +- {std * 100:.2f} % over {out['folds']} folds ({out['pairs']} pairs, "

@@ -29,11 +29,14 @@ def store_calibration(checkpoint_dir: str | os.PathLike, calibration: dict[str, 
     return record_for_same_weights(checkpoint_dir, KEY, calibration)
 
 
-def read_calibration(checkpoint_dir: str | os.PathLike, meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
+def read_calibration(checkpoint_dir: str | os.PathLike, meta: dict[str, Any] | None = None,
+                     detector: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The calibration stored beside ``checkpoint_dir``, or None for an uncalibrated model.
 
-    A calibration measured on other weights (another ``model_id``) or on another input kind than
-    the checkpoint's raises :class:`ArtifactMismatchError`: its thresholds would be meaningless."""
+    A calibration measured on other weights (another ``model_id``), on another input kind than
+    the checkpoint's, or -- when ``detector`` (settings of ``facerec.detect.DetectorConfig``) is
+    given -- on faces of another detector raises :class:`ArtifactMismatchError`: its thresholds
+    would be meaningless (a detector's boxes change the aligned faces, hence the distances)."""
     from facerec.data.inputs import kind_of
     from facerec.models.metadata import read_checkpoint_metadata
     from facerec.models.pretrained import MEASURED_FILE
@@ -55,6 +58,14 @@ def read_calibration(checkpoint_dir: str | os.PathLike, meta: dict[str, Any] | N
     if cal.get("input_kind") != kind_of(meta).name:
         raise ArtifactMismatchError(f"{path}: the calibration was measured on {cal.get('input_kind')} inputs but the "
                                     f"model takes {kind_of(meta).name}; {fix}")
+    if detector is not None:
+        from facerec.detect import check_same_detector, crops_detector
+
+        d = dict(detector)
+        check_same_detector(crops_detector(cal.get("data") or {}), d, f"the calibration in {path}",
+                            f"calibrate with the served detector: `facerec calibrate --model {checkpoint_dir} --lfw LFW_DIR "
+                            f"--detector {d.get('detector')} --min-confidence {d.get('min_confidence')} --min-face "
+                            f"{d.get('min_face')} --scale-step {d.get('scale_step')}`, then restart")
     if not thresholds(cal):
         return None  # measured, but no FAR was resolvable: nothing to decide with
     return cal

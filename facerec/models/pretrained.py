@@ -147,7 +147,7 @@ def record_lfw(checkpoint_dir: str | os.PathLike, lfw: dict[str, Any], lfw_root:
     shows it whichever folder is served."""
     value = {"accuracy_pct": round(100 * float(lfw["mean"]), 2), "std_pct": round(100 * float(lfw["std"]), 2),
              "folds": int(lfw["folds"]), "pairs": int(lfw["pairs"]),
-             "data": f"{Path(lfw_root).name}, {int(lfw['folds'])} folds of pairs.txt"}
+             "data": f"{Path(lfw_root).name}, {int(lfw['folds'])} folds of pairs.txt", "detector": lfw.get("detector")}
     record_for_same_weights(checkpoint_dir, "lfw", value)
 
 

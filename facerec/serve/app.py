@@ -53,8 +53,11 @@ def check_artifacts(config: ServeConfig) -> dict[str, Any]:
             )
         resolve_runtime(m, meta)  # runtime: onnx where it cannot run fails here, before any replica
     from facerec.detect import check_same_detector, crops_detector
+    from facerec.models.calibration import read_calibration
 
     made, now = crops_detector(manifest), config.detector_config().settings()
+    for m in config.models:  # a calibration of faces another detector found fails here, not in a replica
+        read_calibration(m.checkpoint, read_checkpoint_metadata(m.checkpoint), now)
     check_same_detector(made, now, f"gallery {config.gallery_dir}",
                         f"serve it with the detector it was made with (facerec serve --gallery {config.gallery_dir} "
                         f"--detector {made['detector']} --min-confidence {made['min_confidence']} --min-face "

@@ -168,7 +168,8 @@ def _serve(args: argparse.Namespace, workdir: Path, checkpoints: dict[str, str])
     application = build_app(config)  # artifacts checked here, before any replica starts
     from facerec.serve.verification import startup_line
 
-    calibration_lines = [startup_line(n, c) for n, c in sorted(checkpoints.items())]  # a stale one fails here
+    detector = config.detector_config().settings()
+    calibration_lines = [startup_line(n, c, detector) for n, c in sorted(checkpoints.items())]  # a stale one fails here
     serve.start(http_options={"host": args.host, "port": args.port})
     t0 = time.perf_counter()
     run_app(application, name="facerec", route_prefix="/")

@@ -80,7 +80,6 @@ class FaceEmbedderCore:
                  torch_threads: int | None = None, prepare_threads: int = 1, runtime: str = "auto",
                  onnx_path: str | None = None):
         from facerec.data.inputs import kind_of
-        from facerec.detect import DetectorConfig
         from facerec.models.metadata import read_checkpoint_metadata
         from facerec.models.pretrained import resolve_checkpoint
 
@@ -110,10 +109,14 @@ class FaceEmbedderCore:
             self.model, self.metadata = load_embedder(self.checkpoint, map_location=self.device)
         self.onnx_path = str(onnx_path) if self.runtime == "onnx" else None
         self.model_id = self.metadata["model_id"]
+        from facerec.detect import DetectorConfig
         from facerec.models.calibration import read_calibration
 
+        # Validated now, in the constructor; the gallery's detector (build_app checks they agree).
+        self.detector_config = DetectorConfig.from_settings(detector) if detector else DetectorConfig()
+        self.detector = self.detector_config.build()
         # Read once: a replica decides with the thresholds it started with (calibrate, then restart).
-        self.calibration = read_calibration(self.checkpoint, self.metadata)
+        self.calibration = read_calibration(self.checkpoint, self.metadata, self.detector_config.settings())
         self.image_size = int(self.metadata.get("image_size", crop_size))
         # A fixed-size kind (dlib's chip) is made at the model's size; a crop at the gallery's.
         self.crop_size = self.image_size if self.kind.fixed_size else int(crop_size)
@@ -123,9 +126,6 @@ class FaceEmbedderCore:
         self.margin = float(margin)
         self.max_pixels = int(max_pixels)
         self.max_faces = int(max_faces)
-        # Validated now, in the constructor; the gallery's detector (build_app checks they agree).
-        self.detector_config = DetectorConfig.from_settings(detector) if detector else DetectorConfig()
-        self.detector = self.detector_config.build()
         # Decoding (PIL) and making the inputs (OpenCV, numpy) release the GIL, so the items of one
         # batch are prepared in parallel; detection runs once for the whole batch.
         self._pool = ThreadPoolExecutor(prepare_threads, thread_name_prefix="prepare") if prepare_threads > 1 else None

@@ -99,15 +99,15 @@ def distance(a: Any, b: Any) -> float:
     return float(np.linalg.norm(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)))
 
 
-def startup_line(name: str, checkpoint: str) -> str:
+def startup_line(name: str, checkpoint: str, detector: dict | None = None) -> str:
     """One line for the server's console: the threshold a served model decides with, or how to
-    calibrate it. A calibration of other weights or another input kind raises
-    ArtifactMismatchError (before any replica starts)."""
+    calibrate it. A calibration of other weights, another input kind or (``detector``: the served
+    detector's settings) another detector raises ArtifactMismatchError (before any replica starts)."""
     from facerec.models.calibration import read_calibration
     from facerec.models.metadata import read_checkpoint_metadata
 
     meta = read_checkpoint_metadata(checkpoint)
-    cal = read_calibration(checkpoint, meta)
+    cal = read_calibration(checkpoint, meta, detector)
     if cal is None:
         return (f"serve: {name} is not calibrated: /v1/verify answers 409 and search hits carry no same_person; "
                 f"`facerec calibrate --model {meta.get('pretrained') or checkpoint} --lfw LFW_DIR` (or --crops), "

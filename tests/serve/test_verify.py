@@ -56,6 +56,7 @@ def cal_app(live_app, serve_artifacts, photos, stranger, tmp_path_factory):
     """The calibrated application and the distances its thresholds were placed around."""
     from ray import serve
 
+    from facerec.detect import DetectorConfig
     from facerec.models.calibration import store_calibration
     from facerec.models.metadata import read_checkpoint_metadata
     from facerec.serve.app import ServeConfig, build_app
@@ -81,7 +82,8 @@ def cal_app(live_app, serve_artifacts, photos, stranger, tmp_path_factory):
         "format": 1, "model_id": meta["model_id"], "input_kind": "haar_crop", "default_far": 0.001,
         "operating_points": [{"far": f, "resolvable": True, "threshold": t, "tar_mean": 0.9} for f, t in thresholds.items()]
         + [{"far": 0.0001, "resolvable": False, "note": "not resolvable with 300 impostor pairs"}],
-        "eer": {"mean": 0.05, "std": 0.01}, "data": {"source": "lfw", "name": "test", "folds": 3},
+        "eer": {"mean": 0.05, "std": 0.01},
+        "data": {"source": "lfw", "name": "test", "folds": 3, "detector": DetectorConfig().settings()},
         "pairs": {"total": 1000}, "date": "2026-01-01T00:00:00+00:00",
     })
     gallery = tmp_path_factory.mktemp("calgallery") / "gallery"
@@ -267,3 +269,26 @@ def test_page_says_no_match_instead_of_nine_strangers(cal_page, cal_app):
     same = cal_page.evaluate("[...document.querySelectorAll('#results .result')].map(li => li.dataset.samePerson)")
     assert same == ["null"] * 9 and cal_page.is_hidden("#no-match")
     assert "Not calibrated" in cal_page.inner_text("#model-card")
+
+
+def test_a_calibration_of_another_detectors_faces_is_refused_naming_the_command(serve_artifacts, tmp_path):
+    """Distances between faces one detector found are not those of another's (other boxes, other
+    aligned chips): a threshold calibrated on Haar's faces is refused for MTCNN's, before Ray."""
+    import shutil
+
+    from facerec.detect import LEGACY_HAAR, DetectorConfig
+    from facerec.errors import ArtifactMismatchError
+    from facerec.models import read_checkpoint_metadata
+    from facerec.models.calibration import read_calibration, store_calibration
+
+    ckpt = tmp_path / "mnv3"
+    shutil.copytree(serve_artifacts["checkpoints"]["mnv3"], ckpt)
+    meta = read_checkpoint_metadata(ckpt)
+    cal = {"format": 1, "model_id": meta["model_id"], "input_kind": "haar_crop", "default_far": 0.01,
+           "operating_points": [{"far": 0.01, "resolvable": True, "threshold": 0.5}],
+           "data": {"source": "lfw", "name": "test", "folds": 3}}  # no detector: made before the registry, Haar
+    store_calibration(ckpt, cal)
+    assert read_calibration(ckpt, meta, LEGACY_HAAR)["default_far"] == 0.01
+    with pytest.raises(ArtifactMismatchError, match=r"the calibration in .*measured.json was made with the face "
+                       r"detector haar .* this run detects with mtcnn .*`facerec calibrate --model .* --detector mtcnn"):
+        read_calibration(ckpt, meta, DetectorConfig().settings())
