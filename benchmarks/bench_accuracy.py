@@ -23,6 +23,7 @@ detector's mistakes gather) for a person to check that every one is a face.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -75,34 +76,17 @@ def contact_sheet(paths: list[Path], out: Path, title: str, cols: int = 20, side
 
 
 def dlib_reference(data: Path, ids: list[str], labels: dict[str, int]) -> dict:
-    import dlib
-
-    from facerec.data.images import read_image
-    from facerec.dlibport.files import RESNET, SHAPE_5, locate
-
-    det = dlib.get_frontal_face_detector()
-    sp = dlib.shape_predictor(str(locate(SHAPE_5)))
-    net = dlib.face_recognition_model_v1(str(locate(RESNET)))
+    """dlib's own pipeline on every photo, one process per core (``bench_pipeline.dlib_pool``)."""
+    from benchmarks.bench_pipeline import dlib_pool
     from facerec.data.celeba import find_image_dir
 
     image_dir = find_image_dir(data)
-    emb, lab = [], []
-    t0 = time.perf_counter()
-    for n, i in enumerate(ids):
-        if n % 250 == 0:
-            print(f"\rdlib reference: {n}/{len(ids)} photos", end="", flush=True)
-        rgb = read_image(image_dir / i)
-        faces = det(rgb, 1)
-        if len(faces) == 0:
-            continue
-        face = max(faces, key=lambda r: r.area())
-        chip = dlib.get_face_chip(rgb, sp(rgb, face), size=150, padding=0.25)
-        emb.append(np.asarray(net.compute_face_descriptor(chip)))
-        lab.append(labels[i])
-    print()
-    p1, mapr, nq = leave_one_out(np.asarray(emb), np.asarray(lab))
-    return {"kept": len(emb), "p_at_1": p1, "map_at_r": mapr, "queries": nq, "seconds": time.perf_counter() - t0,
-            "rank1_all": rank1_all(np.asarray([labels[i] for i in ids]), p1, nq)}
+    emb, secs = dlib_pool([str(image_dir / i) for i in ids], max(1, os.cpu_count() or 1))
+    ok = ~np.isnan(emb).any(1)
+    lab = np.asarray([labels[i] for i in ids])
+    p1, mapr, nq = leave_one_out(emb[ok], lab[ok])
+    return {"kept": int(ok.sum()), "p_at_1": p1, "map_at_r": mapr, "queries": nq, "seconds": secs,
+            "rank1_all": rank1_all(lab, p1, nq), "embeddings": dict(zip(np.asarray(ids)[ok], emb[ok]))}
 
 
 def main(argv=None) -> int:
@@ -134,7 +118,7 @@ def main(argv=None) -> int:
     listed = len(listing)
     listed_labels = listing.drop_duplicates("image_id")["identity"].to_numpy()
     detectors = [d for d in args.detectors.split(",") if d]
-    rows = []
+    rows, first = [], None
     for detector in detectors:
         for rule in [r for r in args.rules.split(",") if r]:
             config = PreprocessConfig(input_kind=kind, several_faces=rule, detector=detector)
@@ -153,6 +137,7 @@ def main(argv=None) -> int:
                          "rank1_all_listed": rank1_all(listed_labels, p1, nq),
                          "test_p_at_1": tp1, "test_map_at_r": tmapr, "test_queries": tnq, "embed_s": secs})
             if detector == detectors[0] and rule == args.rules.split(",")[0]:
+                first = (f"{detector}, {rule}", dict(zip(df["image_id"], emb)), dict(zip(df["image_id"], df["identity"])))
                 out = Path(args.out)
                 out.mkdir(parents=True, exist_ok=True)
                 rng = np.random.default_rng(0)
@@ -173,7 +158,17 @@ def main(argv=None) -> int:
                      "queries": ref["queries"], "rank1_all_listed": ref["rank1_all"],
                      "test_p_at_1": float("nan"), "test_map_at_r": float("nan"), "test_queries": 0,
                      "embed_s": ref["seconds"]})
-    notes = []
+    same_photos = None
+    if args.reference and first is not None:
+        # Like for like: the photos both pipelines kept, each with its own embedding.
+        name, ours, labels_of = first
+        both = sorted(set(ours) & set(ref["embeddings"]))
+        lab = np.asarray([labels_of[i] for i in both])
+        a = leave_one_out(np.stack([ours[i] for i in both]), lab)
+        b = leave_one_out(np.stack([ref["embeddings"][i] for i in both]), lab)
+        same_photos = (f"on the {len(both)} photos both facerec ({name}) and dlib's pipeline kept: facerec "
+                       f"precision@1 {a[0]:.4f}, MAP@R {a[1]:.4f}; dlib's pipeline {b[0]:.4f}, {b[1]:.4f}")
+    notes = [same_photos] if same_photos else []
     if not args.no_lfw:
         from facerec.detect import DetectorConfig
         from facerec.eval.lfw import LFWCropConfig, lfw_verification

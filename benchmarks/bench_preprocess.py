@@ -1,5 +1,5 @@
 """Crop throughput: a plain single-process loop versus the Ray Data pipeline on all cores,
-in one run, on the same photos, with the same per-image code (``facerec.data.cropper.HaarCropper``).
+in one run, on the same photos, with the same per-image code (``facerec.data.cropper.FaceCropper``).
 
     python benchmarks/bench_preprocess.py                      # ../shared/data/celeba-sample
     python benchmarks/bench_preprocess.py --data /data/celeba --limit 20000
@@ -14,7 +14,7 @@ Ray Data's cluster-level helper actors (its stats actor, autoscaling coordinator
 tracker: detached actors that the first Ray Data job on a cluster starts and every later job reuses)
 are started before the clock, like the cluster itself; the time that takes is reported beside the
 table and added back in the "first job on a fresh cluster" note. The pipeline's own actor pool
-(process start, imports, one Haar cascade per actor) stays inside the timed span.
+(process start, imports, one detector per actor) stays inside the timed span.
 """
 
 from __future__ import annotations

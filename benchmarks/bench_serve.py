@@ -10,11 +10,11 @@ concurrency. Batching is switched between settings through the Embedder's ``user
     python benchmarks/bench_serve.py                         # 30 s per cell, concurrency 1/8/32
     python benchmarks/bench_serve.py --duration 5 --warmup 2  # quick
 
-Queries: photos of /work/shared/data/celeba-sample (those the Haar cascade finds a face in) when
+Queries: photos of /work/shared/data/celeba-sample (those the default detector finds a face in) when
 present, else the synthetic photos. Targets: no 5xx; at concurrency 32 batched throughput
->= 1.5x unbatched (a torchvision backbone). For ``dlib_resnet`` (the default model) the Haar scan,
+>= 1.5x unbatched (a torchvision backbone). For ``dlib_resnet`` (the default model) face detection,
 not the forward pass, dominates a request on two CPUs, so the target is instead requests/s at the
-top concurrency >= 0.75x the images/s of the same per-request steps (decode, Haar, landmarks, chip,
+top concurrency >= 0.75x the images/s of the same per-request steps (decode, detection, landmarks, chip,
 forward, index search) run one after another in this process before the server starts
 (``--baseline-images``), i.e. the serving stack costs at most a quarter. The Embedder replica's
 resident memory (VmRSS, and its peak VmHWM) is read from /proc after each setting.
@@ -39,9 +39,9 @@ SHARED = Path(os.environ.get("FACEREC_SHARED", Path(__file__).resolve().parents[
 
 
 def load_queries(n: int, source: Path | None) -> tuple[list[bytes], str]:
-    """Up to ``n`` JPEGs with a Haar-detectable face (so every request exercises the model)."""
-    from facerec.data.haar import HaarDetector
+    """Up to ``n`` JPEGs with a face the default detector accepts (so every request exercises the model)."""
     from facerec.data.images import decode_image
+    from facerec.detect import DetectorConfig
 
     if source is None:
         celeba = SHARED / "celeba-sample" / "img_celeba"
@@ -50,12 +50,12 @@ def load_queries(n: int, source: Path | None) -> tuple[list[bytes], str]:
         from facerec.data.synth import ensure_synthetic
 
         source = Path(ensure_synthetic()) / "img_celeba"
-    det = HaarDetector()
+    det = DetectorConfig().build()
     out = []
     for p in sorted(Path(source).iterdir()):
         data = p.read_bytes()
         try:
-            if len(det.detect_all(decode_image(data))):
+            if len(det.find(decode_image(data))):
                 out.append(data)
         except Exception:
             continue
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=9)
     p.add_argument("--model-cpus", type=float, default=None, help="CPUs reserved by the Embedder replica (default: all but 0.5)")
     p.add_argument("--torch-threads", type=int, default=None)
-    p.add_argument("--prepare-threads", type=int, default=None, help="decode/Haar threads per batch (default: ModelConfig's)")
+    p.add_argument("--prepare-threads", type=int, default=None, help="decode/input threads per batch (default: ModelConfig's)")
     p.add_argument("--num-gpus", type=float, default=0.0)
     p.add_argument("--ingress-replicas", type=int, default=1)
     p.add_argument("--port", type=int, default=8431)

@@ -76,7 +76,8 @@ def preprocessed(source: str | os.PathLike, config: PreprocessConfig | None = No
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(target.parent / f".{target.name}.lock"):
         if not (target / CROPS_TABLE).is_file():
-            print(f"preprocessing {source} -> {target} ({config.input_kind})", flush=True)
+            print(f"preprocessing {source} -> {target} ({config.input_kind}, faces found by "
+                  f"{config.detector_config().describe()})", flush=True)
             summary = preprocess(source, target, config, progress=progress)
             print(f"preprocess: kept {summary['kept']} of {summary['listed']} images, "
                   f"{summary['identities']} identities, {summary['seconds']} s", flush=True)

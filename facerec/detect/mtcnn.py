@@ -330,10 +330,15 @@ class MTCNN(FaceDetector):
     """
 
     name = "mtcnn"
-    version = 1
+    version = 2  # 2: boxes mapped into dlib's convention for the landmark step
     defaults = {"min_confidence": 0.9, "min_face": 20, "scale_step": round(1 / 0.709, 4)}
-    # MTCNN boxes -> dlib's detector boxes: to be fitted (benchmarks/fit_box_maps.py).
-    box_maps = {DLIB: BoxMap()}
+    # MTCNN boxes -> dlib's frontal detector boxes, which dlib's shape predictor was trained on:
+    # benchmarks/fit_box_maps.py, the median ratios over the 4,660 faces of celeba-sample that both
+    # MTCNN (these defaults) and dlib's HOG detector (one upsample) found. MTCNN's box is narrower
+    # and taller, reaching up the forehead: dlib's is 12 % wider, 16 % shorter and 5.7 % of the
+    # height lower. Landmarks from the mapped box agree with dlib's own pipeline to 1.4 % of the
+    # inter-ocular distance on average (3.1 % from the raw box), held out on half of the faces.
+    box_maps = {DLIB: BoxMap(dx=-0.0100, dy=0.0565, sw=1.1239, sh=0.8413)}
 
     def __init__(self, config, threads: int | None = None):
         super().__init__(config)

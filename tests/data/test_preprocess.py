@@ -162,7 +162,7 @@ def _expected_kept() -> set[str]:
 @pytest.fixture(scope="module")
 def local_run(dataset, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("out-local")
-    summary = preprocess(dataset["root"], out, PreprocessConfig(engine="local", batch_size=4), progress=False)
+    summary = preprocess(dataset["root"], out, PreprocessConfig(engine="local", batch_size=4, several_faces="drop"), progress=False)
     return out, summary
 
 
@@ -229,7 +229,7 @@ def test_crops_table_and_files(dataset, local_run):
     assert meta["attribute_names"] == list(ATTRIBUTE_NAMES)
     assert meta["data_version"] == summary["data_version"] and len(meta["data_version"]) == 16
     assert meta["has_attributes"] is True and meta["has_partition"] is True
-    assert data_version(kept, PreprocessConfig(engine="local", batch_size=4)) == meta["data_version"]
+    assert data_version(kept, PreprocessConfig(engine="local", batch_size=4, several_faces="drop")) == meta["data_version"]
 
     assert kept["identity"].dtype == np.int64 and kept["partition"].dtype == np.int8
     for col in ("box_x", "box_y", "box_w", "box_h", "orig_w", "orig_h"):
@@ -257,7 +257,7 @@ def test_crops_table_and_files(dataset, local_run):
 def test_rerun_is_a_no_op(dataset, local_run, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(local_run[0], out)
-    summary = preprocess(dataset["root"], out, PreprocessConfig(engine="local", batch_size=4), progress=False)
+    summary = preprocess(dataset["root"], out, PreprocessConfig(engine="local", batch_size=4, several_faces="drop"), progress=False)
     assert summary["processed_now"] == 0 and summary["resumed"] == 24
     assert summary["data_version"] == local_run[1]["data_version"]
 
@@ -280,7 +280,7 @@ def test_resume_processes_only_the_missing_work(dataset, local_run, tmp_path):
     for name in (CROPS_TABLE, DROPPED_TABLE, SUMMARY_FILE):
         (out / name).unlink()
 
-    summary = preprocess(dataset["root"], out, PreprocessConfig(engine="local", batch_size=4), progress=False)
+    summary = preprocess(dataset["root"], out, PreprocessConfig(engine="local", batch_size=4, several_faces="drop"), progress=False)
 
     assert summary["processed_now"] == len(lost) == 12
     assert summary["resumed"] == 24 - len(lost)
@@ -300,7 +300,7 @@ def test_resume_from_a_run_over_a_subset(dataset, tmp_path):
     lines = (dataset["root"] / "identity_CelebA.txt").read_text().splitlines(keepends=True)
     (partial / "identity_CelebA.txt").write_text("".join(lines[:10]))
     out = tmp_path / "out"
-    config = PreprocessConfig(engine="local", batch_size=4)
+    config = PreprocessConfig(engine="local", batch_size=4, several_faces="drop")
     first = preprocess(partial, out, config, progress=False)
     assert first["processed_now"] == 10
     second = preprocess(dataset["root"], out, config, progress=False)
@@ -311,12 +311,12 @@ def test_resume_from_a_run_over_a_subset(dataset, tmp_path):
 def test_other_crop_settings_on_the_same_folder_are_refused_then_overwrite(dataset, local_run, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(local_run[0], out)
-    small = PreprocessConfig(engine="local", batch_size=8, crop_size=64)
+    small = PreprocessConfig(engine="local", batch_size=8, crop_size=64, several_faces="drop")
     with pytest.raises(ConfigError, match=r"^out='.*' is invalid: expected a folder made with the same crop settings: "
                                           r"it holds crops made with \{'crop_size': 218"):
         preprocess(dataset["root"], out, small, progress=False)
     # settings that do not change a crop's bytes (batching, engine, identity threshold) resume fine
-    same = preprocess(dataset["root"], out, PreprocessConfig(engine="local", batch_size=8), progress=False)
+    same = preprocess(dataset["root"], out, PreprocessConfig(engine="local", batch_size=8, several_faces="drop"), progress=False)
     assert same["processed_now"] == 0
 
     summary = preprocess(dataset["root"], out, small, overwrite=True, progress=False)
@@ -334,7 +334,7 @@ def test_other_crop_settings_on_the_same_folder_are_refused_then_overwrite(datas
 @pytest.mark.slow
 def test_ray_engine_gives_the_same_result(dataset, local_run, ray_cluster, tmp_path):
     out = tmp_path / "out-ray"
-    config = PreprocessConfig(engine="ray", batch_size=4, num_workers=2)
+    config = PreprocessConfig(engine="ray", batch_size=4, num_workers=2, several_faces="drop")
     summary = preprocess(dataset["root"], out, config, progress=False)
     # the bomb is dropped with its reason; the worker that met it lived on to finish the run
     assert summary["dropped"]["too_large"] == 1
@@ -355,6 +355,18 @@ def test_ray_engine_gives_the_same_result(dataset, local_run, ray_cluster, tmp_p
     again = preprocess(dataset["root"], out, config, progress=False)
     assert again["processed_now"] == 0 and again["resumed"] == 24
     assert again["data_version"] == summary["data_version"]
+
+
+def test_default_rule_keeps_the_largest_of_several_faces(dataset, tmp_path):
+    """The two-faces photo the study's rule drops: the default keeps its largest accepted face."""
+    from facerec.data.cropper import crop_images
+    from facerec.data.celeba import find_image_dir
+
+    rows = crop_images(["800006.jpg"], find_image_dir(dataset["root"]), tmp_path, PreprocessConfig(engine="local"),
+                       progress=False).set_index("image_id")
+    row = rows.loc["800006.jpg"]
+    assert row["status"] == "kept" and row["method"] == "largest" and row["faces"] == 2, row.to_dict()
+    assert row["detail"] == "largest of 2 faces" and row["score"] >= 0.9
 
 
 # --------------------------------------------------------------------------- config
