@@ -7,8 +7,8 @@ crop with the gallery's margin and size, or dlib's 5-point aligned chip from the
 mapped into dlib's convention) -- the same code that made the gallery's inputs. A photo with no
 accepted face is a 422 ``no_face`` saying why (none found, too small, too unsure): a non-face is
 never searched. The CNN forward pass of all faces of all requests waiting when the model becomes
-free runs as one batch (``@serve.batch``): on a GPU, or a CPU running the forward on several threads, one forward of
-16 crops costs far less than 16 forwards of 1.
+free runs as one batch (``@serve.batch``): on a GPU, or a CPU running the forward on several
+threads, one forward of 16 crops costs far less than 16 forwards of 1.
 An :class:`~facerec.serve.batching.IdleGate` holds new requests while a batch computes, so the
 next batch takes all of them (Serve 2.60 alone would form one-request batches meanwhile).
 
