@@ -46,7 +46,8 @@ def test_what_changes_the_content_changes_the_key(photos, cache, tmp_path):
     key = crops_key(photos, base)
     assert crops_key(photos, PreprocessConfig(engine="local", batch_size=4)) == key  # speed only
     for other in (PreprocessConfig(input_kind="aligned_chip_5pt"), PreprocessConfig(crop_size=128),
-                  PreprocessConfig(several_faces="largest"), PreprocessConfig(min_images_per_identity=3)):
+                  PreprocessConfig(several_faces="drop"), PreprocessConfig(min_images_per_identity=3),
+                  PreprocessConfig(detector="haar"), PreprocessConfig(min_confidence=0.5), PreprocessConfig(min_face=40)):
         assert crops_key(photos, other) != key, other
     # other photos: a copy elsewhere, then one image more in the copy
     copy = shutil.copytree(photos, tmp_path / "copy")

@@ -11,16 +11,32 @@ from facerec.eval.lfw import CENTRE_BOX_FRACTION, LFWCropConfig, centre_box, cho
 
 
 def test_box_choice_for_deep_funneled_images():
-    # One face: Haar's box as is.
-    assert choose_box(np.array([[10, 20, 30, 30]]), 250, 250) == ((10, 20, 30, 30), "haar")
+    # One face: its box as is.
+    assert choose_box(np.array([[10, 20, 30, 30]]), 250, 250) == (0, "face")
     # Two faces: centres (25, 35) and (125, 125); the second is at the image centre.
-    assert choose_box(np.array([[10, 20, 30, 30], [100, 100, 50, 50]]), 250, 250) == ((100, 100, 50, 50),
-                                                                                      "haar_nearest_centre")
-    # None: a centred square of 0.47 x 250 = 117.5 -> 118 px (round half to even), at (250 - 118) // 2 = 66.
+    assert choose_box(np.array([[10, 20, 30, 30], [100, 100, 50, 50]]), 250, 250) == (1, "nearest_centre")
+    # None: the centre fallback.
+    assert choose_box(np.zeros((0, 4)), 250, 250) == (-1, "centre")
+    # The fallback: a centred square of 0.47 x 250 = 117.5 -> 118 px (round half to even), at (250 - 118) // 2 = 66.
     assert CENTRE_BOX_FRACTION == 0.47
-    assert choose_box(np.zeros((0, 4)), 250, 250) == ((66, 66, 118, 118), "centre")
+    assert centre_box(250, 250) == (66, 66, 118, 118)
     # Not square: side 0.47 x 100 = 47, x = (200 - 47) // 2 = 76, y = (100 - 47) // 2 = 26.
     assert centre_box(100, 200) == (76, 26, 47, 47)
+
+
+def test_centre_fallback_is_a_haar_box_in_the_detectors_convention():
+    """The fallback was measured on Haar boxes; for MTCNN it is mapped so that, once the landmark
+    step maps it into dlib's convention, it lands where Haar's box would (by hand: Haar -> dlib ->
+    MTCNN's inverse)."""
+    from facerec.detect import DETECTORS, DLIB, Found
+    from facerec.eval.lfw import subject_box
+
+    none = Found(np.zeros((0, 4)), np.zeros(0), {"too_small": 0, "low_confidence": 1}, {})
+    haar = subject_box(none, 250, 250, detector="haar")
+    assert haar.box == (66, 66, 118, 118) and haar.method == "centre" and haar.detail == "1 box(es) low confidence"
+    mt = subject_box(none, 250, 250, detector="mtcnn")
+    to_dlib = DETECTORS.get("mtcnn").box_maps[DLIB](np.array(mt.box))
+    np.testing.assert_allclose(to_dlib, DETECTORS.get("haar").box_maps[DLIB](np.array(haar.box, float)), atol=1e-9)
 
 
 def _gradient(rng, size=250) -> np.ndarray:
