@@ -2,15 +2,16 @@
 
 A model declares its input kind and size in its metadata (``input_kind``, ``image_size``); every
 stage -- preprocess, training, gallery embedding, LFW, the Serve Embedder -- turns a photo and its
-Haar box into that input through the one :meth:`InputKind.faces` of this module, and turns the
+face box into that input through the one :meth:`InputKind.faces` of this module, and turns the
 stored input into a tensor through :meth:`InputKind.tensor`. Stored inputs are PNG (lossless), so
 a gallery row and a query of the same photo are embedded from the same pixels.
 
-- ``haar_crop``: the study's input: a square crop around the Haar box, enlarged by a margin,
+- ``haar_crop``: the study's input: a square crop around the face box (the study's: Haar's), enlarged by a margin,
   resized (``facerec.data.haar.crop_face``); tensors are ImageNet-normalised and resized to the
   model's size (``facerec.data.transforms``).
 - ``aligned_chip_5pt``: dlib's aligned face chip: 5 landmarks from dlib's shape predictor
-  (Kazemi & Sullivan, CVPR 2014, an ensemble of regression trees) started from the Haar box, a
+  (Kazemi & Sullivan, CVPR 2014, an ensemble of regression trees) started from the detector's box
+  mapped into dlib's box convention (:attr:`InputKind.box_convention`), a
   similarity transform onto dlib's reference points, 150 x 150 px with padding 0.25
   (``facerec.dlibport``); tensors are raw RGB values 0-255, since ``dlib_resnet`` normalises them
   itself.
@@ -31,7 +32,7 @@ CROP_SUFFIX = ".png"
 
 
 class InputKind:
-    """One way of turning (photo, Haar box) into a model input. Subclasses set ``name``,
+    """One way of turning (photo, face box) into a model input. Subclasses set ``name``,
     ``default_size`` and ``fixed_size`` (True when the model cannot take any other size)."""
 
     name: str = ""
@@ -54,7 +55,7 @@ class InputKind:
         return int(size)
 
     def faces(self, rgb: np.ndarray, boxes: np.ndarray, size: int, margin: float = 0.2) -> list[np.ndarray]:
-        """One ``size x size x 3`` uint8 input per Haar box (x, y, w, h) of ``rgb``."""
+        """One ``size x size x 3`` uint8 input per face box (x, y, w, h) of ``rgb``, in :attr:`box_convention`."""
         raise NotImplementedError
 
     def faces_many(self, images: Sequence[np.ndarray], boxes: Sequence, size: int, margin: float = 0.2) -> list[np.ndarray]:
@@ -86,7 +87,7 @@ def _register(kind: InputKind) -> InputKind:
 class HaarCrop(InputKind):
     name = "haar_crop"
     default_size = 218
-    describe = "a square crop around the Haar box, the study's input (218 px)"
+    describe = "a square crop around the face box, the study's input (218 px)"
 
     def faces(self, rgb, boxes, size, margin=0.2):
         from facerec.data.haar import crop_face

@@ -405,8 +405,8 @@ def evaluate_tables(cfg: TablesConfig) -> dict[str, Any]:
     if "lfw_accuracy_pct" in summary.columns:
         md += ["## LFW verification", "",
                "Pairs file folds; threshold fit on the other folds, Euclidean distance of the embeddings; inputs made "
-               "by each model's input kind from Haar boxes (deep-funneled images where Haar finds no face: a centred "
-               "box, counted).", "",
+               "by each model's input kind from the boxes of the crops' face detector (deep-funneled images where it "
+               "accepts no face: a centred box, counted).", "",
                "| table | backbone | accuracy % | std % | per fold % | pairs | centre-crop fallbacks / images |",
                "|---|---|---|---|---|---|---|"]
         for _, r in summary.iterrows():
