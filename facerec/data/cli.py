@@ -40,6 +40,25 @@ def add_preprocess_arguments(ap: argparse.ArgumentParser) -> None:
             add_detector_argument(ap, f.name, default)
 
 
+GATE_OPTIONS = ("detector", "min_confidence", "min_face", "scale_step")
+"""The detector options of the commands that detect but do not preprocess (serve, calibrate)."""
+
+
+def add_gate_arguments(ap: argparse.ArgumentParser) -> None:
+    """``--detector``, ``--min-confidence``, ``--min-face``, ``--scale-step`` with the defaults of
+    :class:`facerec.detect.DetectorConfig`; :func:`gate_fields` reads them back."""
+    from facerec.detect import DetectorConfig
+
+    defaults = DetectorConfig().as_fields()
+    for name in GATE_OPTIONS:
+        add_detector_argument(ap, name, defaults[name])
+
+
+def gate_fields(args: argparse.Namespace) -> dict:
+    """The :data:`GATE_OPTIONS` of parsed arguments, by field name."""
+    return {f: getattr(args, f) for f in GATE_OPTIONS}
+
+
 def add_detector_argument(ap: argparse.ArgumentParser, name: str, default, prefix: str = "") -> bool:
     """One option of the face detector and its gate (``facerec.detect.DetectorConfig``), shared by
     every command that detects faces; False when ``name`` is no detector setting (then a plain

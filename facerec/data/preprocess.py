@@ -67,8 +67,6 @@ class PreprocessConfig:
     # 0 leaves OpenCV's default threading on (only the benchmark's naive baseline wants that).
     opencv_threads: int = 1
 
-    DETECTOR_FIELDS = ("detector", "min_confidence", "min_face", "scale_step", "min_neighbors", "detect_max_side")
-
     def __post_init__(self):
         from facerec.data.inputs import INPUT_KINDS
 
@@ -95,7 +93,7 @@ class PreprocessConfig:
         """The :class:`facerec.detect.DetectorConfig` of these settings."""
         from facerec.detect import DetectorConfig
 
-        return DetectorConfig(**{("name" if f == "detector" else f): getattr(self, f) for f in self.DETECTOR_FIELDS})
+        return DetectorConfig.of(self)
 
     SETTINGS = ("input_kind", "crop_size", "margin", "several_faces", "max_pixels")
 

@@ -19,8 +19,6 @@ from facerec.detect.base import DLIB, BoxMap, DetectorConfig, FaceDetector, Face
 from facerec.detect import haar as _haar  # noqa: E402,F401  (registers "haar")
 from facerec.detect import mtcnn as _mtcnn  # noqa: E402,F401  (registers "mtcnn")
 
-DEFAULT_DETECTOR = "mtcnn"
-
 # What artifacts made before detectors were registered used: the study's Haar cascade at its defaults.
 LEGACY_HAAR = {"detector": "haar", "detector_version": 1, "min_confidence": 0.0, "min_face": 24, "scale_step": 1.1,
                "detect_max_side": 640, "min_neighbors": 5}
@@ -50,4 +48,4 @@ def _describe(settings: dict) -> str:
     keys = ("min_confidence", "min_face", "scale_step")
     return f"{settings.get('detector')} (" + ", ".join(f"{k} {settings.get(k)}" for k in keys) + ")"
 
-__all__ = ["DETECTORS", "DEFAULT_DETECTOR", "LEGACY_HAAR", "check_same_detector", "crops_detector", "DLIB", "BoxMap", "DetectorConfig", "FaceDetector", "Faces", "Found"]
+__all__ = ["DETECTORS", "LEGACY_HAAR", "check_same_detector", "crops_detector", "DLIB", "BoxMap", "DetectorConfig", "FaceDetector", "Faces", "Found"]

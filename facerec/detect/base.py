@@ -59,8 +59,6 @@ class BoxMap:
         return np.stack([cx - w / 2, cy - h / 2, w, h], axis=1)
 
 
-IDENTITY = BoxMap()
-
 
 @dataclass(frozen=True)
 class DetectorConfig:
@@ -130,6 +128,20 @@ class DetectorConfig:
     def describe(self) -> str:
         s = self.settings()
         return f"{s['detector']} (min confidence {s['min_confidence']:g}, min face {s['min_face']} px)"
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("detector", "min_confidence", "min_face", "scale_step", "min_neighbors",
+                                         "detect_max_side")
+    """The names of these settings as fields of the stage configs that embed them (PreprocessConfig,
+    ServeConfig) and as command-line options: ``name`` is called ``detector`` there."""
+
+    @classmethod
+    def of(cls, obj) -> "DetectorConfig":
+        """The detector config of a stage config (or argparse namespace) holding :data:`FIELDS`."""
+        return cls(**{("name" if f == "detector" else f): getattr(obj, f) for f in cls.FIELDS if hasattr(obj, f)})
+
+    def as_fields(self) -> dict:
+        """These settings under the :data:`FIELDS` names (to build a stage config from)."""
+        return {f: getattr(self, "name" if f == "detector" else f) for f in self.FIELDS}
 
     def build(self) -> "FaceDetector":
         from facerec.detect import DETECTORS

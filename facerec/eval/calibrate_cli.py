@@ -24,16 +24,6 @@ from facerec.cli import check_crops, comma_list, reports_errors
 from facerec.errors import DataNotFoundError
 
 
-DETECTOR_OPTIONS = ("detector", "min_confidence", "min_face", "scale_step")
-
-
-def detector_settings(args: argparse.Namespace) -> dict:
-    """The --lfw detector's settings (ConfigError naming the option before anything runs)."""
-    from facerec.detect import DetectorConfig
-
-    return DetectorConfig(args.detector, args.min_confidence, args.min_face, args.scale_step).settings()
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     from facerec.eval.calibration import DEFAULT_FAR, DEFAULT_FARS, MIN_FALSE_ACCEPTS
 
@@ -60,12 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-pairs-per-fold", type=int, default=2_000_000,
                     help="larger folds use a seeded sample of this many pairs (default 2000000)")
     ap.add_argument("--seed", type=int, default=0)
-    from facerec.data.cli import add_detector_argument
-    from facerec.detect import DetectorConfig
+    from facerec.data.cli import add_gate_arguments
 
-    det = DetectorConfig()
-    for name in DETECTOR_OPTIONS:
-        add_detector_argument(ap, name, getattr(det, "name" if name == "detector" else name))
+    add_gate_arguments(ap)  # --lfw: the faces are found with these (--crops: the crops' own)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--num-actors", type=int)
     gpu = ap.add_mutually_exclusive_group()
@@ -76,6 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 @reports_errors("facerec calibrate")
 def main(argv=None) -> int:
+    from facerec.detect import DetectorConfig
     from facerec.errors import ConfigError
     from facerec.eval.calibrate import CalibrateConfig, calibrate, check_crops_source
     from facerec.models.pretrained import check_checkpoint
@@ -84,7 +72,7 @@ def main(argv=None) -> int:
     cfg = CalibrateConfig(fars=tuple(args.fars), default_far=args.default_far, min_false_accepts=args.min_false_accepts,
                           folds=args.folds, max_pairs_per_fold=args.max_pairs_per_fold, seed=args.seed,
                           batch_size=args.batch_size, num_actors=args.num_actors, use_gpu=args.use_gpu,
-                          detector=detector_settings(args))
+                          detector=DetectorConfig.of(args).settings())
     check_checkpoint(args.model, "--model")
     if not args.store and not args.out:
         raise ConfigError("--no-store", True, "--out FOLDER as well (otherwise the calibration goes nowhere)")

@@ -119,11 +119,9 @@ def cropper_config(cfg: LFWCropConfig):
     one OpenCV thread (one image per core is the parallelism)."""
     from facerec.data.preprocess import PreprocessConfig
 
-    d = cfg.detector_config()
     return PreprocessConfig(input_kind=cfg.input_kind, crop_size=cfg.crop_size, margin=cfg.margin,
                             batch_size=cfg.batch_size, num_workers=cfg.num_workers, opencv_threads=1,
-                            detector=d.name, min_confidence=d.min_confidence, min_face=d.min_face,
-                            scale_step=d.scale_step, min_neighbors=d.min_neighbors, detect_max_side=d.detect_max_side)
+                            **cfg.detector_config().as_fields())
 
 
 def crop_lfw_images(lfw_root: str | os.PathLike, images: list[str], out_dir: str | os.PathLike,

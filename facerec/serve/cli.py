@@ -25,9 +25,7 @@ import time
 from pathlib import Path
 
 from facerec.cli import check_crops, check_source, reports_errors
-
-
-DETECTOR_OPTIONS = ("detector", "min_confidence", "min_face", "scale_step")
+from facerec.data.cli import add_gate_arguments, gate_fields
 
 
 def _serve_config(args: argparse.Namespace, gallery: str, checkpoints: dict[str, str], model_cpus: float):
@@ -43,7 +41,7 @@ def _serve_config(args: argparse.Namespace, gallery: str, checkpoints: dict[str,
         gallery_token=args.token,
         read_token=args.read_token,
         allow_untrained=args.allow_untrained,
-        **{f: getattr(args, f) for f in DETECTOR_OPTIONS},
+        **gate_fields(args),
     )
 
 
@@ -85,12 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", help="cache of crops, models and galleries (default ~/.cache/facerec/serve)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the gallery even if a matching one exists")
     p.add_argument("--smoke", action="store_true", help="start, answer one search from a gallery crop, stop (for CI)")
-    from facerec.data.cli import add_detector_argument
-    from facerec.detect import DetectorConfig
-
-    det = DetectorConfig()
-    for name in DETECTOR_OPTIONS:  # the gallery's photos and the queries are detected alike
-        add_detector_argument(p, name, getattr(det, "name" if name == "detector" else name))
+    add_gate_arguments(p)  # the gallery's photos and the queries are detected alike
     args = p.parse_args(argv)
     args.token = args.token or None  # --token "" like an empty $FACEREC_GALLERY_TOKEN: writes disabled
     args.read_token = args.read_token or None  # likewise: an empty read token leaves reads open
@@ -160,7 +153,7 @@ def _serve(args: argparse.Namespace, workdir: Path, checkpoints: dict[str, str])
         workdir, gallery=args.gallery, crops=args.crops, data=args.data, checkpoints=checkpoints,
         index_kind=args.index_kind, image_size=args.image_size, rebuild=args.rebuild, preprocess_engine=args.preprocess_engine,
         untrained=args.allow_untrained and not args.checkpoint,
-        detector={f: getattr(args, f) for f in DETECTOR_OPTIONS})
+        detector=gate_fields(args))
     cpus = float(ray.cluster_resources().get("CPU", 1))
     model_cpus = args.model_cpus if args.model_cpus is not None else max(0.1, (cpus - 0.5) / (len(checkpoints) * args.replicas))
     config = _serve_config(args, str(gallery), checkpoints, model_cpus)

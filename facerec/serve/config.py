@@ -260,13 +260,11 @@ class ServeConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    DETECTOR_FIELDS = ("detector", "min_confidence", "min_face", "scale_step", "min_neighbors", "detect_max_side")
-
     def detector_config(self):
         """The :class:`facerec.detect.DetectorConfig` of the replicas."""
         from facerec.detect import DetectorConfig
 
-        return DetectorConfig(**{("name" if f == "detector" else f): getattr(self, f) for f in self.DETECTOR_FIELDS})
+        return DetectorConfig.of(self)
 
     def model(self, name: str) -> ModelConfig:
         for m in self.models:
