@@ -104,10 +104,14 @@ def _select(scores: np.ndarray, k: int, offset: int) -> tuple[np.ndarray, np.nda
 
 
 def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Merge per-source (distances, ids) results row by row into the overall top ``k``."""
-    if len(parts) == 1:
+    """Merge per-source (distances, ids) results row by row into the overall top ``k``.
+
+    Each part is sorted by distance, but a caller may have masked rows of it (deleted ones set to
+    ``inf``) after asking for more than ``k``: only a part of at most ``k`` columns is already the
+    answer, a wider one is re-sorted so the masked rows fall behind the live ones."""
+    if len(parts) == 1 and parts[0][0].shape[1] <= k:
         d, i = parts[0]
-        return d[:, :k], i[:, :k]
+        return d, i
     d = np.concatenate([p[0] for p in parts], axis=1)
     i = np.concatenate([p[1] for p in parts], axis=1)
     order = np.argsort(d, axis=1, kind="stable")[:, :k]
