@@ -63,15 +63,21 @@ def preprocessed(source: str | os.PathLike, config: PreprocessConfig | None = No
     ``source`` made with ``config``: ``out`` when given, else :func:`cached_crops_dir`. Made by
     :func:`facerec.data.preprocess.preprocess` unless it is already complete; a lock makes
     concurrent callers (a training run and a server starting together) wait for one another
-    instead of cropping twice."""
+    instead of cropping twice.
+
+    What the erasure list (:mod:`facerec.data.erasure`) holds for ``source`` is applied to the
+    folder every time, under the lock: a folder made before an erasure, or while a delete could
+    not take the lock, comes back without the erased photos."""
     from filelock import FileLock
 
+    from facerec.data.erasure import ErasureList, scrub_crops_folder
     from facerec.data.preprocess import preprocess
     from facerec.data.schema import CROPS_TABLE
 
     config = config or PreprocessConfig()
     target = Path(out) if out is not None else cached_crops_dir(source, config)
-    if (target / CROPS_TABLE).is_file():
+    erasures = ErasureList.default()
+    if (target / CROPS_TABLE).is_file() and not erasures.of(source):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(target.parent / f".{target.name}.lock"):
@@ -81,4 +87,6 @@ def preprocessed(source: str | os.PathLike, config: PreprocessConfig | None = No
             summary = preprocess(source, target, config, progress=progress)
             print(f"preprocess: kept {summary['kept']} of {summary['listed']} images, "
                   f"{summary['identities']} identities, {summary['seconds']} s", flush=True)
+        # read again under the lock: a delete recorded meanwhile is applied before anyone reads the folder
+        scrub_crops_folder(target, erasures.of(source))
     return target

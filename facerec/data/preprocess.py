@@ -133,26 +133,68 @@ def _check_resume(out_dir: Path, config: PreprocessConfig, overwrite: bool) -> N
 
 
 def data_version(kept: pd.DataFrame, config: PreprocessConfig) -> str:
-    h = hashlib.sha256(config.fingerprint().encode())
+    return data_version_of(kept, config.fingerprint())
+
+
+def data_version_of(kept: pd.DataFrame, fingerprint: str) -> str:
+    """The version of a kept table made with crop settings ``fingerprint``: its (image, identity) rows."""
+    h = hashlib.sha256(fingerprint.encode())
     h.update("\n".join(f"{a} {b}" for a, b in zip(kept["image_id"], kept["identity"])).encode())
     return h.hexdigest()[:16]
 
 
+def small_identity_detail(n: int, minimum: int) -> str:
+    return f"identity has {n} usable image(s), fewer than {minimum}"
+
+
+def drop_small_identities(kept: pd.DataFrame, minimum: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A kept table split into the rows of identities with at least ``minimum`` images and the
+    drop-manifest rows (reason ``identity_too_small``) of the others: what preprocess decides,
+    applied again after an erasure left an identity smaller."""
+    counts = kept["identity"].map(kept["identity"].value_counts())
+    small = (counts < minimum).to_numpy()
+    dropped = pd.DataFrame({"image_id": kept.loc[small, "image_id"].to_numpy(),
+                            "identity": kept.loc[small, "identity"].to_numpy(),
+                            "reason": "identity_too_small",
+                            "detail": [small_identity_detail(int(n), minimum) for n in counts[small]]})
+    return kept[~small].reset_index(drop=True), dropped
+
+
 def preprocess(data_dir: str | Path, out_dir: str | Path, config: PreprocessConfig | None = None,
-               overwrite: bool = False, progress: bool = True) -> dict:
+               overwrite: bool = False, progress: bool = True, erased=None) -> dict:
     """Crop every listed image of a CelebA-layout folder; returns (and writes) the summary.
 
-    Invariant: ``kept + sum(dropped.values()) == listed`` where ``listed`` counts the lines of
-    ``identity_CelebA.txt``. Images in the folder but not listed are not processed; their number
-    is ``summary["unlisted"]`` and their names are in ``unlisted.txt``.
+    Invariant: ``kept + sum(dropped.values()) + erased == listed`` where ``listed`` counts the
+    lines of ``identity_CelebA.txt``. Images in the folder but not listed are not processed;
+    their number is ``summary["unlisted"]`` and their names are in ``unlisted.txt``.
+
+    ``erased`` (:class:`facerec.data.erasure.Erased`; default: what the erasure list
+    ``$FACEREC_CACHE/erased.json`` holds for ``data_dir``): photos and identities a gallery
+    delete erased. They are not cropped, and no output names them (only ``summary["erased"]``
+    counts their lines); crops and resume parts an earlier run left of them are removed.
     """
     config = config or PreprocessConfig()
     t0 = time.perf_counter()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     listing = load_celeba(data_dir)
+    found = listing.attrs["found"]
+    listed_names = set(listing["image_id"])
+    n_listed = len(listing)
     image_dir = find_image_dir(data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_resume(out_dir, config, overwrite)
+    if erased is None:
+        from facerec.data.erasure import ErasureList
+
+        erased = ErasureList.default().of(data_dir)
+    n_erased = 0
+    if erased:
+        from facerec.data.erasure import scrub_outputs
+
+        gone = erased.mask(listing["image_id"], listing["identity"])
+        n_erased = int(gone.sum())
+        scrub_outputs(out_dir, set(listing.loc[gone, "image_id"]) | set(erased.images))
+        listing = listing[~gone].reset_index(drop=True)
 
     dup = listing["image_id"].duplicated(keep="first").to_numpy()
     unique_ids = listing.loc[~dup, "image_id"].tolist()
@@ -179,8 +221,7 @@ def preprocess(data_dir: str | Path, out_dir: str | Path, config: PreprocessConf
     n_small = table.loc[small, "identity"].map(counts)
     table.loc[small, "status"] = "dropped"
     table.loc[small, "reason"] = "identity_too_small"
-    table.loc[small, "detail"] = [f"identity has {n} usable image(s), fewer than {config.min_images_per_identity}"
-                                  for n in n_small]
+    table.loc[small, "detail"] = [small_identity_detail(n, config.min_images_per_identity) for n in n_small]
 
     kept = table[table["status"] == "kept"].copy()
     kept["crop_path"] = [crop_relpath(i) for i in kept["image_id"]]
@@ -192,7 +233,6 @@ def preprocess(data_dir: str | Path, out_dir: str | Path, config: PreprocessConf
     kept = kept[list(CROP_COLUMNS) + list(ATTRIBUTE_NAMES) + extra].reset_index(drop=True)
     dropped = table[table["status"] == "dropped"][["image_id", "identity", "reason", "detail"]].reset_index(drop=True)
 
-    listed_names = set(listing["image_id"])
     unlisted = sorted(p.name for p in image_dir.iterdir()
                       if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in listed_names)
     if unlisted:
@@ -201,17 +241,17 @@ def preprocess(data_dir: str | Path, out_dir: str | Path, config: PreprocessConf
     meta = {"data_version": version, "input_kind": config.input_kind, "crop_size": config.crop_size,
             "margin": config.margin, "several_faces": config.several_faces,
             "attribute_names": list(ATTRIBUTE_NAMES), "source": str(data_dir.resolve()),
-            "has_attributes": bool(listing.attrs["found"].get("attributes")),
-            "has_partition": bool(listing.attrs["found"].get("partition")), "settings_fingerprint": config.fingerprint(),
-            "detector": config.detector_config().settings()}
+            "has_attributes": bool(found.get("attributes")),
+            "has_partition": bool(found.get("partition")), "settings_fingerprint": config.fingerprint(),
+            "detector": config.detector_config().settings(), "min_images_per_identity": config.min_images_per_identity}
     atomic_write_parquet(out_dir / CROPS_TABLE, kept, metadata=meta)
     atomic_write_parquet(out_dir / DROPPED_TABLE, dropped, metadata={"data_version": version})
     reasons = dropped["reason"].value_counts()
     summary = {
-        "listed": int(len(listing)), "kept": int(len(kept)),
+        "listed": int(n_listed), "kept": int(len(kept)), "erased": n_erased,
         "dropped": {r: int(reasons.get(r, 0)) for r in DROP_REASONS if reasons.get(r, 0)},
         "identities": int(kept["identity"].nunique()), "unlisted": len(unlisted),
-        "kept_fraction": round(len(kept) / max(1, len(listing)), 4),
+        "kept_fraction": round(len(kept) / max(1, n_listed), 4),
         "input_kind": config.input_kind, "crop_size": config.crop_size, "several_faces": config.several_faces,
         "detector": config.detector_config().describe(),
         "haar_pass2": int((kept["haar_pass"] == 2).sum()),
@@ -219,7 +259,7 @@ def preprocess(data_dir: str | Path, out_dir: str | Path, config: PreprocessConf
         "seconds": round(time.perf_counter() - t0, 2), "engine": config.engine,
         "data_version": version, "data": str(data_dir), "out": str(out_dir),
     }
-    if summary["kept"] + sum(summary["dropped"].values()) != summary["listed"]:
-        raise RuntimeError(f"internal error: kept + dropped != listed in {summary}")
+    if summary["kept"] + sum(summary["dropped"].values()) + n_erased != summary["listed"]:
+        raise RuntimeError(f"internal error: kept + dropped + erased != listed in {summary}")
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
     return summary
