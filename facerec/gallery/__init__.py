@@ -10,8 +10,10 @@ from facerec.gallery.build import EMBED_ENGINES, GalleryBuildConfig, build_galle
 from facerec.gallery.edit import (
     CompactionPolicy,
     add_to_gallery,
+    apply_erasures,
     compact,
     delete_from_gallery,
+    photo_folder,
     recover,
     set_display_name,
 )
@@ -27,8 +29,8 @@ from facerec.gallery.snapshot import GallerySnapshot, LoadedModel
 
 __all__ = [
     "CROPS", "EMBED_ENGINES", "GALLERY_FORMAT", "MANIFEST", "CompactionPolicy", "GalleryBuildConfig", "GallerySnapshot",
-    "LoadedModel", "add_to_gallery", "build_gallery", "compact", "delete_from_gallery", "load_embeddings",
-    "load_saved_index", "manifest_fingerprint", "model_entry", "read_manifest", "read_table", "recover",
+    "LoadedModel", "add_to_gallery", "apply_erasures", "build_gallery", "compact", "delete_from_gallery", "load_embeddings",
+    "load_saved_index", "manifest_fingerprint", "model_entry", "photo_folder", "read_manifest", "read_table", "recover",
     "set_display_name", "write_lock",
 ]
 

@@ -52,6 +52,8 @@ class GalleryBuildConfig:
     model, the first is the one served. ``index_params``: kind -> parameters. ``engine``: a name
     of :data:`EMBED_ENGINES`. ``link_crops``: hard-link the crops instead of copying (same
     filesystem; a delete then removes the gallery's link, not the crops folder's file).
+    ``erasure_list``: the erasure list (:mod:`facerec.data.erasure`) whose entries for the crops'
+    photo folder are left out (None: ``$FACEREC_CACHE/erased.json``).
     """
 
     crops_dir: str
@@ -65,6 +67,7 @@ class GalleryBuildConfig:
     use_gpu: bool | None = None
     link_crops: bool = False
     overwrite: bool = False
+    erasure_list: str | None = None
 
     def __post_init__(self) -> None:
         from facerec.index import check_kinds
@@ -111,6 +114,16 @@ def build_gallery(config: GalleryBuildConfig, table: pd.DataFrame | None = None,
     df, crops_meta = load_crops(crops_dir)
     if table is not None:
         df = table
+    photos = crops_meta.get("source")
+    if photos:
+        from facerec.data.erasure import ErasureList
+
+        erasures = ErasureList(cfg.erasure_list) if cfg.erasure_list else ErasureList.default()
+        gone = erasures.of(photos).mask(df["image_id"].astype(str), df["identity"])
+        if gone.any():
+            # erased by a gallery delete: a rebuild must not bring them back (their crops stay uncopied)
+            print(f"gallery: {int(gone.sum())} crops left out, erased from {photos} ({erasures.path})", flush=True)
+            df = df[~gone]
     if df.empty:
         raise DataNotFoundError(f"{crops_table} has no rows: nothing to put in the gallery")
     df = df.reset_index(drop=True)
@@ -160,7 +173,7 @@ def build_gallery(config: GalleryBuildConfig, table: pd.DataFrame | None = None,
     manifest = write_gallery(out, rows, embeddings, models, cfg.kinds, cfg.index_params, {
         "input_kind": str(crops_meta.get("input_kind") or "haar_crop"),
         "crop_size": int(crops_meta.get("crop_size") or 218), "margin": float(crops_meta.get("margin", 0.2)),
-        "data_version": crops_meta.get("data_version"), "source": str(crops_dir.resolve()),
+        "data_version": crops_meta.get("data_version"), "source": str(crops_dir.resolve()), "photos": photos,
         "detector": crops_detector(crops_meta), **(extra or {}),
     })
     print(f"gallery: {n} crops of {df['identity'].nunique()} identities, models {sorted(models)}, indexes {cfg.kinds} "

@@ -31,7 +31,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -310,13 +310,20 @@ def add_to_gallery(
 
 
 def delete_from_gallery(gallery_dir: str | os.PathLike, image_ids: list[str] | None = None,
-                        identity: int | None = None) -> dict[str, Any]:
+                        identity: int | None = None,
+                        before_commit: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Delete images (by id) or every image of an identity: one new version in which they are
     tombstoned and no saved index names them; before returning, their crops are unlinked and
     their records and embeddings overwritten with zeros (module docstring). ``NotFoundError``
     when nothing live matches.
 
-    Returns {"version", "deleted", "row_ids", "image_ids", "identities", "bytes_written"}."""
+    ``before_commit``: called under the write lock with {"row_ids", "image_ids", "identities",
+    "source_ids"} of the rows found, before anything is written (the server records the erasure
+    there: if it raises, nothing is deleted).
+
+    Returns {"version", "deleted", "row_ids", "image_ids", "identities", "source_ids",
+    "bytes_written"}; ``source_ids``: the photo file names of rows built from a photo folder
+    ("" for uploaded ones)."""
     gallery_dir = Path(gallery_dir)
     if (image_ids is None) == (identity is None):
         raise ConfigError("delete", {"image_ids": image_ids, "identity": identity}, "image_ids or identity, not both")
@@ -327,7 +334,7 @@ def delete_from_gallery(gallery_dir: str | os.PathLike, image_ids: list[str] | N
         tomb = read_tombstones(gallery_dir, manifest)
         hits: list[tuple[dict[str, Any], np.ndarray]] = []
         live_identities: list[np.ndarray] = []
-        del_rows, del_images, del_identities = [], [], []
+        del_rows, del_images, del_identities, del_sources = [], [], [], []
         for entry in manifest["segments"]:
             rows = read_rows(gallery_dir, entry["id"], mmap=True)
             live = rows["image_id"] != b""
@@ -342,9 +349,13 @@ def delete_from_gallery(gallery_dir: str | os.PathLike, image_ids: list[str] | N
                 del_rows.extend(int(r) for r in rows["row_id"][pos])
                 del_images.extend(b.decode() for b in rows["image_id"][pos])
                 del_identities.extend(int(i) for i in rows["identity"][pos])
+                del_sources.extend(b.decode() if o == 0 else "" for b, o in zip(rows["source_id"][pos], rows["origin"][pos]))
         if not hits:
             what = f"identity {identity}" if identity is not None else f"image(s) {image_ids}"
             raise NotFoundError(f"no live gallery row for {what} (never added, or already deleted)")
+        if before_commit is not None:
+            before_commit({"row_ids": del_rows, "image_ids": del_images, "identities": del_identities,
+                           "source_ids": del_sources})
         version = int(manifest["version"]) + 1
         new_tomb = np.union1d(tomb, np.asarray(del_rows, dtype=np.int64)).astype(np.int64)
         tomb_rel = f"{TOMBSTONES}/t{version:06d}.npy"
@@ -370,7 +381,56 @@ def delete_from_gallery(gallery_dir: str | os.PathLike, image_ids: list[str] | N
         if old:
             (gallery_dir / old).unlink(missing_ok=True)
     return {"version": version, "deleted": len(del_rows), "row_ids": del_rows, "image_ids": del_images,
-            "identities": sorted(set(del_identities)), "bytes_written": written}
+            "identities": sorted(set(del_identities)), "source_ids": del_sources, "bytes_written": written}
+
+
+# --------------------------------------------------------------------------------------------
+# Erasures (facerec.data.erasure): what a delete erased from the photo folder stays erased
+# --------------------------------------------------------------------------------------------
+
+
+def photo_folder(gallery_dir: str | os.PathLike, manifest: dict[str, Any] | None = None) -> str | None:
+    """The photo folder the gallery's dataset rows were cropped from: recorded at build
+    (``photos``), or for a gallery built before that, the source its crops folder names."""
+    from facerec.io import read_parquet_metadata
+
+    manifest = manifest or read_manifest(gallery_dir)
+    if manifest.get("photos"):
+        return str(manifest["photos"])
+    table = Path(manifest.get("source") or "") / "crops.parquet"
+    if manifest.get("source") and table.is_file():
+        try:
+            return read_parquet_metadata(table).get("source")
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def apply_erasures(gallery_dir: str | os.PathLike, erased) -> dict[str, Any] | None:
+    """Delete the live rows the erasure ``erased`` (:class:`facerec.data.erasure.Erased` of the
+    gallery's photo folder) covers: rows cropped from an erased photo or of an erased identity.
+    Uploaded rows (``POST /v1/gallery``) did not come from the folder and stay. Returns what
+    :func:`delete_from_gallery` returns, or None when no live row is covered."""
+    gallery_dir = Path(gallery_dir)
+    if not erased:
+        return None
+    manifest = read_manifest(gallery_dir)
+    tomb = read_tombstones(gallery_dir, manifest)
+    found: list[str] = []
+    for entry in manifest["segments"]:
+        rows = read_rows(gallery_dir, entry["id"], mmap=True)
+        live = (rows["image_id"] != b"") & (rows["origin"] == 0)
+        if len(tomb):
+            live &= ~np.isin(rows["row_id"], tomb)
+        sources = np.char.decode(np.asarray(rows["source_id"]), "utf-8")
+        covered = live & erased.mask(sources, rows["identity"])
+        found.extend(b.decode() for b in rows["image_id"][covered])
+    if not found:
+        return None
+    try:
+        return delete_from_gallery(gallery_dir, image_ids=found)
+    except NotFoundError:  # another writer deleted them meanwhile
+        return None
 
 
 # --------------------------------------------------------------------------------------------

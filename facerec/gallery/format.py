@@ -4,7 +4,8 @@
 GALLERY/
   gallery.json               manifest, the commit point of every change (written last, atomically):
                              {"format": "facerec-gallery/2", "version", "rows" (live rows), "next_row_id",
-                              "crop_size", "margin", "input_kind", "data_version", "source", "updated_at",
+                              "crop_size", "margin", "input_kind", "data_version", "source" (the crops folder),
+                              "photos" (the photo folder those were cropped from), "updated_at",
                               "models": {name: {"model_id", "backbone", "embedding_dim", "image_size",
                                                 "checkpoint", "index_kind", "index_params", ...}},
                               "segments": [{"id", "kind": "base"|"delta", "rows", "first_row", "last_row",

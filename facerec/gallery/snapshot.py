@@ -29,11 +29,13 @@ from facerec.gallery.format import (
     MANIFEST,
     ORIGINS,
     crop_rel,
+    emb_file,
     manifest_fingerprint,
     read_embeddings,
     read_manifest,
     read_rows,
     read_tombstones,
+    segment_dir,
 )
 
 
@@ -167,12 +169,18 @@ class GallerySnapshot:
         """Top-k live rows for each query embedding: rank, row_id, image_id, identity,
         display_name, distance (L2), the 40 attributes, and ``attribute_agreement``: the share
         of attributes (known on both sides) equal to those of the rank-1 result."""
+        distances, ids = self.neighbours(model, queries, k)
+        return [self._hits(id_row, dist_row) for dist_row, id_row in zip(distances, ids)]
+
+    def neighbours(self, model: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, row ids) of the top-k live rows per query, nearest first; -1 / inf pad a
+        row when the gallery holds fewer than ``k`` live rows."""
         from facerec.index._linalg import merge_topk
 
         lm = self.models[model]
         queries = np.asarray(queries, dtype=np.float32).reshape(-1, lm.embedding_dim)
         if self.rows == 0:
-            return [[] for _ in range(len(queries))]
+            return np.full((len(queries), 0), np.inf, np.float32), np.full((len(queries), 0), -1, np.int64)
         k_eff = max(1, min(int(k), self.rows))
         parts = []
         for seg in self.segments:
@@ -190,11 +198,40 @@ class GallerySnapshot:
             d, ids = delta.search(queries, min(delta.count, k_eff))
             parts.append((np.asarray(d, dtype=np.float32), np.asarray(ids, dtype=np.int64)))
         if not parts:
-            return [[] for _ in range(len(queries))]
+            return np.full((len(queries), 0), np.inf, np.float32), np.full((len(queries), 0), -1, np.int64)
         if len(parts) > 1:  # pad every part to k columns so they concatenate
             parts = [_pad(d, i, k_eff) for d, i in parts]
-        distances, ids = merge_topk(parts, k_eff)
-        return [self._hits(id_row, dist_row) for dist_row, id_row in zip(distances, ids)]
+        return merge_topk(parts, k_eff)
+
+    def live_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row ids ascending, identities) of the live rows."""
+        rids, idents = [], []
+        for seg in self.segments:
+            keep = seg.image_ids != ""
+            if len(self.tombstones):
+                keep &= ~np.isin(seg.row_ids, self.tombstones)
+            rids.append(seg.row_ids[keep]), idents.append(seg.identities[keep])
+        if not rids:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.concatenate(rids), np.concatenate(idents)
+
+    def embeddings_of(self, model: str, row_ids: np.ndarray) -> np.ndarray:
+        """The stored embeddings of live ``row_ids`` (read through a memory map: a sample of a big
+        gallery costs its rows, not the gallery)."""
+        lm = self.models[model]
+        row_ids = np.asarray(row_ids, dtype=np.int64)
+        out = np.empty((len(row_ids), lm.embedding_dim), np.float32)
+        seg_of = np.searchsorted(self._firsts, row_ids, side="right") - 1
+        for si in np.unique(seg_of):
+            seg = self.segments[int(si)]
+            sel = np.flatnonzero(seg_of == si)
+            pos = np.searchsorted(seg.row_ids, row_ids[sel])
+            if seg.kind == "delta":
+                out[sel] = seg.embeddings[model][pos]
+            else:
+                path = self.gallery_dir / segment_dir(seg.sid) / emb_file(model)
+                out[sel] = np.load(path, mmap_mode="r", allow_pickle=False)[pos]
+        return out
 
     def _hits(self, id_row: np.ndarray, dist_row: np.ndarray) -> list[dict[str, Any]]:
         keep = id_row >= 0

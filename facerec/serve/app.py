@@ -85,14 +85,17 @@ def resolve_runtime(m: ModelConfig, meta: dict[str, Any]) -> str:
 
 
 def required_resources(config: ServeConfig) -> dict[str, float]:
-    """CPUs and GPUs the application reserves at its initial replica counts."""
+    """CPUs, GPUs and custom resources the application reserves at its initial replica counts."""
     cpu = config.retriever_replicas * config.retriever_num_cpus + config.ingress_replicas * config.ingress_num_cpus
     gpu = 0.0
+    custom: dict[str, float] = {}
     for m in config.models:
         n = m.min_replicas if m.num_replicas == "auto" else int(m.num_replicas)
         cpu += n * m.num_cpus
         gpu += n * m.num_gpus
-    return {"CPU": cpu, "GPU": gpu}
+        for key, amount in m.resources.items():
+            custom[key] = custom.get(key, 0.0) + n * float(amount)
+    return {"CPU": cpu, "GPU": gpu, **custom}
 
 
 def check_fits(config: ServeConfig, available: dict[str, float]) -> None:
@@ -104,8 +107,9 @@ def check_fits(config: ServeConfig, available: dict[str, float]) -> None:
         if amount > have + 1e-9:
             raise ConfigError(
                 f"resources.{key}", round(amount, 3),
-                f"at most the cluster's {have:g} {key}s: lower models[].num_cpus/num_gpus, replicas, "
-                f"ingress_num_cpus or retriever_num_cpus",
+                f"at most the cluster's {have:g} {key + 's' if key in ('CPU', 'GPU') else repr(key)}: lower "
+                f"models[].num_cpus/num_gpus/resources, replicas, "
+                f"ingress_num_cpus or retriever_num_cpus, or start nodes with the resource (ray start --resources)",
             )
 
 
@@ -132,24 +136,38 @@ def build_app(config: ServeConfig):
         "max_faces": config.max_faces,
         "detector": config.detector_config().settings(),
     }
-    config.detector_config().build().prepare()  # an export happens here, once, not in every replica
+    detector = config.detector_config().build()
+    detector.prepare()  # an export happens here, once, not in every replica
+    detector_files = detector.files()
     model_ids = {m.name: read_checkpoint_metadata(m.checkpoint)["model_id"] for m in config.models}
     embedders = {}
     for m in config.models:
+        from facerec.serve.shipped import ship_model
+
         model = {**m.__dict__, "checkpoint": str(Path(m.checkpoint).resolve()), "onnx_path": None}
         if resolve_runtime(m, read_checkpoint_metadata(m.checkpoint)) == "onnx":
             from facerec.models.onnx_runtime import ensure_onnx
 
             # Exported (and checked against torch) here, once, in the driver that has torch: the
-            # replicas then only read the file and never import torch. Like the checkpoint, the
-            # path must be readable where the replicas run (one node, or a shared cache folder).
+            # replicas then only load it and never import torch.
             model["onnx_path"] = str(ensure_onnx(m.checkpoint).resolve())
+        # These paths are in the driver's cache, which a replica on another node does not see:
+        # the files travel with the deployment (facerec.serve.shipped).
+        model["shipped"] = ship_model(model["checkpoint"], model["onnx_path"], detector_files)
         embedders[m.name] = Embedder.options(user_config=m.batching(), **m.deployment_options()).bind(model, crop)
+    open_set = {}
+    for m in config.models:
+        from facerec.gallery.openset import impostors_of
+        from facerec.models.calibration import read_calibration
+
+        cal = read_calibration(m.checkpoint, read_checkpoint_metadata(m.checkpoint), crop["detector"])
+        open_set[m.name] = {"target_fpir": config.target_fpir, "impostors": impostors_of(cal)}
     retriever = Retriever.options(
         num_replicas=config.retriever_replicas,
         max_ongoing_requests=config.retriever_max_ongoing_requests,
         ray_actor_options={"num_cpus": float(config.retriever_num_cpus)},
-    ).bind(str(Path(config.gallery_dir).resolve()), model_ids, config.index_kind, config.index_params, config.reload_poll_s)
+    ).bind(str(Path(config.gallery_dir).resolve()), model_ids, config.index_kind, config.index_params, config.reload_poll_s,
+           open_set, erasure_list=config.erasure_list)
     return Ingress.options(
         num_replicas=config.ingress_replicas,
         max_ongoing_requests=config.ingress_max_ongoing_requests,

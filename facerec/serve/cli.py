@@ -29,6 +29,7 @@ from facerec.data.cli import add_gate_arguments, gate_fields
 
 
 def _serve_config(args: argparse.Namespace, gallery: str, checkpoints: dict[str, str], model_cpus: float):
+    from facerec.data.erasure import ErasureList
     from facerec.serve.config import ServeConfig
 
     return ServeConfig(
@@ -40,9 +41,20 @@ def _serve_config(args: argparse.Namespace, gallery: str, checkpoints: dict[str,
         index_kind=args.serve_index_kind,
         gallery_token=args.token,
         read_token=args.read_token,
+        allowed_hosts=allowed_hosts(args.host, args.allowed_host),
+        target_fpir=args.target_fpir,
         allow_untrained=args.allow_untrained,
+        erasure_list=str(ErasureList.default().path),  # a delete is recorded where preprocessing and builds look
         **gate_fields(args),
     )
+
+
+def allowed_hosts(bind: str, extra: list[str]) -> list[str]:
+    """The Host names a server bound to ``bind`` answers for: its loopback names, the bind address
+    (an IPv6 one in brackets, as a Host header writes it) and ``extra``."""
+    from facerec.serve.config import DEFAULT_ALLOWED_HOSTS
+
+    return [*DEFAULT_ALLOWED_HOSTS, f"[{bind}]" if ":" in bind else bind, *extra]
 
 
 @reports_errors("facerec serve")
@@ -65,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--serve-index-kind", default=None, choices=INDEXES.names(),
                    help="serve another index kind, rebuilt in memory from the stored embeddings")
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name the server answers for besides --host, localhost, 127.0.0.1 and [::1] (repeat; "
+                        "'*.example.com' = its sub-domains, '*' = any): a request whose Host header names another "
+                        "is refused (400 bad_host), which stops DNS rebinding. Needed with --host 0.0.0.0 for the "
+                        "names and addresses clients use")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--read-token", default=os.environ.get("FACEREC_READ_TOKEN") or None,
                    help="bearer token required for search, face images and identity listings (default: "
@@ -72,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--token", default=os.environ.get("FACEREC_GALLERY_TOKEN") or None,
                    help="bearer token for gallery writes: POST /v1/gallery, DELETE/PUT under /v1/gallery/ (default: "
                         "$FACEREC_GALLERY_TOKEN; unset or empty = writes disabled)")
+    p.add_argument("--target-fpir", type=float, default=0.01,
+                   help="a search says 'same person' at the distance where this share of searches by people not in "
+                        "the gallery would show a match, measured on the served gallery (default 0.01: 1 in 100)")
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--batch-wait-ms", type=float, default=0.0)
     p.add_argument("--replicas", type=int, default=1, help="Embedder replicas per model")

@@ -19,6 +19,13 @@ K_MAX = 1000
 FACES_MODES = ("largest", "all")
 RUNTIMES = ("auto", "torch", "onnx")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+#: Host names a server answers for when none are configured: its loopback names.
+DEFAULT_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
+# A DNS name or IPv4 address (optionally "*." + a domain: its sub-domains), an IPv6 address in
+# brackets as in a Host header, or "*" (any: the check is off). No port, scheme or path.
+_HOST = re.compile(rf"^(\*|(\*\.)?{_LABEL}(\.{_LABEL})*|\[[0-9a-f:.]+\])$")
+_RAY_OWN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 
 
 def _is_int(v) -> bool:
@@ -53,6 +60,24 @@ def _from_dict(cls, data: dict[str, Any], where: str):
     return cls(**data)
 
 
+def check_allowed_hosts(hosts: Any) -> list[str]:
+    """``hosts`` as a list of lower-case host names, or ConfigError naming the first bad one."""
+    if isinstance(hosts, str) or not isinstance(hosts, (list, tuple)) or not hosts:
+        raise ConfigError("allowed_hosts", hosts, "a non-empty list of host names, e.g. ['localhost', '127.0.0.1', "
+                                                  "'photos.example.com'] ('*' allows any)")
+    out = []
+    for h in hosts:
+        name = h.strip().lower() if isinstance(h, str) else h
+        if isinstance(name, str) and name.endswith(".") and not name.endswith("*."):
+            name = name[:-1]  # "example.com." is the same name (a fully qualified one)
+        if not isinstance(name, str) or len(name) > 253 or not _HOST.match(name):
+            raise ConfigError("allowed_hosts[]", h, "a host name as in a Host header without the port: a DNS name or "
+                                                    "IPv4 address, '[IPv6]', '*.example.com' (its sub-domains) or '*'")
+        if name not in out:
+            out.append(name)
+    return out
+
+
 @dataclass
 class ModelConfig:
     """One served model = one ``Embedder`` deployment.
@@ -73,6 +98,8 @@ class ModelConfig:
     never imports torch (~1 GB of resident memory less for ``dlib_resnet``). Only for input kinds
     made with numpy (``aligned_chip_5pt``) and ``num_gpus`` 0. ``"torch"``: the checkpoint's
     Embedder. ``"auto"``: onnx where it can run, torch elsewhere.
+    ``resources``: custom Ray resources each replica reserves, e.g. ``{"dlib_node": 1}`` to place
+    the replicas on the nodes started with ``ray start --resources '{"dlib_node": 4}'``.
     """
 
     name: str
@@ -89,6 +116,7 @@ class ModelConfig:
     torch_threads: int | None = None
     prepare_threads: int | None = None
     runtime: str = "auto"
+    resources: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -120,6 +148,12 @@ class ModelConfig:
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"{p}.runtime", self.runtime,
                               "'auto' (ONNX Runtime where the model allows it, else torch), 'torch' or 'onnx'")
+        if (not isinstance(self.resources, dict)
+                or any(not isinstance(k, str) or not k or k in _RAY_OWN_RESOURCES or not _is_num(v) or v < 0
+                       for k, v in self.resources.items())):
+            raise ConfigError(f"{p}.resources", self.resources,
+                              "a mapping of custom Ray resource names to amounts >= 0, e.g. {'dlib_node': 1} "
+                              "(CPUs and GPUs are num_cpus and num_gpus)")
 
     def deployment_options(self) -> dict[str, Any]:
         """Keyword arguments for ``Deployment.options`` (replicas, autoscaling, resources)."""
@@ -128,6 +162,8 @@ class ModelConfig:
             "max_ongoing_requests": self.max_ongoing_requests,
             "ray_actor_options": {"num_cpus": float(self.num_cpus), "num_gpus": float(self.num_gpus)},
         }
+        if self.resources:
+            opts["ray_actor_options"]["resources"] = {k: float(v) for k, v in self.resources.items()}
         if self.num_replicas == "auto":
             opts["autoscaling_config"] = {
                 "min_replicas": self.min_replicas,
@@ -183,6 +219,14 @@ class ServeConfig:
     gallery_token_env: str = "FACEREC_GALLERY_TOKEN"
     read_token: str | None = None
     read_token_env: str = "FACEREC_READ_TOKEN"
+    # Host header values answered (no port); others get 400 bad_host, so a page on another site
+    # cannot reach the server through a DNS name it re-points at 127.0.0.1 (DNS rebinding).
+    # "*.example.com": its sub-domains; "*": any host. `facerec serve` adds its --host.
+    allowed_hosts: list[str] = field(default_factory=lambda: list(DEFAULT_ALLOWED_HOSTS))
+    # Search hits are "same person" at the threshold whose false positive identification rate
+    # (share of searches by someone not in the gallery that show any match) is this, measured
+    # for the gallery being served (facerec.gallery.openset).
+    target_fpir: float = 0.01
     # A stat of gallery.json per poll: cheap, and a write by one replica reaches the others within it.
     reload_poll_s: float = 0.25
     retriever_replicas: int = 1
@@ -197,6 +241,9 @@ class ServeConfig:
     # A model whose weights never saw faces (random/ImageNet init, not fine-tuned) answers with
     # strangers; it is served only when this is set (tests, demos of the pipeline).
     allow_untrained: bool = False
+    # The erasure list (facerec.data.erasure) a gallery delete records to, and whose crops cache it
+    # scrubs: `facerec serve` sets $FACEREC_CACHE/erased.json. None: a delete reaches the gallery only.
+    erasure_list: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.gallery_dir, str) or not self.gallery_dir:
@@ -241,7 +288,11 @@ class ServeConfig:
             raise ConfigError("read_token", "<hidden>", "None or a secret string of at least 8 characters")
         if not isinstance(self.read_token_env, str) or not self.read_token_env:
             raise ConfigError("read_token_env", self.read_token_env, "an environment variable name")
+        self.allowed_hosts = check_allowed_hosts(self.allowed_hosts)
         _check_num("reload_poll_s", self.reload_poll_s, 0.0, low_open=True)
+        from facerec.gallery.openset import check_target
+
+        check_target(self.target_fpir)
         _check_int("retriever_replicas", self.retriever_replicas, 1, 1000)
         _check_num("retriever_num_cpus", self.retriever_num_cpus, 0.0)
         _check_int("ingress_replicas", self.ingress_replicas, 1, 1000)
@@ -251,6 +302,8 @@ class ServeConfig:
         _check_num("request_timeout_s", self.request_timeout_s, 0.0, low_open=True)
         if not isinstance(self.allow_untrained, bool):
             raise ConfigError("allow_untrained", self.allow_untrained, "true or false")
+        if self.erasure_list is not None and (not isinstance(self.erasure_list, str) or not self.erasure_list):
+            raise ConfigError("erasure_list", self.erasure_list, "None or the path of the erasure list (erased.json)")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ServeConfig":

@@ -1,15 +1,16 @@
-"""Same person or not, as the server answers it: the calibrated thresholds of a served model
-(``calibration`` of its Embedder's info, :func:`facerec.models.calibration.summary`) applied to
-``/v1/verify`` and to every ``/v1/search`` hit.
+"""Same person or not, as the server answers it.
 
-"Same person" iff the Euclidean distance of the two embeddings is at most the threshold fitted at
-the requested false accept rate (:mod:`facerec.eval.calibration`); a model without calibration
-has no such decision: search leaves ``same_person`` null and verify answers 409.
+``/v1/verify`` is a 1:1 question: "same person" iff the Euclidean distance of the two embeddings
+is at most the model's calibrated threshold at the requested false accept rate
+(``calibration`` of its Embedder's info, :mod:`facerec.eval.calibration`); without a calibration
+it answers 409. A ``/v1/search`` hit answers a 1:N question: its ``same_person`` uses the open-set
+threshold of the gallery searched at the server's target FPIR (:class:`Decision`, measured by the
+Retriever, :mod:`facerec.gallery.openset`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,8 +45,28 @@ class VerifyResponse(BaseModel):
 
 
 class Decision(BaseModel):
-    far: float = Field(description="False accept rate of the threshold")
-    threshold: float = Field(description="Distance threshold: a hit is the same person iff distance <= it")
+    """How a search decided "same person": open-set, for the gallery searched."""
+
+    target_fpir: float = Field(description="False positive identification rate aimed at: the share of searches by "
+                                           "someone not in the gallery that show any match (0.01: about 1 in 100)")
+    threshold: float | None = Field(description="Distance threshold: a hit is the same person iff distance <= it; "
+                                                "null when no threshold could be chosen (method none)")
+    gallery_size: int = Field(description="N: the live faces of the gallery the threshold was chosen for")
+    gallery_version: int = Field(description="The gallery version it was measured on (after a change it is measured "
+                                             "again in the background; searches meanwhile use the previous one)")
+    method: Literal["gallery", "calibration", "none"] = Field(
+        description="gallery: measured with the gallery's own faces searched against the other identities; "
+                    "calibration: from the model's 1:1 calibration for N faces (a gallery too small, of one identity, "
+                    "or unlabelled); none: neither is available")
+    nonmated_searches: int = Field(description="Searches by people not in the gallery the threshold rests on (method gallery)")
+    measured_fpir: float | None = Field(None, description="FPIR at the threshold on those searches")
+
+
+def decision_of(open_set: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The Decision body of a Retriever's open-set answer (None: the Retriever has none)."""
+    if not open_set:
+        return None
+    return {k: open_set.get(k) for k in Decision.model_fields}
 
 
 def thresholds(info: dict[str, Any] | None) -> dict[float, float]:
@@ -80,16 +101,16 @@ def pick(info: dict[str, Any] | None, far: float | None) -> tuple[float, float] 
     return f"far={far!r} is not a calibrated false accept rate of this model: choose one of {sorted(table, reverse=True)}"
 
 
-def mark_hits(faces: list[dict[str, Any]], decision: tuple[float, float] | None) -> None:
-    """Add ``same_person`` to every hit and ``match`` (any hit passes) to every face, in place;
-    both null without a decision (uncalibrated model)."""
+def mark_hits(faces: list[dict[str, Any]], threshold: float | None) -> None:
+    """Add ``same_person`` (distance <= ``threshold``) to every hit and ``match`` (any hit
+    passes) to every face, in place; both null without a threshold."""
     for face in faces:
-        if decision is None:
+        if threshold is None:
             for h in face["results"]:
                 h["same_person"] = None
             face["match"] = None
             continue
-        t = decision[1]
+        t = float(threshold)
         for h in face["results"]:
             h["same_person"] = bool(h["distance"] <= t)
         face["match"] = any(h["same_person"] for h in face["results"])

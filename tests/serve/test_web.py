@@ -90,11 +90,13 @@ def test_upload_shows_box_and_top9(page, live_app, photos, model):
     assert [g["image_id"] for g in grid] == [h["image_id"] for h in hits]
     np.testing.assert_allclose([g["distance"] for g in grid], [h["distance"] for h in hits], rtol=1e-6)
     assert grid[0]["image_id"] == served_ids(live_app["gallery"])[name]
-    assert "#1" in grid[0]["text"] and f"d={hits[0]['distance']:.3f}" in grid[0]["text"]
+    # plain words on the card, the number on hover
+    assert "#1" in grid[0]["text"] and f"person {hits[0]['identity']}" in grid[0]["text"] and "d=" not in grid[0]["text"]
+    assert page.get_attribute("#results .result", "title").startswith(f"distance {hits[0]['distance']:.3f}")
     # a 3 x 3 grid: three distinct rows and columns
     assert len({round(g["top"]) for g in grid}) == 3 and len({round(g["left"]) for g in grid}) == 3
     status = page.inner_text("#status")
-    assert "1 face(s) found" in status and model in status
+    assert "1 face found" in status and f"({model}," in status
     # the face box is drawn in green on the preview, at the box the API reports
     box = api["faces"][0]["box"]
     px = page.evaluate(f"""(() => {{ const c = document.getElementById('preview');
@@ -195,11 +197,11 @@ def test_changing_the_model_searches_again(sized_page, live_app, photos):
     data = photos[2][1]
     _upload(page, data)
     first = _read_grid(page)
-    assert "with mnv3" in page.inner_text("#status")
+    assert "(mnv3," in page.inner_text("#status")
     with page.expect_response(lambda r: r.url.endswith("/v1/search")) as resp:
         page.select_option("#model", "r18")
     assert resp.value.status == 200
-    page.wait_for_function("document.getElementById('status').innerText.includes('with r18')", timeout=120_000)
+    page.wait_for_function("document.getElementById('status').innerText.includes('(r18,')", timeout=120_000)
     grid = _read_grid(page)
     api = httpx.post(live_app["url"] + "/v1/search", files={"image": ("q.jpg", data, "image/jpeg")},
                      data={"k": "9", "model": "r18"}, timeout=120).json()

@@ -3,7 +3,28 @@
 (function () {
   const $ = (id) => document.getElementById(id);
   // last: the photo last searched, searched again when the model or the faces mode changes
-  const state = { image: null, faces: [], active: 0, stream: null, last: null, verification: null, showNearest: false };
+  const state = { image: null, faces: [], active: 0, stream: null, last: null, decision: null, showNearest: false };
+
+  // "1 in 100" for a target FPIR of 0.01: how a person reads a rate.
+  function oneIn(rate) {
+    const n = Math.round(1 / rate);
+    return `about 1 in ${n.toLocaleString("en")}`;
+  }
+
+  // What a match means, in words: the open-set decision of the gallery searched.
+  function meaning(d) {
+    if (!d || d.threshold == null) return "";
+    return `“Likely the same person” is said so that ${oneIn(d.target_fpir)} searches of someone who is not in ` +
+      `the gallery shows a false match (a gallery of ${d.gallery_size.toLocaleString("en")} faces).`;
+  }
+
+  function decisionTitle(d) {
+    if (!d || d.threshold == null) return "";
+    const how = d.method === "gallery" ? `measured on this gallery's own faces (${d.nonmated_searches} searches)`
+      : "from the model's calibration";
+    return `same person iff distance ≤ ${d.threshold.toFixed(3)}, ${how}; target false positive identification ` +
+      `rate ${d.target_fpir}, N = ${d.gallery_size}`;
+  }
 
   function setStatus(text, isError) {
     const s = $("status");
@@ -47,28 +68,35 @@
         sel.appendChild(o);
       }
       showCard();
-      $("gallery-info").textContent = `gallery: ${info.gallery_rows} faces (version ${info.gallery_version})`;
+      $("gallery-info").textContent = `gallery: ${info.gallery_rows.toLocaleString("en")} faces`;
+      $("gallery-info").title = `gallery version ${info.gallery_version}`;
     } catch (e) {
       setStatus("Could not load the model list: " + e, true);
     }
   }
 
-  // What the chosen model is: its weights, training data and measured LFW accuracy.
+  // What the chosen model is: its weights, training data, measured LFW accuracy and how it decides.
   function showCard() {
     const m = (state.models || {})[$("model").value];
     const el = $("model-card");
     if (!m || !el) return;
     const lfw = m.lfw_accuracy_pct == null ? "LFW accuracy not measured yet"
       : `LFW accuracy ${m.lfw_accuracy_pct.toFixed(2)} %` + (m.lfw_measured_on ? ` (${m.lfw_measured_on})` : "");
-    // Its same-person rule (facerec calibrate), or that it has none.
+    const d = m.open_set;
+    const search = d && d.threshold != null ? ` Search: ${meaning(d)}`
+      : " Search: no same-person decision (the model is not calibrated and the gallery cannot be measured): " +
+        "results are only the most similar faces.";
+    // Verify (1:1, two photos) keeps the model's calibrated false accept rate.
     const cal = m.calibration;
     const point = cal && cal.operating_points.find((p) => p.resolvable && p.far === cal.default_far);
-    const verify = !point ? " Not calibrated: results are the nearest faces, not a same-person decision."
-      : ` Same person iff distance ≤ ${point.threshold.toFixed(3)} (false accept rate ${point.far}; ` +
-        `TAR ${point.tar_mean.toFixed(3)} on held-out people of ${cal.data.name}).`;
-    el.textContent = `Weights: ${m.weights || "?"}. Training data: ${m.training_data || "?"}. ${lfw}.` + verify +
+    const verify = !point ? "" : ` Verify (two photos): same person iff distance ≤ ${point.threshold.toFixed(3)} ` +
+      `(false accept rate ${point.far}; ${(100 * point.tar_mean).toFixed(1)} % of genuine pairs accepted on held-out ` +
+      `people of ${cal.data.name}).`;
+    el.textContent = `Weights: ${m.weights || "?"}. Training data: ${m.training_data || "?"}. ${lfw}.` + search + verify +
       (m.untrained ? " Warning: this model was never trained on faces." : "");
+    el.title = decisionTitle(d);
     el.classList.toggle("error", !!m.untrained);
+    if (m.untrained) $("about-model").open = true;
   }
 
   function drawPreview() {
@@ -104,22 +132,30 @@
     });
   }
 
-  // "No match in the gallery" instead of nine strangers: when the model is calibrated and no result
-  // of this face is within its same-person threshold (search's face.match === false).
+  // "No match in the gallery" instead of nine strangers: when no result of this face is within the
+  // gallery's same-person threshold (search's face.match === false).
   function showNoMatch(face) {
     const box = $("no-match");
-    const v = state.verification;
     box.hidden = !(face && face.match === false && !state.showNearest);
     if (box.hidden) return false;
-    $("no-match-text").textContent = `No match in the gallery: none of the ${face.results.length} nearest faces ` +
-      `is the same person (distance ≤ ${v.threshold.toFixed(3)}, false accept rate ${v.far}).`;
+    $("no-match-text").textContent = "No match in the gallery: none of the " +
+      `${face.results.length} most similar faces is close enough to be this person.`;
+    $("no-match-text").title = decisionTitle(state.decision);
     return true;
+  }
+
+  function closeness(h) {
+    return `distance ${h.distance.toFixed(3)} (0 = identical photos)`;
   }
 
   function renderResults() {
     const list = $("results");
     list.innerHTML = "";
     const face = state.faces[state.active];
+    const m = $("meaning");
+    m.textContent = face ? meaning(state.decision) : "";
+    m.title = decisionTitle(state.decision);
+    m.hidden = !m.textContent;
     if (showNoMatch(face) || !face) return;
     const tpl = $("result-tpl");
     for (const h of face.results.slice(0, 9)) {
@@ -127,18 +163,27 @@
       li.dataset.rank = h.rank;
       li.dataset.imageId = h.image_id;
       li.dataset.distance = h.distance;
+      li.dataset.identity = h.identity;
       showThumbnail(li.querySelector("img"), h.thumbnail_url);
-      li.querySelector("img").alt = `gallery face ${h.image_id}`;
+      const who = h.display_name || `person ${h.identity}`;
+      li.querySelector("img").alt = `gallery photo of ${who}`;
       li.querySelector(".rank").textContent = `#${h.rank}`;
-      li.querySelector(".identity").textContent = `id ${h.identity}`;
-      li.querySelector(".distance").textContent = `d=${h.distance.toFixed(3)}`;
-      // same_person: true / false at the model's calibrated threshold, null when uncalibrated.
+      const ident = li.querySelector(".identity");
+      ident.textContent = who;
+      ident.title = `identity ${h.identity}, photo ${h.image_id}`;
+      // The numbers stay one hover away: the words say what they mean.
+      li.title = closeness(h) + (state.decision && state.decision.threshold != null
+        ? `; same person at ≤ ${state.decision.threshold.toFixed(3)}` : "");
+      li.querySelector(".distance").textContent = "";
       li.dataset.samePerson = String(h.same_person);
       li.classList.toggle("same-person", h.same_person === true);
       li.classList.toggle("stranger", h.same_person === false);
-      li.querySelector(".verdict").textContent = h.same_person === true ? "same person" : "";
-      li.querySelector(".agreement").textContent =
-        h.attribute_agreement === null ? "" : `attr. agree ${(100 * h.attribute_agreement).toFixed(0)}%`;
+      li.querySelector(".verdict").textContent = h.same_person === true ? "likely the same person" : "";
+      const agree = li.querySelector(".agreement");
+      if (h.attribute_agreement !== null && h.rank > 1) {
+        agree.textContent = `${(100 * h.attribute_agreement).toFixed(0)} % of traits as #1`;
+        agree.title = "share of the labelled CelebA attributes (hair, glasses, smiling, …) equal to those of the first result";
+      }
       const attrs = li.querySelector(".attrs");
       const on = Object.entries(h.attributes).filter(([, v]) => v === 1).map(([k]) => k);
       for (const a of on) {
@@ -210,17 +255,25 @@
       return;
     }
     state.faces = body.faces;
-    state.verification = body.verification || null;
+    state.decision = body.decision && body.decision.threshold != null ? body.decision : null;
     state.active = 0;
     drawPreview();
     renderFaceTabs();
     renderResults();
     const first = body.faces[0];
-    const verdict = !state.verification || !first ? "" : first.match
-      ? ` ${first.results.filter((h) => h.same_person).length} of them the same person (false accept rate ${state.verification.far}).`
-      : " No match in the gallery.";
-    setStatus(`${body.faces.length} face(s) found; top ${Math.min(9, body.k)} matches with ${body.model} ` +
-      `in ${body.timing_ms.total.toFixed(0)} ms.` + verdict);
+    const found = `${body.faces.length} face${body.faces.length === 1 ? "" : "s"} found`;
+    const took = ` (${body.model}, ${body.timing_ms.total.toFixed(0)} ms)`;
+    let answer;
+    if (!state.decision || !first) {
+      answer = `The ${first ? Math.min(9, first.results.length) : 0} most similar faces in the gallery; ` +
+        "no same-person decision is available for this model.";
+    } else if (first.match) {
+      const n = first.results.filter((h) => h.same_person).length;
+      answer = `Likely the same person: ${n} of the most similar faces` + (n === 1 ? " is a match." : " are matches.");
+    } else {
+      answer = "No match in the gallery.";
+    }
+    setStatus(`${answer} ${found}${took}.`);
   }
 
   $("file").addEventListener("change", (ev) => {
@@ -279,5 +332,7 @@
   $("model").onchange = () => { showCard(); rerun(); };
   $("faces").onchange = rerun;
   $("token").onchange = rerun;
+  // Enter in the token field searches again (a password field fires no change on Enter)
+  $("token").addEventListener("keydown", (ev) => { if (ev.key === "Enter") { ev.preventDefault(); rerun(); } });
   loadModels();
 })();
