@@ -9,10 +9,12 @@ Routes (schema at ``/docs``, ``/openapi.json``):
 - ``GET  /v1/images/{image_id}``  a gallery crop (looked up in the gallery by its random id; ``no-store``)
 - ``POST /v1/gallery``  add photos of an identity, optionally with its display name (bearer token)
 - ``DELETE /v1/gallery/images/{image_id}``, ``DELETE /v1/gallery/identities/{identity}``  forget
-  them: rows, crops, embeddings and index entries of every model, in one new version (bearer token)
+  them: rows, crops, embeddings and index entries of every model, in one new version, and what the
+  server derived from their photos (:mod:`facerec.data.erasure`); the answer names the photo
+  folder, which still holds the photos (bearer token)
 - ``GET  /v1/gallery/identities`` (paged), ``PUT /v1/gallery/identities/{identity}`` (display name)
 
-With a read token configured (``read_token``), search, images and listings need it too.
+With a read token configured (``read_token``), search, verify, images and listings need it too.
 - ``GET  /v1/models``, ``GET /healthz``
 - ``GET  /``            the web page (``static/``)
 
@@ -31,7 +33,6 @@ network (:mod:`facerec.serve.docs`).
 import asyncio
 import base64
 import binascii
-import json
 import os
 import re
 import secrets
@@ -54,8 +55,9 @@ from facerec.data.schema import ATTRIBUTE_NAMES
 from facerec.serve import verification
 from facerec.serve.verification import Decision, VerifyJSON, VerifyResponse
 from facerec.gallery.format import IDENTITY_MAX  # JSON-safe (2**53 - 1), inside the int64 column
-from facerec.serve.config import K_MAX
-from facerec.serve.middleware import GateRefusal, SecurityHeaders, UploadBudget, UploadGate
+from facerec.serve.config import DEFAULT_ALLOWED_HOSTS, K_MAX
+from facerec.serve.jsonbody import JSONBodyError, parse_json
+from facerec.serve.middleware import GateRefusal, HostCheck, SecurityHeaders, UploadBudget, UploadGate
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _IMAGE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
@@ -92,16 +94,16 @@ class Hit(BaseModel):
     )
     thumbnail_url: str
     same_person: bool | None = Field(
-        None, description="distance <= the model's calibrated threshold at its default false accept rate "
-                          "(`verification`); null when the model is not calibrated")
+        None, description="distance <= the gallery's open-set threshold (`decision`): likely the same person; null when "
+                          "no threshold is known")
 
 
 class FaceResult(BaseModel):
     box: Box = Field(description="Face box in the uploaded image, pixels")
     results: list[Hit]
     match: bool | None = Field(
-        None, description="Whether any result is the same person (false: no match in the gallery); null when the "
-                          "model is not calibrated. With an approximate index kind it covers the results returned")
+        None, description="Whether any result is the same person (false: no match in the gallery); null when no "
+                          "threshold is known. With an approximate index kind it covers the results returned")
 
 
 class ImageSize(BaseModel):
@@ -117,8 +119,9 @@ class SearchResponse(BaseModel):
     image: ImageSize
     gallery_version: int
     faces: list[FaceResult]
-    verification: Decision | None = Field(
-        None, description="The threshold `same_person` was decided at; null when the model is not calibrated")
+    decision: Decision | None = Field(
+        None, description="How `same_person` was decided: the open-set threshold of this gallery at the server's target "
+                          "FPIR, with N and the method; null while none is known")
     timing_ms: dict[str, float]
 
 
@@ -148,6 +151,11 @@ class DeleteResponse(BaseModel):
     identities: list[int]
     gallery_version: int = Field(description="The version in which they are gone, for every served model")
     rows: int
+    photo_folder: str | None = Field(
+        None, description="The photo folder the gallery was built from. It is yours and is not changed by a delete: "
+                          "it still holds the original photos (the crops cache and galleries the server derived "
+                          "from it are erased, and the erasure is recorded so no rebuild brings them back)")
+    message: str = Field("", description="What was deleted, and what was left where (the photo folder)")
 
 
 class IdentityItem(BaseModel):
@@ -174,6 +182,15 @@ class DisplayNameResponse(BaseModel):
     gallery_version: int
 
 
+class AddWarning(BaseModel):
+    image: int = Field(description="Index of the photo in the request")
+    code: str = Field(description="same_photo_other_identity: these exact face crop bytes are already a row of "
+                                  "another identity")
+    image_id: str = Field(description="The gallery image that holds the same photo")
+    identity: int = Field(description="Its identity")
+    message: str
+
+
 class GalleryAddResponse(BaseModel):
     added: int = Field(description="New rows: the photos minus those already in the gallery (duplicate_of)")
     identity: int
@@ -184,6 +201,9 @@ class GalleryAddResponse(BaseModel):
                     "bytes for this identity (not added again)")
     gallery_version: int
     rows: int
+    warnings: list[AddWarning] = Field(
+        default_factory=list, description="What was added but looks like a mistake: a photo already in the gallery "
+                                          "under another identity (same_photo_other_identity)")
 
 
 class ModelInfo(BaseModel):
@@ -211,6 +231,8 @@ class ModelInfo(BaseModel):
     calibration: dict[str, Any] | None = Field(
         None, description="Verification calibration (facerec calibrate): thresholds at each calibrated false accept "
                           "rate with cross-validated TAR, EER, and the data they came from; null when uncalibrated")
+    open_set: Decision | None = Field(
+        None, description="How search decides 'same person' for the served gallery (as in a search's `decision`)")
 
 
 class ModelsResponse(BaseModel):
@@ -270,6 +292,7 @@ app = FastAPI(
     redoc_url=None,
 )
 app.add_middleware(UploadGate)
+app.add_middleware(HostCheck)  # a foreign Host is refused before the gate reserves or reads anything
 app.add_middleware(SecurityHeaders)  # added last = outermost: its headers are on every response
 
 
@@ -323,10 +346,14 @@ async def favicon() -> FileResponse:
 
 
 def decode_b64(text: Any, field: str, limit: int) -> bytes:
-    if not isinstance(text, str) or not text:
+    if not isinstance(text, str):
+        raise APIError(422, "bad_parameter", f"{field} must be a string of base64 text (got {_json_type(text)})")
+    if not text:
         raise APIError(400, "empty", f"{field} is empty; send the photo as base64 text")
     if text.startswith("data:"):
         text = text.partition(",")[2]
+    # `base64` and most encoders wrap their output at 76 columns: line breaks and spaces are layout.
+    text = _WHITESPACE.sub("", text)
     if len(text) > limit * 4 // 3 + 4:
         raise APIError(413, "too_large", f"{field} decodes to more than the limit of {limit:,} bytes")
     try:
@@ -336,6 +363,55 @@ def decode_b64(text: Any, field: str, limit: int) -> bytes:
     if not data:
         raise APIError(400, "empty", f"{field} decodes to 0 bytes")
     return data
+
+
+_WHITESPACE = re.compile(r"\s+")
+_JSON_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed JSON value's type, as the client wrote it."""
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _json_body(body: bytes) -> Any:
+    """A request body parsed by the API's one JSON parser (limits: :mod:`facerec.serve.jsonbody`)."""
+    try:
+        return parse_json(body)
+    except JSONBodyError as exc:
+        raise APIError(400, "bad_json", str(exc)) from None
+
+
+def _validated(model: type[BaseModel], payload: Any) -> Any:
+    """``payload`` (a parsed JSON body) as ``model``, or 422 ``bad_parameter`` naming each field."""
+    if not isinstance(payload, dict):
+        raise APIError(422, "bad_parameter", f"body: a JSON object with the fields {sorted(model.model_fields)} "
+                                             f"expected (got {_json_type(payload)})")
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise APIError(422, "bad_parameter", _validation_message(exc.errors())) from None
+
+
+def parse_identity(value: Any, form: bool = False) -> int:
+    """The one reading of an identity, for JSON (``value`` parsed: an integer, not a boolean) and
+    form fields (``form``: the text of an integer as JSON writes it, so ``1_000``, ``42.0``,
+    ``+7`` or ``007`` are refused there as in JSON). 422 ``bad_parameter`` outside [0, IDENTITY_MAX]."""
+    if form:
+        if not (isinstance(value, str) and len(value) <= 20 and _JSON_INTEGER.fullmatch(value)):
+            raise APIError(422, "bad_parameter", f"identity: Input should be a plain decimal integer, like 42 "
+                                                 f"(got {_short(value)})")
+        shown, value = _short(value), int(value)
+    else:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise APIError(422, "bad_parameter", f"identity: Input should be a valid integer (got {_short(value)})")
+        shown = _short(value)
+    if value < 0:
+        raise APIError(422, "bad_parameter", f"identity: Input should be greater than or equal to 0 (got {shown})")
+    if value > IDENTITY_MAX:
+        raise APIError(422, "bad_parameter", f"identity: Input should be less than or equal to {IDENTITY_MAX} (got {shown})")
+    return value
 
 
 def _content_type(request: Request) -> str:
@@ -398,8 +474,10 @@ class Ingress:
             total=int(config["max_inflight_upload_bytes"]),
             limits={"/v1/search": search_limit, "/v1/gallery": self.max_upload * self.max_add * 4 // 3 + _FORM_OVERHEAD},
             default_limit=2 * search_limit,
-            before_body={"/v1/gallery": self._authorize_headers, "/v1/search": self._authorize_read_headers},
+            before_body={"/v1/gallery": self._authorize_headers, "/v1/search": self._authorize_read_headers,
+                         "/v1/verify": self._authorize_read_headers},
         )
+        app.state.allowed_hosts = list(config.get("allowed_hosts") or DEFAULT_ALLOWED_HOSTS)
 
     async def _call(self, response, what: str):
         from ray.exceptions import RayActorError, WorkerCrashedError
@@ -434,11 +512,7 @@ class Ingress:
                 raise APIError(400, "missing_image", "multipart body has no file field 'image'; send the photo as image=@photo.jpg")
             data = await upload.read()
         elif ctype == "application/json":
-            body = await request.body()
-            try:
-                payload = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise APIError(400, "bad_json", f"body is not valid JSON ({exc})") from None
+            payload = _json_body(await request.body())
             if not isinstance(payload, dict) or "image_base64" not in payload:
                 raise APIError(422, "missing_image", 'JSON body must be an object with "image_base64" (and optionally k, model, faces)')
             extra = sorted(set(payload) - {"image_base64", "k", "model", "faces"})
@@ -465,7 +539,7 @@ class Ingress:
 
     # ---- routes --------------------------------------------------------------------------
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page(self) -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
@@ -474,7 +548,7 @@ class Ingress:
         response_model=SearchResponse,
         openapi_extra=_SEARCH_BODY,
         form_limits=_SEARCH_FORM_LIMITS,
-        responses=_error_responses(400, 413, 415, 422, 503, 504),
+        responses=_error_responses(400, 401, 413, 415, 422, 503, 504),
         summary="Find the gallery faces most similar to the face(s) in a photo",
     )
     async def search(
@@ -511,13 +585,13 @@ class Ingress:
                 h["thumbnail_url"] = f"{prefix}/v1/images/{quote(h['image_id'])}"
             x, y, w, h_ = face["box"]
             faces_out.append({"box": {"x": x, "y": y, "w": w, "h": h_}, "results": hits})
-        decision = verification.default_decision((await self._models()).get(name))
-        verification.mark_hits(faces_out, decision)
+        decision = verification.decision_of(found.get("open_set"))
+        verification.mark_hits(faces_out, None if decision is None else decision["threshold"])
         body = {
             "model": name, "model_id": emb["model_id"], "k": params.k, "faces_mode": params.faces,
             "image": {"width": emb["width"], "height": emb["height"]}, "gallery_version": found["version"],
             "faces": faces_out,
-            "verification": None if decision is None else {"far": decision[0], "threshold": decision[1]},
+            "decision": decision,
             "timing_ms": {"parse": (t1 - t0) * 1e3, "embed": (t2 - t1) * 1e3, "search": (t3 - t2) * 1e3,
                           "total": (time.perf_counter() - t0) * 1e3, "batch_size": float(emb["batch_size"]),
                           **{f"embed_{k_}": v for k_, v in emb["timing_ms"].items()}},
@@ -533,7 +607,7 @@ class Ingress:
             "description": "Two photos: multipart (`image1`, `image2` files; `far`, `model` fields) or JSON with "
                            "`image1_base64` and `image2_base64`. The largest face of each is compared.",
             "content": {"application/json": {"schema": VerifyJSON.model_json_schema()}}}},
-        responses=_error_responses(400, 409, 413, 415, 422, 503, 504),
+        responses=_error_responses(400, 401, 409, 413, 415, 422, 503, 504),
         summary="Are the faces of two photos the same person? (at a calibrated false accept rate)",
     )
     async def verify(
@@ -547,6 +621,7 @@ class Ingress:
         form_far: float | None = Form(None, alias="far", description="False accept rate"),
         form_model: str | None = Form(None, alias="model", description="Served model name"),
     ) -> VerifyResponse:
+        self._authorize_read(request)  # also checked before the body was read (UploadGate)
         ctype = _content_type(request)
         if ctype == "multipart/form-data":
             missing = [n for n, u in (("image1", image1), ("image2", image2)) if u is None]
@@ -557,10 +632,7 @@ class Ingress:
             far = form_far if form_far is not None else far
             model = form_model or model
         elif ctype == "application/json":
-            try:
-                payload = VerifyJSON.model_validate_json(await request.body())
-            except ValidationError as exc:
-                raise APIError(422, "bad_parameter", _validation_message(exc.errors())) from None
+            payload = _validated(VerifyJSON, _json_body(await request.body()))
             images = [decode_b64(payload.image1_base64, "image1_base64", self.max_upload),
                       decode_b64(payload.image2_base64, "image2_base64", self.max_upload)]
             far = payload.far if payload.far is not None else far
@@ -636,7 +708,7 @@ class Ingress:
             raise APIError(r.status, r.code, r.message, r.headers) from None
 
     def _authorize_read_headers(self, headers: Headers) -> None:
-        """With a read token configured, searches, images and listings need it (or the gallery
+        """With a read token configured, searches, verifies, images and listings need it (or the gallery
         token) as a bearer token; without one they are open."""
         if self._read_token is None:
             return
@@ -671,7 +743,11 @@ class Ingress:
         request: Request,
         image: list[UploadFile] | None = File(None, description="Photos of one person (repeat the field); required "
                                                                 "in a multipart body, with identity"),
-        identity: int | None = Form(None, ge=0, le=IDENTITY_MAX, description=f"Identity label, 0-{IDENTITY_MAX}"),
+        # Read as text and parsed by parse_identity, like the JSON field (FastAPI's int took "1_000"
+        # and "42.0"); documented as the integer it must be.
+        identity: str | None = Form(None, description=f"Identity label, 0-{IDENTITY_MAX} (a plain decimal integer)",
+                                    json_schema_extra={"anyOf": [{"type": "integer", "minimum": 0, "maximum": IDENTITY_MAX},
+                                                                 {"type": "null"}]}),
         display_name: str | None = Form(None, min_length=1, max_length=100,
                                         description="A display name for the identity (kept in the gallery)"),
     ) -> GalleryAddResponse:
@@ -682,14 +758,15 @@ class Ingress:
                 raise APIError(400, "missing_image", "multipart body needs one or more file fields 'image'")
             if identity is None:
                 raise APIError(422, "bad_parameter", f"field identity: required, an integer in [0, {IDENTITY_MAX}]")
+            identity = parse_identity(identity, form=True)
             if len(image) > self.max_add:
                 raise APIError(413, "too_many_images", f"{len(image)} images in one request; the limit is {self.max_add}")
             images = [await u.read() for u in image]
         elif ctype == "application/json":
-            try:
-                payload = GalleryJSON.model_validate_json(await request.body())
-            except ValidationError as exc:
-                raise APIError(422, "bad_parameter", _validation_message(exc.errors())) from None
+            raw = _json_body(await request.body())
+            if isinstance(raw, dict) and "identity" in raw:
+                raw["identity"] = parse_identity(raw["identity"])
+            payload = _validated(GalleryJSON, raw)
             if len(payload.images_base64) > self.max_add:
                 raise APIError(413, "too_many_images", f"{len(payload.images_base64)} images in one request; the limit is {self.max_add}")
             images = [decode_b64(t, f"images_base64[{i}]", self.max_upload) for i, t in enumerate(payload.images_base64)]
@@ -720,8 +797,15 @@ class Ingress:
                            f"cannot add to this gallery: {out['message']}")
         duplicate_of = out.get("duplicate_of") or [None] * len(images)
         added = sum(d is None for d in duplicate_of)
+        warnings = [AddWarning(image=w["image"], code="same_photo_other_identity", image_id=w["image_id"],
+                               identity=w["identity"],
+                               message=f"image {w['image']} is the same photo as gallery image {w['image_id']} of identity "
+                                       f"{w['identity']}; it was added to identity {identity} as well: delete one of "
+                                       f"them if that is a mistake")
+                    for w in out.get("other_identities", [])]
         body = GalleryAddResponse(added=added, identity=identity, image_ids=out["image_ids"], row_ids=out["row_ids"],
-                                  duplicate_of=duplicate_of, gallery_version=out["version"], rows=out["rows"])
+                                  duplicate_of=duplicate_of, gallery_version=out["version"], rows=out["rows"],
+                                  warnings=warnings)
         return JSONResponse(body.model_dump(), status_code=201 if added else 200)
 
     async def _models(self) -> dict[str, dict[str, Any]]:
@@ -738,7 +822,8 @@ class Ingress:
         return ModelsResponse(
             default=self.default_model,
             models=[ModelInfo(name=n, default=n == self.default_model, index_kind=gallery["models"][n]["index_kind"],
-                              **{k: v for k, v in infos[n].items() if k != "name"})
+                              open_set=verification.decision_of(gallery["models"][n].get("open_set")),
+                              **{k: v for k, v in infos[n].items() if k not in ("name", "open_set")})
                     for n in sorted(infos)],
             gallery_rows=gallery["rows"],
             gallery_version=gallery["version"],
@@ -769,14 +854,16 @@ class Ingress:
     @staticmethod
     def _deleted(out: dict[str, Any]) -> JSONResponse:
         body = DeleteResponse(deleted=out["deleted"], image_ids=out["image_ids"], row_ids=out["row_ids"],
-                              identities=out["identities"], gallery_version=out["version"], rows=out["rows"])
+                              identities=out["identities"], gallery_version=out["version"], rows=out["rows"],
+                              photo_folder=out.get("photo_folder"), message=out.get("message", ""))
         return JSONResponse(body.model_dump())
 
     @app.delete(
         "/v1/gallery/images/{image_id}",
         response_model=DeleteResponse,
         responses=_error_responses(400, 401, 403, 404, 503, 504),
-        summary="Delete one gallery image: its row, crop, embeddings and index entries, for every model, in one new version",
+        summary="Delete one gallery image: its row, crop, embeddings and index entries, for every model, in one new "
+                "version, and the copies the server derived from its photo (the photo folder itself is not changed)",
     )
     async def gallery_delete_image(self, request: Request, image_id: str) -> JSONResponse:
         self._authorize(request)
@@ -789,7 +876,8 @@ class Ingress:
         "/v1/gallery/identities/{identity}",
         response_model=DeleteResponse,
         responses=_error_responses(401, 403, 404, 422, 503, 504),
-        summary="Delete every image of an identity (and its display name), for every model, in one new version",
+        summary="Delete every image of an identity (and its display name), for every model, in one new version, and "
+                "the copies the server derived from its photos (the photo folder itself is not changed)",
     )
     async def gallery_delete_identity(self, request: Request, identity: int) -> JSONResponse:
         self._authorize(request)
@@ -830,10 +918,7 @@ class Ingress:
         self._authorize(request)
         if _content_type(request) != "application/json":
             raise APIError(415, "unsupported_media_type", 'send application/json: {"display_name": "..."}')
-        try:
-            payload = DisplayNameJSON.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise APIError(422, "bad_parameter", _validation_message(exc.errors())) from None
+        payload = _validated(DisplayNameJSON, _json_body(await request.body()))
         out = await self._retriever_write(self.retriever.set_name.remote(identity, payload.display_name),
                                           f"cannot name identity {identity}")
         return JSONResponse(DisplayNameResponse(identity=out["identity"], display_name=out["display_name"],
