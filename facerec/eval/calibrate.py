@@ -34,6 +34,8 @@ from facerec.detect import crops_detector
 from facerec.errors import ConfigError, DataNotFoundError
 from facerec.eval.calibration import (DEFAULT_FAR, DEFAULT_FARS, MIN_FALSE_ACCEPTS, FoldedDistances, cross_validate,
                                       identity_folds, pair_distances, pairs_within_folds, roc_curve)
+from facerec.eval.openset_cv import DEFAULT_FPIRS
+from facerec.gallery.openset import check_target
 
 SOURCES = ("lfw", "crops")
 
@@ -53,6 +55,7 @@ class CalibrateConfig:
     num_actors: int | None = None
     use_gpu: bool | None = None
     detector: dict | None = None        # lfw only: DetectorConfig settings (None: the default detector)
+    open_set_fpirs: tuple[float, ...] = DEFAULT_FPIRS  # the open-set report's FPIR targets
 
     def __post_init__(self) -> None:
         self.fars = tuple(float(f) for f in self.fars)
@@ -60,6 +63,11 @@ class CalibrateConfig:
             raise ConfigError("fars", self.fars, "false accept rates in (0, 1), e.g. 0.1,0.01,0.001")
         if len(set(self.fars)) != len(self.fars):
             raise ConfigError("fars", self.fars, "distinct values")
+        if isinstance(self.open_set_fpirs, (str, bytes)) or not hasattr(self.open_set_fpirs, "__iter__"):
+            raise ConfigError("open_set_fpirs", self.open_set_fpirs, "a list of FPIR targets, e.g. 0.1,0.01,0.001")
+        self.open_set_fpirs = tuple(check_target(f, "open_set_fpirs") for f in self.open_set_fpirs)
+        if not self.open_set_fpirs or len(set(self.open_set_fpirs)) != len(self.open_set_fpirs):
+            raise ConfigError("open_set_fpirs", self.open_set_fpirs, "one or more distinct FPIR targets in (0, 1)")
         if float(self.default_far) not in self.fars:
             raise ConfigError("default_far", self.default_far, f"one of fars {list(self.fars)}")
         for name, low in (("min_false_accepts", 1), ("folds", 2), ("batch_size", 1)):
@@ -159,9 +167,13 @@ def lfw_distances(lfw_root: str | os.PathLike, model: str | os.PathLike, config:
     }
     accuracy = {"mean": acc_mean, "std": acc_std, "protocol": "LFW View 2 on the file's pairs: threshold maximising "
                 "accuracy on the other folds"}
+    # Open-set searches: each image once (in the first fold that names it), labelled by its person.
+    once = table.drop_duplicates("emb_row")
+    open_set_data = {"embeddings": emb[once["emb_row"].to_numpy()], "identities": once["person"].to_numpy(),
+                     "folds": once["fold"].to_numpy()}
     return FoldedDistances(genuine, matched["fold"].to_numpy(), impostor, imp_fold), {"data": data, "accuracy": accuracy,
                                                                               "embed": stats, "checkpoint": folder,
-                                                                              "meta": meta}
+                                                                              "meta": meta, "open_set_data": open_set_data}
 
 
 def crops_distances(crops_dir: str | os.PathLike, model: str | os.PathLike, config: CalibrateConfig
@@ -212,12 +224,54 @@ def crops_distances(crops_dir: str | os.PathLike, model: str | os.PathLike, conf
     accuracy = {"mean": acc_mean, "std": acc_std, "protocol": "each fold's genuine pairs and as many impostor pairs; "
                 "threshold maximising accuracy on the other folds"}
     return FoldedDistances(genuine, g_fold, impostor, i_fold), {"data": data, "accuracy": accuracy, "embed": stats,
-                                                        "checkpoint": folder, "meta": meta}
+                                                        "checkpoint": folder, "meta": meta,
+                                                        "open_set_data": {"embeddings": emb,
+                                                                          "identities": val["identity"].to_numpy(),
+                                                                          "folds": fold}}
+
+
+def provenance(command: str | None = None) -> dict[str, Any]:
+    """What made a calibration: facerec's version, the commit of its checkout (None when installed
+    from a wheel) and whether its tracked files had changes, and the command when known."""
+    import subprocess
+
+    from facerec import __version__
+
+    here = Path(__file__).resolve().parents[1]
+    commit, dirty = None, None
+    try:
+        git = ["git", "-C", str(here)]
+        commit = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                check=True).stdout.strip() or None
+        dirty = bool(subprocess.run(git + ["status", "--porcelain", "--untracked-files=no", "--", "."],
+                                    capture_output=True, text=True, timeout=10, check=True).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"facerec_version": __version__, "commit": commit, "dirty": dirty, "command": command}
+
+
+def open_set_section(dist: FoldedDistances, info: dict[str, Any], config: CalibrateConfig) -> dict[str, Any] | None:
+    """The open-set (1:N) figures of the calibration's faces (:mod:`facerec.eval.openset_cv`), each
+    held-out fold's gallery threshold falling back on the impostor curve of the other folds' pairs."""
+    from facerec.eval.openset_cv import cross_validated_open_set
+    from facerec.gallery.openset import impostor_curve
+
+    data = info.get("open_set_data")
+    if data is None:
+        return None
+
+    def impostors_of(fold):
+        rest = dist.impostor[dist.impostor_fold != fold]
+        return impostor_curve(rest) if rest.size else None
+
+    return cross_validated_open_set(data["embeddings"], data["identities"], data["folds"], config.open_set_fpirs,
+                                    impostors_of=impostors_of, seed=config.seed)
 
 
 def build_calibration(dist: FoldedDistances, info: dict[str, Any], config: CalibrateConfig) -> tuple[dict, pd.DataFrame]:
     """The stored calibration (JSON-able) and the per-fold table."""
     from facerec.data.inputs import kind_of
+    from facerec.gallery.openset import impostor_curve
 
     cv = cross_validate(dist, config.fars, config.min_false_accepts)
     meta = info["meta"]
@@ -239,6 +293,11 @@ def build_calibration(dist: FoldedDistances, info: dict[str, Any], config: Calib
         "protocol": "thresholds fitted on the other folds, scored on the held-out fold; mean and sample std over "
                     "held-out folds; pooled = all held-out decisions together; served thresholds fitted on all folds",
         "config": {k: v for k, v in asdict(config).items() if k not in ("batch_size", "num_actors", "use_gpu")},
+        # Every fold's impostor pairs together: a gallery's fallback threshold for N faces reads it
+        # (facerec.gallery.openset.threshold_from_impostors).
+        "impostors": impostor_curve(dist.impostor, pairs=int(dist.impostor.size)),
+        "open_set": open_set_section(dist, info, config),
+        "provenance": provenance(info.get("command")),
     }
     return cal, cv["per_fold"]
 
@@ -289,7 +348,96 @@ def markdown(cal: dict[str, Any]) -> str:
     acc = cal["accuracy"]
     lines += ["", f"Held-out accuracy: {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} % ({acc['protocol']}).",
               f"Default FAR of the server: {cal['default_far']:g}."]
+    lines += open_set_markdown(cal.get("open_set"))
     return "\n".join(lines) + "\n"
+
+
+def open_set_table(cal: dict[str, Any]) -> pd.DataFrame:
+    """One row per (gallery, FPIR target) of the open-set report (empty without one)."""
+    from facerec.eval.openset_cv import rows
+
+    return pd.DataFrame(rows(cal.get("open_set") or {}), columns=[
+        "gallery", "gallery_size", "identities", "fpir_target", "threshold", "threshold_std", "method", "fpir", "fnir",
+        "nonmated_searches", "mated_searches", "resolvable"])
+
+
+def open_set_markdown(open_set: dict[str, Any] | None) -> list[str]:
+    if not open_set or not open_set.get("galleries"):
+        return []
+    from facerec.gallery.openset import MIN_EVENTS
+
+    lines = ["", "## Open-set identification (1:N searches)", "",
+             f"FPIR: share of searches by someone not in the gallery that return any face at distance <= the "
+             f"threshold; FNIR: share of searches by someone in it whose rank-1 face is not theirs at distance <= "
+             f"the threshold (NIST FRVT terms), at gallery size N. {open_set['protocol'][:1].upper()}"
+             f"{open_set['protocol'][1:]}. A target "
+             f"needs {MIN_EVENTS} / FPIR non-mated searches to be resolved.", "",
+             "| gallery | N (faces) | identities | FPIR target | threshold (mean over folds) | chosen by "
+             "| FPIR held-out | FNIR | non-mated / mated searches |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for g in open_set["galleries"]:
+        for p in g["points"]:
+            how = "/".join(sorted(set(p["methods"]))) or "–"
+            fpir = _fmt(p["fpir"]) + ("" if p["resolvable"] else " (not resolvable)")
+            lines.append(f"| {g['gallery']} | {g['gallery_size']:,} | {g['identities']:,} | {p['fpir_target']:g} "
+                         f"| {_fmt(p['threshold'])} | {how} | {fpir} | {_fmt(p['fnir'])} "
+                         f"| {p['nonmated_searches']:,} / {p['mated_searches']:,} |")
+    return lines
+
+
+def open_set_line(open_set: dict[str, Any] | None) -> str | None:
+    """The CLI summary's open-set line: FNIR at each FPIR target per gallery size."""
+    if not open_set or not open_set.get("galleries"):
+        return None
+    parts = []
+    for g in open_set["galleries"]:
+        pts = ", ".join(f"FNIR {_fmt(p['fnir'])} at FPIR {p['fpir_target']:g} (held-out {_fmt(p['fpir'])}"
+                        f"{'' if p['resolvable'] else ', not resolvable'})" for p in g["points"])
+        parts.append(f"N={g['gallery_size']:,} ({g['gallery']}): {pts}")
+    return "calibrate: open set, cross-validated by identity: " + "; ".join(parts)
+
+
+def det_png(cal: dict[str, Any], target: str | os.PathLike) -> Path | None:
+    """The open-set DET plot: FNIR against FPIR (log axes), one curve per gallery size, with the
+    cross-validated points at each FPIR target. None without an open-set report."""
+    open_set = cal.get("open_set")
+    if not open_set or not open_set.get("galleries"):
+        return None
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    from facerec.io import atomic_write_bytes
+
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
+    floor = 1.0
+    for g in open_set["galleries"]:
+        fpir = np.asarray(g["det"]["fpir"], dtype=np.float64)
+        fnir = np.asarray(g["det"]["fnir"], dtype=np.float64)
+        n = max(1, max((p["nonmated_searches"] for p in g["points"]), default=1))
+        low = 0.5 / n  # a rate of 0 drawn at half the smallest step, not at -inf
+        floor = min(floor, low)
+        line, = ax.plot(np.maximum(fpir, low), np.maximum(fnir, low), lw=1.5,
+                        label=f"{g['gallery']}: N = {g['gallery_size']:,} faces, {g['identities']:,} people")
+        pts = [p for p in g["points"] if p["fpir"] is not None and p["fnir"] is not None]
+        ax.plot([max(p["fpir"], low) for p in pts], [max(p["fnir"], low) for p in pts], "o", color=line.get_color(),
+                mfc="none")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(floor, 1)
+    ax.set_xlabel("FPIR (searches by people not in the gallery that return a match)")
+    ax.set_ylabel("FNIR (searches by people in it whose rank 1 is not theirs)")
+    ax.set_title(f"{cal.get('backbone')} on {cal['data']['name']}: open-set DET (circles: held-out)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(target, buf.getvalue())
+    return Path(target)
 
 
 def roc_png(dist: FoldedDistances, cal: dict[str, Any], target: str | os.PathLike) -> Path:
@@ -337,6 +485,10 @@ def write_reports(dist: FoldedDistances, cal: dict[str, Any], per_fold: pd.DataF
     files = {"roc_png": out / "roc.png", "table_md": out / "calibration.md", "table_csv": out / "calibration.csv",
              "folds_csv": out / "calibration_folds.csv"}
     roc_png(dist, cal, files["roc_png"])
+    if cal.get("open_set"):
+        files.update(det_png=out / "det.png", open_set_csv=out / "open_set.csv")
+        det_png(cal, files["det_png"])
+        atomic_write_text(files["open_set_csv"], open_set_table(cal).to_csv(index=False))
     atomic_write_text(files["table_md"], markdown(cal))
     atomic_write_text(files["table_csv"], summary_table(cal).to_csv(index=False))
     atomic_write_text(files["folds_csv"], per_fold.to_csv(index=False))
@@ -345,10 +497,11 @@ def write_reports(dist: FoldedDistances, cal: dict[str, Any], per_fold: pd.DataF
 
 def calibrate(model: str | os.PathLike, source: str, path: str | os.PathLike, config: CalibrateConfig | None = None,
               out_dir: str | os.PathLike | None = None, store: bool = True, pairs_path: str | os.PathLike | None = None,
-              crop_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+              crop_dir: str | os.PathLike | None = None, command: str | None = None) -> dict[str, Any]:
     """Calibrate ``model`` (checkpoint folder or pretrained name) on ``source`` ("lfw" or "crops")
     at ``path``; store it beside the checkpoint (``store``) and write the reports into its
-    ``calibration/`` folder and ``out_dir``. Returns {"calibration", "per_fold", "files", "stored_in"}."""
+    ``calibration/`` folder and ``out_dir``. ``command``: the command line, recorded in the
+    calibration's provenance. Returns {"calibration", "per_fold", "files", "stored_in"}."""
     from facerec.models.calibration import FOLDER, store_calibration
 
     cfg = config or CalibrateConfig()
@@ -359,6 +512,7 @@ def calibrate(model: str | os.PathLike, source: str, path: str | os.PathLike, co
         dist, info = lfw_distances(path, model, cfg, pairs_path=pairs_path, crop_dir=crop_dir)
     else:
         dist, info = crops_distances(path, model, cfg)
+    info["command"] = command
     cal, per_fold = build_calibration(dist, info, cfg)
     default = next(p for p in cal["operating_points"] if p["far"] == cfg.default_far)
     files: dict[str, str] = {}
@@ -393,4 +547,6 @@ def calibrate(model: str | os.PathLike, source: str, path: str | os.PathLike, co
           f"{cal['pairs']['impostor']:,} impostor pairs in {len(dist.folds)} folds; {pts}; EER {cal['eer']['mean']:.4f}"
           f"+-{cal['eer']['std']:.4f}; accuracy {100 * cal['accuracy']['mean']:.2f}+-{100 * cal['accuracy']['std']:.2f} % "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    if open_set_line(cal.get("open_set")):
+        print(open_set_line(cal.get("open_set")), flush=True)
     return {"calibration": cal, "per_fold": per_fold, "files": files, "stored_in": stored_in, "distances": dist}

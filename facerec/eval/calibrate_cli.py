@@ -9,9 +9,12 @@ people inside a fold. --crops: the identity-disjoint validation split of a `face
 folder (the checkpoint's recorded split), its identities dealt into --folds folds. Thresholds are
 fitted on the other folds and scored on the held-out one (mean +- std and pooled); a FAR that the
 held-out folds cannot resolve (fewer than --min-false-accepts / FAR impostor pairs) is reported as
-such. The calibration is stored beside the checkpoint (measured.json, calibration/roc.png,
-calibration.md, calibration.csv; for dlib_resnet in its cached folder), where `facerec serve`
-reads it for /v1/verify and the same_person flag of /v1/search; --out writes a copy of the reports.
+such. Beside these 1:1 figures, an open-set (1:N) report, cross-validated by identity: FNIR at
+each --open-set-fpirs FPIR for a gallery of the other folds' people and one of a tenth of the
+people (open_set.csv, det.png). The calibration is stored beside the checkpoint (measured.json,
+calibration/roc.png, det.png, calibration.md, calibration.csv, open_set.csv; for dlib_resnet in
+its cached folder), where `facerec serve` reads it for /v1/verify and the same_person flag of
+/v1/search (it overrides the calibration dlib_resnet ships with); --out writes a copy of the reports.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--min-false-accepts", type=int, default=MIN_FALSE_ACCEPTS,
                     help="a FAR is resolvable when every held-out fold has at least this many impostor pairs per "
                          "1/FAR (default 10)")
+    ap.add_argument("--open-set-fpirs", type=comma_list(float), default=[0.1, 0.01, 0.001],
+                    help="comma list of false positive identification rates of the open-set (1:N) report "
+                         "(default 0.1,0.01,0.001)")
     ap.add_argument("--folds", type=int, default=3, help="--crops: identity folds of the validation split (default 3)")
     ap.add_argument("--max-pairs-per-fold", type=int, default=2_000_000,
                     help="larger folds use a seeded sample of this many pairs (default 2000000)")
@@ -72,7 +78,7 @@ def main(argv=None) -> int:
     cfg = CalibrateConfig(fars=tuple(args.fars), default_far=args.default_far, min_false_accepts=args.min_false_accepts,
                           folds=args.folds, max_pairs_per_fold=args.max_pairs_per_fold, seed=args.seed,
                           batch_size=args.batch_size, num_actors=args.num_actors, use_gpu=args.use_gpu,
-                          detector=DetectorConfig.of(args).settings())
+                          detector=DetectorConfig.of(args).settings(), open_set_fpirs=tuple(args.open_set_fpirs))
     check_checkpoint(args.model, "--model")
     if not args.store and not args.out:
         raise ConfigError("--no-store", True, "--out FOLDER as well (otherwise the calibration goes nowhere)")
@@ -89,8 +95,11 @@ def main(argv=None) -> int:
         check_crops(args.crops)
         check_crops_source(args.crops, args.model)  # another input kind than the model's: one line, now
         source, path = "crops", args.crops
+    import shlex
+
+    command = "facerec calibrate " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     result = calibrate(args.model, source, path, cfg, out_dir=args.out, store=args.store, pairs_path=args.lfw_pairs,
-                       crop_dir=args.lfw_crops)
+                       crop_dir=args.lfw_crops, command=command)
     for where in result["stored_in"]:
         print(f"calibrate: stored beside {where}")
     print(Path(result["files"]["table_md"]).read_text())

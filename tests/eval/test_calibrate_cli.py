@@ -59,6 +59,7 @@ def test_calibrate_crops_stores_thresholds_recomputed_here(ray_local, synthetic_
     assert (tmp_path / "first" / "roc.png").is_file()  # the reports of what was measured are kept
 
     assert main(args + ["--default-far", "0.1", "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
     cal = read_calibration(ckpt)
     assert cal is not None and cal["data"]["source"] == "crops" and cal["data"]["split"] == SPLIT
     assert cal["input_kind"] == "haar_crop" and cal["default_far"] == 0.1
@@ -75,6 +76,15 @@ def test_calibrate_crops_stores_thresholds_recomputed_here(ray_local, synthetic_
             (genuine if val["identity"][a] == val["identity"][b] else impostor).append(d)
     impostor = np.sort(impostor)
     assert cal["pairs"]["genuine"] == len(genuine) and cal["pairs"]["impostor"] == len(impostor)
+    # The impostor curve a gallery's fallback reads: every fold's impostor pairs, from one pair up.
+    assert cal["impostors"]["pairs"] == len(impostor) and cal["impostors"]["far"][0] == pytest.approx(1 / len(impostor))
+    assert cal["impostors"]["distance"][0] == pytest.approx(impostor[0], abs=1e-5)
+    # The open-set report: the validation people in 2 identity folds, each searching the other's gallery.
+    o = cal["open_set"]
+    assert [g["gallery"] for g in o["galleries"]] == ["all", "tenth"] and o["faces"] == len(val)
+    assert all(p["nonmated_searches"] == len(val) for g in o["galleries"] for p in g["points"])
+    assert "calibrate: open set, cross-validated by identity: N=" in printed
+    assert "## Open-set identification (1:N searches)" in printed  # the Markdown the CLI prints
     far, t = threshold_for(cal)
     assert far == 0.1
     allowed = int(0.1 * len(impostor))
@@ -90,6 +100,8 @@ def test_calibrate_crops_stores_thresholds_recomputed_here(ray_local, synthetic_
     # Reports beside the checkpoint and in --out; the held-out figures are the per-fold table's.
     for folder in (ckpt / "calibration", tmp_path / "out"):
         assert (folder / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (folder / "det.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert len(pd.read_csv(folder / "open_set.csv")) == 6
         md = (folder / "calibration.md").read_text()
         assert "not resolvable with" in md and "| FAR = 0.1 |" in md
         table = pd.read_csv(folder / "calibration.csv")
