@@ -239,6 +239,17 @@ class FaceDetector:
         """Make what the detector loads (an export, a cache) in this process, so the workers that
         run it only read it; called by a driver before Ray starts them."""
 
+    def files(self) -> dict[str, bytes]:
+        """What :meth:`prepare` made, as ``{file name: bytes}``, for a process on another node whose
+        cache lacks it (a Serve replica: :mod:`facerec.serve.shipped`); {} when the detector loads
+        nothing of its own making."""
+        return {}
+
+    def install(self, files: dict[str, bytes]) -> list:
+        """Write :meth:`files` of another process where this process's detector reads them, unless
+        what is there already passes the detector's checks; the paths written."""
+        return []
+
     def find_many(self, images: Sequence[np.ndarray]) -> list[Found]:
         """:meth:`detect_many`, then the face gate of the config, per photo."""
         return [self.gate(f) for f in self.detect_many(images)]

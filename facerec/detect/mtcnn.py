@@ -204,6 +204,21 @@ def ensure_mtcnn_onnx(cache_dir: str | Path | None = None) -> Path:
     return folder
 
 
+def install_mtcnn_onnx(files: dict[str, bytes], cache_dir: str | Path | None = None) -> list[Path]:
+    """Write an export made elsewhere (``MTCNN.files()`` of the driver: the three networks and
+    the sidecar) into ``cache_dir`` (default :func:`mtcnn_onnx_dir`) unless an export there is
+    reusable; the paths written. Torch-free: a replica on a node whose cache has no export gets
+    the driver's instead of making one, which would import torch and need facenet-pytorch."""
+    folder = Path(cache_dir) if cache_dir is not None else mtcnn_onnx_dir()
+    if _reusable(folder):
+        return []
+    from facerec.models.onnx_runtime import install_files
+
+    written = install_files(folder, files, SIDECAR)
+    read_mtcnn_sidecar(folder)  # the hashes the driver recorded, checked on this node's copy
+    return written
+
+
 # ---------------------------------------------------------------------------------------------
 # detection (numpy side)
 # ---------------------------------------------------------------------------------------------
@@ -355,6 +370,13 @@ class MTCNN(FaceDetector):
 
     def prepare(self) -> None:
         ensure_mtcnn_onnx()
+
+    def files(self) -> dict[str, bytes]:
+        folder = ensure_mtcnn_onnx()
+        return {name: (folder / name).read_bytes() for name in [*(f"{n}.onnx" for n in NETS), SIDECAR]}
+
+    def install(self, files: dict[str, bytes]) -> list:
+        return install_mtcnn_onnx(files)
 
     def _nets(self) -> dict:
         if self._sessions is None:

@@ -12,6 +12,9 @@ at batch 32). A CPU Serve replica of a model whose input kind needs no torch
   seeded random inputs and refuse the file (ArtifactMismatchError) when they differ by more than
   :data:`MAX_ABS_DIFF`. An existing file whose sidecar matches is reused.
 - :class:`OnnxModel` (the replica, numpy only): ``N x 3 x H x W`` float32 -> ``N x d`` float32.
+- :func:`export_files` / :func:`install_files`: an export as bytes for a replica on another node,
+  whose cache the driver's export is not in, and those bytes written into that node's cache
+  (:mod:`facerec.serve.shipped`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from facerec.errors import ArtifactMismatchError, ConfigError, DataNotFoundError
-from facerec.io import atomic_path, atomic_write_json, sha256_file
+from facerec.io import atomic_path, atomic_write_bytes, atomic_write_json, sha256_file
 from facerec.models.metadata import read_checkpoint_metadata
 
 ONNX_OPSET = 17
@@ -197,6 +200,41 @@ def ensure_onnx(checkpoint_dir: str | os.PathLike, cache_dir: str | os.PathLike 
         "onnxruntime": onnxruntime.__version__,
     })
     return onnx_path
+
+
+def export_files(onnx_path: str | os.PathLike) -> dict[str, bytes]:
+    """``{file name: bytes}`` of an export made by :func:`ensure_onnx` (the ``.onnx`` file and its
+    sidecar), checked against its sidecar first; :func:`install_files` writes them elsewhere."""
+    onnx_path = Path(onnx_path)
+    read_sidecar(onnx_path)  # never ship a damaged file
+    side = sidecar_path(onnx_path)
+    return {onnx_path.name: onnx_path.read_bytes(), side.name: side.read_bytes()}
+
+
+def install_files(folder: str | os.PathLike, files: dict[str, bytes], last: str) -> list[Path]:
+    """Write ``files`` (``{file name: bytes}``) into ``folder`` where the file there differs,
+    ``last`` (the sidecar that vouches for the others) after all of them; returns the paths
+    written (none when the folder already holds these bytes).
+
+    Each file is written atomically, so replicas installing the same files at once on one node
+    only ever see whole files; a sidecar of other contents is removed first, so it never
+    describes a half-replaced set."""
+    folder = Path(folder)
+    bad = [n for n in files if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]
+    if bad or last not in files:
+        raise ConfigError("files", sorted(map(str, files)), f"plain file names including the sidecar {last!r}")
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    side = folder / last
+    if side.is_file() and side.read_bytes() != files[last]:
+        side.unlink(missing_ok=True)
+    for name in [n for n in files if n != last] + [last]:
+        target = folder / name
+        if target.is_file() and target.stat().st_size == len(files[name]) and target.read_bytes() == files[name]:
+            continue
+        atomic_write_bytes(target, files[name])
+        written.append(target)
+    return written
 
 
 def ort_threads_default() -> int:

@@ -72,13 +72,15 @@ class FaceEmbedderCore:
     or ``"auto"``: onnx when an ``onnx_path`` is given, the model's input kind can be made with
     numpy (``InputKind.supports_numpy``), onnxruntime is installed and no GPU is requested
     (``device`` None or cpu: the Serve app passes ``onnx_path`` only to replicas without GPUs);
-    torch otherwise. ``torch_threads`` sets the forward's threads in either runtime.
+    torch otherwise. ``torch_threads`` sets the forward's threads in either runtime. ``weights``:
+    the folder whose ``model.pt`` the torch runtime loads when it is not ``checkpoint`` (a replica
+    whose node lacks the driver's checkpoint folder, :mod:`facerec.serve.shipped`).
     """
 
     def __init__(self, checkpoint: str, crop_size: int = 218, margin: float = 0.2, max_pixels: int = 40_000_000,
                  max_faces: int = 10, detector: dict | None = None, device: str | None = None,
                  torch_threads: int | None = None, prepare_threads: int = 1, runtime: str = "auto",
-                 onnx_path: str | None = None):
+                 onnx_path: str | None = None, weights: str | None = None):
         from facerec.data.inputs import kind_of
         from facerec.models.metadata import read_checkpoint_metadata
         from facerec.models.pretrained import resolve_checkpoint
@@ -106,7 +108,12 @@ class FaceEmbedderCore:
             if torch_threads:
                 torch.set_num_threads(int(torch_threads))
             self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            self.model, self.metadata = load_embedder(self.checkpoint, map_location=self.device)
+            self.model, meta = load_embedder(weights or self.checkpoint, map_location=self.device)
+            if meta["model_id"] != self.metadata["model_id"]:
+                raise ArtifactMismatchError(f"the weights in {weights} are model_id {meta['model_id']} but the checkpoint "
+                                            f"{self.checkpoint} is {self.metadata['model_id']}")
+            if weights is None:
+                self.metadata = meta
         self.onnx_path = str(onnx_path) if self.runtime == "onnx" else None
         self.model_id = self.metadata["model_id"]
         from facerec.detect import DetectorConfig
@@ -285,15 +292,23 @@ class Embedder:
     """One replica holds one model (loaded once in ``__init__``); ``embed`` is batched.
 
     ``model``: a ModelConfig as a dict (plus ``onnx_path`` when the driver exported the model for
-    ONNX Runtime, see ``build_app``); ``crop``: keyword arguments of FaceEmbedderCore
+    ONNX Runtime, and ``shipped``: the files the replica reads, as bytes, see ``build_app`` and
+    :mod:`facerec.serve.shipped`); ``crop``: keyword arguments of FaceEmbedderCore
     (crop size and margin of the gallery, pixel limit, the gallery's face detector settings).
     """
 
     def __init__(self, model: dict[str, Any], crop: dict[str, Any]):
+        from facerec.serve.shipped import land_detector, land_model
+
         self.name = model["name"]
-        self.core = FaceEmbedderCore(model["checkpoint"], torch_threads=model.get("torch_threads"),
+        # The driver's paths may not exist on this node: what it shipped is used or written here.
+        shipped = model.get("shipped") or {}
+        land_detector(crop.get("detector"), shipped.get("detector"))
+        where = land_model(model["checkpoint"], model.get("onnx_path"), shipped)
+        self.core = FaceEmbedderCore(where.checkpoint, torch_threads=model.get("torch_threads"),
                                      prepare_threads=model.get("prepare_threads") or 1,
-                                     runtime=model.get("runtime") or "auto", onnx_path=model.get("onnx_path"), **crop)
+                                     runtime=model.get("runtime") or "auto", onnx_path=where.onnx_path,
+                                     weights=where.weights, **crop)
         self._gate = IdleGate()
         self.reconfigure({"max_batch_size": model["max_batch_size"], "batch_wait_timeout_s": model["batch_wait_timeout_s"]})
 
