@@ -5,6 +5,12 @@ Written by ``facerec calibrate`` (:mod:`facerec.eval.calibrate`) into ``measured
 ``calibration`` (:func:`facerec.models.pretrained.record_measurement`: never into ``model.json``,
 whose weights are the model's identity), read by the server (:func:`read_calibration`). Torch-free:
 a Serve replica on ONNX Runtime reads it.
+
+A registered pretrained model may ship a calibration as package data (``calibrations/<name>.json``,
+e.g. dlib_resnet's on lfw-sample, with its provenance), so verification works on a fresh install:
+:func:`read_calibration` falls back on it when nothing was measured beside the checkpoint, and only
+for the same weights, input kind and detector; a local ``facerec calibrate`` overrides it. Each
+calibration read carries ``origin``: ``"local"`` or ``"shipped"``.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from facerec.errors import ArtifactMismatchError, ConfigError
 KEY = "calibration"
 FOLDER = "calibration"  # the ROC PNG and the tables, beside model.json
 FORMAT_VERSION = 1
+SHIPPED = Path(__file__).resolve().parent / "calibrations"  # package data: <pretrained name>.json
 
 
 def store_calibration(checkpoint_dir: str | os.PathLike, calibration: dict[str, Any]) -> list[str]:
@@ -42,15 +49,15 @@ def read_calibration(checkpoint_dir: str | os.PathLike, meta: dict[str, Any] | N
     from facerec.models.pretrained import MEASURED_FILE
 
     path = Path(checkpoint_dir) / MEASURED_FILE
-    if not path.is_file():
-        return None
-    try:
-        cal = json.loads(path.read_text()).get(KEY)
-    except (OSError, ValueError, AttributeError) as exc:
-        raise ArtifactMismatchError(f"{path} is damaged ({exc}); delete it and re-run `facerec calibrate`") from None
-    if not cal:
-        return None
+    cal = None
+    if path.is_file():
+        try:
+            cal = json.loads(path.read_text()).get(KEY)
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ArtifactMismatchError(f"{path} is damaged ({exc}); delete it and re-run `facerec calibrate`") from None
     meta = meta if meta is not None else read_checkpoint_metadata(checkpoint_dir)
+    if not cal:
+        return shipped_calibration(meta, detector)
     fix = f"re-run `facerec calibrate --model {checkpoint_dir} ...` for these weights"
     if cal.get("model_id") != meta.get("model_id"):
         raise ArtifactMismatchError(f"{path}: the calibration was measured on model_id {cal.get('model_id')} but the "
@@ -68,7 +75,42 @@ def read_calibration(checkpoint_dir: str | os.PathLike, meta: dict[str, Any] | N
                             f"{d.get('min_face')} --scale-step {d.get('scale_step')}`, then restart")
     if not thresholds(cal):
         return None  # measured, but no FAR was resolvable: nothing to decide with
-    return cal
+    return {**cal, "origin": "local"}
+
+
+def shipped_path(meta: dict[str, Any]) -> Path | None:
+    """The package-data calibration of the pretrained model ``meta`` names, if one ships."""
+    name = meta.get("pretrained")
+    if not isinstance(name, str) or not name.isidentifier():
+        return None
+    path = SHIPPED / f"{name}.json"
+    return path if path.is_file() else None
+
+
+def shipped_calibration(meta: dict[str, Any], detector: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The calibration shipped for the pretrained model of ``meta`` when it was measured on these
+    weights (``model_id``), this input kind and -- when ``detector`` is given -- this detector's
+    faces; None otherwise. Unlike a local calibration, a mismatch is no error: the user asked for
+    nothing, so the model is served as uncalibrated (``facerec calibrate`` measures it)."""
+    from facerec.data.inputs import kind_of
+
+    path = shipped_path(meta)
+    if path is None:
+        return None
+    try:
+        cal = json.loads(path.read_text()).get(KEY)
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ArtifactMismatchError(f"{path} (package data) is damaged ({exc}); reinstall facerec") from None
+    if not cal or cal.get("model_id") != meta.get("model_id") or cal.get("input_kind") != kind_of(meta).name:
+        return None
+    if detector is not None:
+        from facerec.detect import crops_detector
+
+        if dict(crops_detector(cal.get("data") or {})) != dict(detector):  # check_same_detector's rule
+            return None
+    if not thresholds(cal):
+        return None
+    return {**cal, "origin": "shipped"}
 
 
 def thresholds(calibration: dict[str, Any]) -> dict[float, float]:
@@ -99,6 +141,9 @@ def summary(calibration: dict[str, Any] | None) -> dict[str, Any] | None:
                                              "tar_pooled", "far_pooled", "note")})
     eer = calibration.get("eer") or {}
     return {
+        # "shipped": package data measured by facerec's authors (see "provenance"); "local": facerec calibrate here
+        "origin": calibration.get("origin", "local"),
+        "provenance": calibration.get("provenance"),
         "default_far": calibration.get("default_far"),
         "fars": sorted(thresholds(calibration), reverse=True),
         "operating_points": points,

@@ -170,9 +170,12 @@ def record_for_same_weights(checkpoint_dir: str | os.PathLike, key: str, value: 
     return written
 
 
-def model_card(meta: dict[str, Any], checkpoint_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+def model_card(meta: dict[str, Any], checkpoint_dir: str | os.PathLike | None = None,
+               calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a user should know before trusting a model's answers: its weights, what it was
-    trained on, and its measured LFW accuracy (None until ``facerec evaluate --lfw`` measured it)."""
+    trained on, and its measured LFW accuracy: ``facerec evaluate --lfw``'s record, else that of
+    ``calibration`` (:func:`facerec.models.calibration.read_calibration`) when it was measured on
+    LFW; None when neither measured it."""
     import json
 
     card = dict(meta.get("card") or {})
@@ -193,5 +196,12 @@ def model_card(meta: dict[str, Any], checkpoint_dir: str | os.PathLike | None = 
     lfw = measured.get("lfw") or {}
     card["lfw_accuracy_pct"] = lfw.get("accuracy_pct")
     card["lfw_measured_on"] = lfw.get("data")
+    cal_data = (calibration or {}).get("data") or {}
+    cal_acc = ((calibration or {}).get("accuracy") or {}).get("mean")
+    if card["lfw_accuracy_pct"] is None and cal_data.get("source") == "lfw" and cal_acc is not None:
+        # The calibration ran the LFW protocol on its pairs file (facerec.eval.calibrate): the same figure.
+        card["lfw_accuracy_pct"] = round(100 * float(cal_acc), 2)
+        folds = f", {cal_data['folds']} folds of pairs.txt" if cal_data.get("folds") else ""
+        card["lfw_measured_on"] = f"{cal_data.get('name')}{folds} (calibration, {calibration.get('origin', 'local')})"
     card["untrained"] = is_untrained(meta)
     return card

@@ -168,7 +168,7 @@ class FaceEmbedderCore:
             "runtime": self.runtime,
             "detector": self.detector_config.settings(),
             **process_memory_mb(),
-            **model_card(self.metadata, self.checkpoint),
+            **model_card(self.metadata, self.checkpoint, self.calibration),
             "calibration": calibration_summary(self.calibration),
         }
 

@@ -81,13 +81,26 @@ def test_query_embedding_equals_the_gallery_row_of_the_same_photo(dlib_gallery, 
     assert hits >= 4
 
 
-def test_live_app_serves_dlib_with_its_card(live_app, dlib_gallery, serve_artifacts):
+def test_live_app_serves_dlib_with_its_card(live_app, dlib_gallery, serve_artifacts, photos, tmp_path):
+    """Served as a fresh install serves it: the checkpoint folder as built (model.json and
+    model.pt, nothing measured beside it), so /v1/verify decides with the calibration facerec
+    ships (no `facerec calibrate` step) and the card shows the LFW accuracy it measured."""
+    import json
+    import shutil
+
     from ray import serve
 
+    from facerec.models.calibration import SHIPPED
     from facerec.serve.app import ServeConfig, build_app
 
     gallery, checkpoints = dlib_gallery
-    cfg = ServeConfig(gallery_dir=str(gallery), models=[{"name": "dlib_resnet", "checkpoint": "dlib_resnet",
+    fresh = tmp_path / "dlib_resnet"
+    fresh.mkdir()
+    for name in ("model.json", "model.pt"):
+        shutil.copy2(Path(checkpoints["dlib_resnet"]) / name, fresh / name)
+    shipped = json.loads((SHIPPED / "dlib_resnet.json").read_text())["calibration"]
+    t_default = next(p["threshold"] for p in shipped["operating_points"] if p["far"] == shipped["default_far"])
+    cfg = ServeConfig(gallery_dir=str(gallery), models=[{"name": "dlib_resnet", "checkpoint": str(fresh),
                                                           "num_cpus": 0.3, "max_batch_size": 4, "torch_threads": 1}],
                       retriever_num_cpus=0.05, ingress_num_cpus=0.05)
     serve.run(build_app(cfg), name="dlib", route_prefix="/dlib")
@@ -99,6 +112,20 @@ def test_live_app_serves_dlib_with_its_card(live_app, dlib_gallery, serve_artifa
             assert info["untrained"] is False
             # exported by build_app in the driver, run on ONNX Runtime in a replica without torch
             assert info["runtime"] == "onnx" and info["device"] == "cpu"
+            assert info["calibration"]["origin"] == "shipped" and info["calibration"]["data"]["name"] == "lfw-sample"
+            assert info["lfw_accuracy_pct"] == round(100 * shipped["accuracy"]["mean"], 2)
+            assert info["lfw_measured_on"] == "lfw-sample, 3 folds of pairs.txt (calibration, shipped)"
+            ident = dict(zip(*[iter((serve_artifacts["photos"] / "identity_CelebA.txt").read_text().split())] * 2))
+            a_name, a = photos[0]
+            b = next(d for n, d in photos if ident[n] != ident[a_name])
+            for two, same in ((a, True), (b, None)):
+                r = c.post("/v1/verify", files={"image1": ("1.jpg", a, "image/jpeg"), "image2": ("2.jpg", two, "image/jpeg")})
+                assert r.status_code == 200, r.text
+                body = r.json()
+                assert body["far"] == shipped["default_far"] and body["threshold"] == pytest.approx(t_default)
+                assert body["same_person"] is (body["distance"] <= t_default)
+                if same:
+                    assert body["distance"] < 1e-4 and body["same_person"] is True
             from facerec.gallery import read_table
 
             table = read_table(gallery)
