@@ -192,6 +192,42 @@ def test_grid_fits_the_screen(sized_page, photos):
     assert page.evaluate("document.getElementById('preview').getBoundingClientRect().right") <= width
 
 
+def test_the_answer_comes_first_and_the_model_card_is_folded(sized_page, photos):
+    """On a phone the results sit right under the status, above the photo and the model card
+    (folded under "About this model"); on a desktop the photo is beside them, on their left."""
+    page = sized_page
+    _upload(page, photos[0][1])
+    _read_grid(page)
+    top = {sel: page.evaluate(f"document.querySelector('{sel}').getBoundingClientRect().top")
+           for sel in ("#status", "#results", "#preview", "#about-model")}
+    assert top["#status"] < top["#results"] < top["#about-model"]
+    assert page.evaluate("document.getElementById('about-model').open") is False
+    assert page.is_hidden("#model-card")  # folded: one click away
+    # the test's models are untrained: the fold itself says so
+    assert page.inner_text("#about-model summary") == "About this model — warning: it was never trained on faces"
+    page.click("#about-model summary")
+    assert page.is_visible("#model-card") and "Weights:" in page.inner_text("#model-card")
+    if page.viewport_size["width"] < 500:
+        assert top["#results"] < top["#preview"]
+        # the first row of results is on the first screen
+        assert page.evaluate("document.querySelector('#results .result').getBoundingClientRect().bottom") \
+            <= page.viewport_size["height"]
+    else:
+        left = {sel: page.evaluate(f"document.querySelector('{sel}').getBoundingClientRect().left") for sel in ("#results", "#preview")}
+        assert left["#preview"] < left["#results"] and abs(top["#preview"] - top["#results"]) < 60
+
+
+def test_enter_in_the_token_field_searches_again(sized_page, photos):
+    page = sized_page
+    _upload(page, photos[0][1])
+    _read_grid(page)
+    page.evaluate("document.getElementById('token-label').hidden = false")
+    page.fill("#token", "")
+    with page.expect_response(lambda r: r.url.endswith("/v1/search")) as resp:
+        page.press("#token", "Enter")
+    assert resp.value.status == 200
+
+
 def test_changing_the_model_searches_again(sized_page, live_app, photos):
     page = sized_page
     data = photos[2][1]

@@ -96,7 +96,10 @@
       (m.untrained ? " Warning: this model was never trained on faces." : "");
     el.title = decisionTitle(d);
     el.classList.toggle("error", !!m.untrained);
-    if (m.untrained) $("about-model").open = true;
+    // folded whatever it says; a model that never saw faces is named on the fold itself
+    $("about-model").querySelector("summary").textContent = m.untrained
+      ? "About this model — warning: it was never trained on faces" : "About this model";
+    $("about-model").classList.toggle("error", !!m.untrained);
   }
 
   function drawPreview() {
