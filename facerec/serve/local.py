@@ -111,6 +111,7 @@ def prepare_gallery(
         stale = sorted(n for n, p in checkpoints.items()
                        if n not in manifest["models"] or manifest["models"][n]["model_id"] != read_checkpoint_metadata(p)["model_id"])
         if not stale:
+            honour_erasures(target)
             return target, checkpoints
         if not (crops or data):
             raise ConfigError("checkpoints", stale, f"models indexed in {target}, or rebuild it with crops/data")
@@ -129,4 +130,28 @@ def prepare_gallery(
     if rebuild or not (target / "gallery.json").is_file():
         build_gallery(GalleryBuildConfig(crops_dir=str(crops_dir), out_dir=str(target), checkpoints=dict(checkpoints),
                                          kinds=[index_kind], engine="local", overwrite=True))
+    else:
+        honour_erasures(target)
     return target, checkpoints
+
+
+def honour_erasures(gallery: Path) -> dict | None:
+    """Delete the rows of ``gallery`` that the erasure list (:mod:`facerec.data.erasure`) covers:
+    a gallery built before a delete on another gallery of the same photos, or left behind by a
+    server stopped between recording an erasure and committing it, is served without them."""
+    from facerec.data.erasure import ErasureList
+    from facerec.gallery import apply_erasures, photo_folder
+
+    photos = photo_folder(gallery)
+    erasures = ErasureList.default()
+    erased = erasures.of(photos) if photos else None
+    if not erased:
+        return None
+    if not os.access(gallery, os.W_OK):
+        print(f"warning: {gallery} is read-only: rows erased from {photos} ({erasures.path}) may still be in it", flush=True)
+        return None
+    out = apply_erasures(gallery, erased)
+    if out is not None:
+        print(f"gallery: {out['deleted']} rows erased from {photos} earlier ({erasures.path}) deleted from {gallery}",
+              flush=True)
+    return out

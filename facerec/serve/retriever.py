@@ -211,7 +211,8 @@ class RetrieverCore:
             erasures = self.erasures if photos else None
 
             def record(found: dict[str, Any]) -> None:
-                names = [n for n in found["source_ids"] if n]
+                # an identity covers all of its photos: their names need not be listed
+                names = [n for n in found["source_ids"] if n] if identity is None else []
                 if erasures is None or not (identity is not None or names):
                     return
                 try:
