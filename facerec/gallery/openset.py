@@ -24,7 +24,9 @@ at a stated gallery size N, and chooses the threshold of a gallery at a target F
    unlabelled; :func:`threshold_from_impostors`): the per-pair impostor distances measured by
    ``facerec calibrate`` and the independence model above, solved for the per-pair rate
    1 - (1 - target)^(1/N). Impostors of one gallery are not independent (faces of one person
-   sit together), so this over-counts false positives: it errs towards "no match".
+   sit together), so on data like the calibration's this over-counts false positives; carried
+   to another population of faces it can miss the target either way, so a labelled gallery
+   measures itself whenever it has enough searches.
 
 Torch-free: a Retriever replica runs it on the gallery it serves.
 """
