@@ -1,6 +1,7 @@
 """The ``Embedder`` deployment: photo bytes -> detected faces -> one embedding per face.
 
-Per batch of requests: decode each (``decode_image``, pixel-limited), detect every face of all of
+Per batch of requests: decode each (``decode_image_reduced``, pixel-limited; a large JPEG at a
+reduced size, boxes answered in the photo's pixels), detect every face of all of
 them in one call of the gallery's face detector and its gate (:mod:`facerec.detect`: MTCNN by
 default, Zhang et al. 2016), then the model's input kind (:mod:`facerec.data.inputs`: the study's
 crop with the gallery's margin and size, or dlib's 5-point aligned chip from the detector's box
@@ -31,6 +32,13 @@ from facerec.serve.batching import IdleGate
 from facerec.serve.config import RUNTIMES
 
 # HTTP status of each failure reason; the Ingress turns them into the response.
+# A large JPEG is decoded reduced (facerec.data.images.decode_image_reduced), never below this
+# long side nor below the detector's detect_max_side: detection scans at most 640 px anyway, and at
+# 1600 px a face the gate accepts there (20 px at 640) still spans 50 px, so the 150 px chip or the
+# 218 px crop is cut from about the pixels a full decode would give it once resampled. A 1 MB,
+# 6000 x 6500 JPEG then costs its Embedder ~1/16 of the pixels (benchmarks/bench_large_upload.py).
+DECODE_MIN_SIDE = 1600
+
 STATUS_OF_REASON = {
     "empty": 400,
     "unreadable": 400,
@@ -132,6 +140,8 @@ class FaceEmbedderCore:
         self._make_input = input_maker(self.model, self.image_size, self.kind)
         self.margin = float(margin)
         self.max_pixels = int(max_pixels)
+        # None decodes every photo at full size (the benchmark's "before")
+        self.decode_min_side: int | None = max(DECODE_MIN_SIDE, int(self.detector_config.resolved().detect_max_side))
         self.max_faces = int(max_faces)
         # Decoding (PIL) and making the inputs (OpenCV, numpy) release the GIL, so the items of one
         # batch are prepared in parallel; detection runs once for the whole batch.
@@ -173,22 +183,35 @@ class FaceEmbedderCore:
         }
 
     def decode(self, data: bytes) -> np.ndarray:
-        """The RGB pixels of one upload (FaceError when empty, unreadable or too large)."""
+        """The RGB pixels of one upload, a large JPEG reduced (see :meth:`decode_sized`)."""
+        return self.decode_sized(data)[0]
+
+    def decode_sized(self, data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
+        """The RGB pixels of one upload and the photo's full (width, height): a large JPEG is
+        decoded reduced to at least ``decode_min_side`` on its long side. FaceError when empty,
+        unreadable or too large."""
         if not isinstance(data, (bytes, bytearray)) or len(data) == 0:
             raise FaceError("empty", "the image is empty (0 bytes); upload a JPEG or PNG photo")
         try:
-            from facerec.data.images import decode_image
+            from facerec.data.images import decode_image, decode_image_reduced
 
-            return decode_image(bytes(data), max_pixels=self.max_pixels, source="upload")
+            if self.decode_min_side is None:
+                rgb = decode_image(bytes(data), max_pixels=self.max_pixels, source="upload")
+                return rgb, (int(rgb.shape[1]), int(rgb.shape[0]))
+            return decode_image_reduced(bytes(data), self.decode_min_side, max_pixels=self.max_pixels, source="upload")
         except ImageDecodeError as exc:
             reason = exc.reason if exc.reason in STATUS_OF_REASON else "unreadable"
             raise FaceError(reason, str(exc)) from None
 
-    def inputs(self, rgb: np.ndarray, found, faces: str = "largest", return_crops: bool = False) -> dict[str, Any]:
+    def inputs(self, rgb: np.ndarray, found, faces: str = "largest", return_crops: bool = False,
+               size: tuple[int, int] | None = None) -> dict[str, Any]:
         """The model inputs of the accepted faces of one decoded photo (``found``: its gated
-        detection); FaceError ``no_face`` saying why when none was accepted."""
+        detection); FaceError ``no_face`` saying why when none was accepted. ``size``: the photo's
+        full (width, height) when ``rgb`` was decoded reduced; boxes are answered in its pixels."""
+        h, w = rgb.shape[:2]
+        full_w, full_h = size or (w, h)
         if len(found) == 0:
-            h, w = rgb.shape[:2]
+            w, h = full_w, full_h
             why = {"no_face": "no face was found",
                    "too_small": f"the faces found are smaller than {self.detector_config.resolved().min_face} px",
                    "low_confidence": "nothing found looks enough like a face"}[found.reason]
@@ -196,10 +219,11 @@ class FaceEmbedderCore:
         keep = slice(0, 1) if faces == "largest" else slice(0, self.max_faces)
         boxes, scores = found.boxes[keep], found.scores[keep]
         crops = self.kind.faces(rgb, self.detector.boxes_in(self.kind.box_convention, boxes), self.crop_size, self.margin)
+        sx, sy = full_w / w, full_h / h  # 1 unless decoded reduced
         return {
-            "width": int(rgb.shape[1]),
-            "height": int(rgb.shape[0]),
-            "boxes": [[int(round(float(v))) for v in b] for b in boxes],
+            "width": int(full_w),
+            "height": int(full_h),
+            "boxes": [[int(round(float(v) * f)) for v, f in zip(b, (sx, sy, sx, sy))] for b in boxes],
             "scores": [round(float(v), 4) for v in scores],
             # numpy arrays on the ONNX path (no torch in the process), torch tensors otherwise
             "tensors": [self.make_input(c) for c in crops],
@@ -208,8 +232,8 @@ class FaceEmbedderCore:
 
     def prepare(self, data: bytes, faces: str = "largest", return_crops: bool = False) -> dict[str, Any]:
         """Decode, detect, make the model's inputs and tensors of one image. Raises FaceError."""
-        rgb = self.decode(data)
-        return self.inputs(rgb, self.detector.find(rgb), faces, return_crops)
+        rgb, size = self.decode_sized(data)
+        return self.inputs(rgb, self.detector.find(rgb), faces, return_crops, size)
 
     def make_input(self, crop: np.ndarray):
         """A stored model input (chip or crop) as the runtime's input: a numpy array or a tensor."""
@@ -241,20 +265,21 @@ class FaceEmbedderCore:
         """Embed a batch of (image bytes, faces mode, return_crops): per-item results, one detector
         call and one forward pass for all of them. A failure of one item never touches the others."""
         t0 = time.perf_counter()
-        decoded = self._map(lambda item: self._safely(self.decode, item[0]), items)
-        ok = [i for i, (rgb, _) in enumerate(decoded) if rgb is not None]
+        decoded = self._map(lambda item: self._safely(self.decode_sized, item[0]), items)
+        ok = [i for i, (got, _) in enumerate(decoded) if got is not None]
         try:
-            found = dict(zip(ok, self.detector.find_many([decoded[i][0] for i in ok])))
+            found = dict(zip(ok, self.detector.find_many([decoded[i][0][0] for i in ok])))
         except Exception:  # one photo the detector cannot take must not fail the others: one by one
             found = {}
             for i in ok:
-                f, err = self._safely(self.detector.find, decoded[i][0])
+                f, err = self._safely(self.detector.find, decoded[i][0][0])
                 if err is None:
                     found[i] = f
                 else:
                     decoded[i] = (None, err)
         outcomes = self._map(
-            lambda i: decoded[i] if i not in found else self._safely(self.inputs, decoded[i][0], found[i], *items[i][1:]),
+            lambda i: decoded[i] if i not in found else self._safely(self.inputs, decoded[i][0][0], found[i], *items[i][1:],
+                                                                     decoded[i][0][1]),
             range(len(items)))
         prepared = [p for p, _ in outcomes]
         results = [{} if err is None else err for _, err in outcomes]

@@ -398,19 +398,20 @@ def parse_identity(value: Any, form: bool = False) -> int:
     """The one reading of an identity, for JSON (``value`` parsed: an integer, not a boolean) and
     form fields (``form``: the text of an integer as JSON writes it, so ``1_000``, ``42.0``,
     ``+7`` or ``007`` are refused there as in JSON). 422 ``bad_parameter`` outside [0, IDENTITY_MAX]."""
+    name = "field identity" if form else "identity"  # as FastAPI names a form field, pydantic a JSON one
     if form:
         if not (isinstance(value, str) and len(value) <= 20 and _JSON_INTEGER.fullmatch(value)):
-            raise APIError(422, "bad_parameter", f"identity: Input should be a plain decimal integer, like 42 "
+            raise APIError(422, "bad_parameter", f"{name}: Input should be a plain decimal integer, like 42 "
                                                  f"(got {_short(value)})")
         shown, value = _short(value), int(value)
     else:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise APIError(422, "bad_parameter", f"identity: Input should be a valid integer (got {_short(value)})")
+            raise APIError(422, "bad_parameter", f"{name}: Input should be a valid integer (got {_short(value)})")
         shown = _short(value)
     if value < 0:
-        raise APIError(422, "bad_parameter", f"identity: Input should be greater than or equal to 0 (got {shown})")
+        raise APIError(422, "bad_parameter", f"{name}: Input should be greater than or equal to 0 (got {shown})")
     if value > IDENTITY_MAX:
-        raise APIError(422, "bad_parameter", f"identity: Input should be less than or equal to {IDENTITY_MAX} (got {shown})")
+        raise APIError(422, "bad_parameter", f"{name}: Input should be less than or equal to {IDENTITY_MAX} (got {shown})")
     return value
 
 

@@ -1,5 +1,5 @@
-"""ASGI middleware of the Ingress: a bound on request bodies in flight, and the security headers
-every response carries.
+"""ASGI middleware of the Ingress: a bound on request bodies in flight, the security headers
+every response carries, and the Host names the server answers for.
 
 :class:`UploadGate` decides from the request line and headers alone, before a byte of the body
 is read: a declared ``Content-Length`` over the route's limit is a 413, a request that does not
@@ -21,7 +21,9 @@ from typing import Any, Callable
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 #: Headers on every response. ``frame-ancestors 'none'`` is the CSP form of ``X-Frame-Options:
@@ -108,6 +110,11 @@ class UploadGate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         budget: UploadBudget | None = getattr(getattr(scope.get("app"), "state", None), "upload_budget", None)
         if scope["type"] != "http" or budget is None or scope["method"] in _BODYLESS:
+            await self.app(scope, receive, send)
+            return
+        if not _routed(scope):
+            # No route takes this method at this path: the app answers 404/405 without reading
+            # the body, and no route's check (a token) may answer first.
             await self.app(scope, receive, send)
             return
         path = _route_path(scope)
@@ -212,6 +219,77 @@ class SecurityHeaders:
                                                       f"traceback")
             await with_headers(start)
             await with_headers({"type": "http.response.body", "body": body})
+
+
+class HostCheck:
+    """Pure ASGI middleware: a request whose ``Host`` header names no host of
+    ``app.state.allowed_hosts`` (a list as :func:`facerec.serve.config.check_allowed_hosts` makes
+    it; without one, requests pass) is answered 400 ``bad_host`` in the API's error shape. A
+    browser sends the name it resolved, so a page of another site that re-points its own DNS name
+    at this server (DNS rebinding) is refused here instead of reading the API as same-origin."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        allowed = getattr(getattr(scope.get("app"), "state", None), "allowed_hosts", None)
+        if scope["type"] != "http" or not allowed or "*" in allowed:
+            await self.app(scope, receive, send)
+            return
+        raw = Headers(scope=scope).get("host")
+        host = host_name(raw)
+        if host is not None and host_allowed(host, allowed):
+            await self.app(scope, receive, send)
+            return
+        message = ("the request has no Host header" if raw is None else
+                   f"this server does not answer for Host {raw[:100]!r}; if that is a name of this server, add it to "
+                   f"its allowed hosts (facerec serve --allowed-host NAME, or allowed_hosts in the config)")
+        start, body = json_error(400, "bad_host", message)
+        await send(start)
+        await send({"type": "http.response.body", "body": body})
+
+
+def host_name(value: str | None) -> str | None:
+    """The host of a ``Host`` header, lower case, without port or a final dot (``[::1]`` keeps its
+    brackets); None when it is missing or malformed."""
+    if not value:
+        return None
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        rest = value[end + 1:]
+        if end < 0 or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+        return value[:end + 1]
+    name, _, port = value.partition(":")
+    if ":" in port or (port and not port.isdigit()) or not name:
+        return None
+    return name[:-1] if name.endswith(".") else name
+
+
+def host_allowed(host: str, allowed: list[str] | tuple[str, ...]) -> bool:
+    """Whether ``host`` (from :func:`host_name`) is one of ``allowed``: equal to an entry, a
+    sub-domain of a ``*.domain`` entry, or anything when ``*`` is one."""
+    for a in allowed:
+        if a == "*" or a == host or (a.startswith("*.") and host.endswith(a[1:]) and len(host) > len(a) - 1):
+            return True
+    return False
+
+
+def proxy_middlewares() -> list[Middleware]:
+    """The middlewares of Ray Serve's HTTP proxy, for ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``
+    (:data:`facerec.serve.runtime.SERVE_ENV`): Serve answers ``/-/routes``, ``/-/healthz`` and its
+    own 404s in the proxy, before any application, so the app's :class:`SecurityHeaders` never sees
+    them; this puts the same headers on those (the app's responses already carry them)."""
+    return [Middleware(SecurityHeaders)]
+
+
+def _routed(scope: Scope) -> bool:
+    """Whether a route of the app (``scope["app"]``) takes this method at this path."""
+    router = getattr(scope.get("app"), "router", None)
+    if router is None:
+        return True
+    return any(route.matches(scope)[0] == Match.FULL for route in router.routes)
 
 
 def _route_path(scope: Scope) -> str:

@@ -28,12 +28,22 @@ SERVE_ENV: dict[str, str] = {
 }
 
 
+# Serve's HTTP proxy answers /-/routes, /-/healthz and its own 404s itself, before any app: this
+# makes it wrap itself in facerec's SecurityHeaders (facerec.serve.middleware.proxy_middlewares).
+# The proxy imports it when it starts, so only where facerec is importable in the proxy process:
+# a local Ray started by `facerec serve` (set with SERVE_ENV), or cluster nodes with facerec
+# installed in their image (not the working_dir zip of cluster/rayservice.yaml, which only the
+# application's replicas get).
+PROXY_ENV: dict[str, str] = {
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "facerec.serve.middleware.proxy_middlewares",
+}
+
 def apply_serve_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Set :data:`SERVE_ENV` in ``environ`` (default ``os.environ``) where not already set, and
-    return what is in effect. Call before ``ray.init`` starts a local Ray; a cluster that is
-    already running keeps the environment it was started with."""
+    """Set :data:`SERVE_ENV` and :data:`PROXY_ENV` in ``environ`` (default ``os.environ``) where
+    not already set, and return the :data:`SERVE_ENV` in effect. Call before ``ray.init`` starts a
+    local Ray; a cluster that is already running keeps the environment it was started with."""
     env = os.environ if environ is None else environ
-    for key, value in SERVE_ENV.items():
+    for key, value in {**SERVE_ENV, **PROXY_ENV}.items():
         env.setdefault(key, value)
     return {key: env[key] for key in SERVE_ENV}
 
