@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-gpus", type=float, default=0.0)
     p.add_argument("--ingress-replicas", type=int, default=1)
     p.add_argument("--port", type=int, default=8431)
-    p.add_argument("--workdir", default=str(Path.home() / ".cache" / "facerec" / "serve"))
+    p.add_argument("--workdir", default=None, help="galleries and models built here (default: facerec serve's, "
+                                                  "$FACEREC_CACHE/serve)")
     p.add_argument("--out", default="results/bench_serve")
     args = p.parse_args(argv)
 

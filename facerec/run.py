@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -95,39 +94,48 @@ def plan_run(work: str | Path = "out/run", data: str | None = None, preset: str 
                    train_overrides=train, sweep_overrides=sweep_overrides, gallery=gallery_cfg, tables=tables_cfg)
 
 
-def _stage(name: str, what: str, fn: Callable[[], Any]) -> Any:
-    print(f"\n=== facerec run: {name} ===\n{what}", flush=True)
+def _stage(name: str, what: str, fn: Callable[[], Any], seconds: dict[str, float]) -> Any:
+    """One header line; the stage itself prints its progress line and its summary (the run's last
+    line gives every stage's time)."""
+    print(f"== {name}: {what}", flush=True)
     t0 = time.perf_counter()
     out = fn()
-    print(f"=== {name}: done in {time.perf_counter() - t0:.1f} s ===", flush=True)
+    seconds[name] = time.perf_counter() - t0
     return out
+
+
+def preprocess_line(summary: dict) -> str:
+    """The one-line summary of a preprocess run (the full one is the folder's summary.json)."""
+    dropped = ", ".join(f"{r} {n}" for r, n in summary["dropped"].items()) or "none"
+    return (f"preprocess: kept {summary['kept']} of {summary['listed']} images (dropped: {dropped}), "
+            f"{summary['identities']} identities, {summary['seconds']:.1f} s -> {summary['out']}")
 
 
 def run_plan(plan: RunPlan) -> dict[str, Any]:
     """Run the stages of ``plan`` in order; returns {crops, run, gallery, results, trials}."""
     from facerec.data.preprocess import preprocess
     from facerec.eval.gallery_index import build_gallery_index
-    from facerec.eval.tables import best_checkpoints, evaluate_tables
+    from facerec.eval.tables import best_checkpoints, evaluate_tables, fine_tuning_verdicts
     from facerec.train.presets import build_sweep
     from facerec.train.report import read_trials
     from facerec.train.sweep import run_sweep
 
     t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
     source = plan.source
     if source is None:
         from facerec.data.synth import ensure_synthetic
 
         source = str(ensure_synthetic())
     summary = _stage("preprocess", f"{source} -> {plan.crops} ({plan.preprocess.input_kind}, {plan.preprocess.engine})",
-                     lambda: preprocess(source, plan.crops, plan.preprocess))
-    print("preprocess summary: " + json.dumps(summary, sort_keys=True), flush=True)
+                     lambda: preprocess(source, plan.crops, plan.preprocess), seconds)
+    print(preprocess_line(summary), flush=True)
 
     # Validated again now that the crops exist: the split and batch plans are checked against them.
     sweep = build_sweep(plan.preset, str(plan.crops), plan.sweep.out_dir, plan.train_overrides, **plan.sweep_overrides)
     run = Path(sweep.out_dir)
     df = _stage("train-sweep", f"preset {plan.preset}: {sweep.losses} x {sweep.backbones} -> {run}",
-                lambda: run_sweep(sweep))
-    print((run / "sweep_summary.md").read_text(), flush=True)
+                lambda: run_sweep(sweep), seconds)
     failed = df[df["status"] != "ok"]
     if len(failed):
         raise SystemExit(f"facerec run: stage 'train-sweep' failed: {len(failed)} of {len(df)} trials did not finish "
@@ -136,15 +144,17 @@ def run_plan(plan: RunPlan) -> dict[str, Any]:
     best = best_checkpoints(str(run), None)
     gallery = dataclasses.replace(plan.gallery, checkpoints=best)
     _stage("build-index", f"{', '.join(f'{n}={p}' for n, p in best.items())} -> {gallery.out_dir} "
-           f"({gallery.split} split, {','.join(gallery.kinds)})", lambda: build_gallery_index(gallery))
+           f"({gallery.split} split, {','.join(gallery.kinds)})", lambda: build_gallery_index(gallery), seconds)
 
     tables = dataclasses.replace(plan.tables, checkpoints={b: p for b, p in best.items() if b in plan.tables.backbones})
-    result = _stage("evaluate", f"{plan.crops} + {run} -> {tables.out_dir}", lambda: evaluate_tables(tables))
-    print(Path(result["files"]["results.md"]).read_text(), flush=True)
+    result = _stage("evaluate", f"{plan.crops} + {run} -> {tables.out_dir}", lambda: evaluate_tables(tables), seconds)
+    for verdict in fine_tuning_verdicts(result["summary"]):
+        print(f"evaluate: {verdict}", flush=True)
     trials = read_trials(run)
-    print(f"\nfacerec run: finished in {time.perf_counter() - t0:.0f} s — {len(trials)} trials in {run}, "
+    stages = ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
+    print(f"facerec run: finished in {time.perf_counter() - t0:.0f} s ({stages}) — {len(trials)} trials in {run}, "
           f"gallery {gallery.out_dir}, tables {Path(tables.out_dir) / 'results.md'}. "
-          f"Serve it: facerec serve --gallery {gallery.out_dir}")
+          f"Serve it: facerec serve --gallery {gallery.out_dir}", flush=True)
     return {"crops": plan.crops, "run": run, "gallery": Path(gallery.out_dir), "results": Path(tables.out_dir),
             "trials": len(trials)}
 

@@ -4,6 +4,8 @@ field named, before anything is cropped, trained or written."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from facerec.errors import ConfigError, DataNotFoundError
@@ -81,8 +83,11 @@ def test_the_whole_chain_on_generated_photos(tmp_path, monkeypatch, capsys):
             ray.shutdown()
     printed = capsys.readouterr().out
     for stage in ("preprocess", "train-sweep", "build-index", "evaluate"):
-        assert f"=== facerec run: {stage} ===" in printed and f"=== {stage}: done in" in printed
-    assert "facerec run: finished in" in printed and "$ facerec" not in printed  # no argv round trip
+        assert printed.count(f"\n== {stage}: ") + printed.startswith(f"== {stage}: ") == 1, printed
+    last = printed.strip().splitlines()[-1]
+    assert re.match(r"facerec run: finished in \d+ s \(preprocess \d+ s, train-sweep \d+ s, build-index \d+ s, "
+                    r"evaluate \d+ s\)", last), last
+    assert "$ facerec" not in printed  # no argv round trip
     summary = json.loads((tmp_path / "w" / "crops" / "summary.json").read_text())
     assert summary["kept"] + sum(summary["dropped"].values()) == summary["listed"] == 40
     assert out["trials"] == 1 and (out["run"] / "sweep_summary.csv").is_file()

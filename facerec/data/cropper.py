@@ -184,7 +184,7 @@ def crop_images(image_ids: list[str], image_root: str | Path, out_dir: str | Pat
     photos per batch: on a Ray Data actor pool of ``config.num_workers`` actors (default: every CPU
     of the cluster) for ``config.engine == "ray"``, else in this process. Returns the rows of all
     photos (order not guaranteed on Ray)."""
-    from tqdm import tqdm
+    from facerec.progress import Progress
 
     args = {"image_root": str(image_root), "out_dir": str(out_dir), "config": config, "box_rule": box_rule,
             "parts_dir": str(parts_dir) if parts_dir is not None else None}
@@ -193,26 +193,29 @@ def crop_images(image_ids: list[str], image_root: str | Path, out_dir: str | Pat
     if config.engine != "ray":
         fn = FaceCropper(**args)
         rows = []
-        with tqdm(total=len(image_ids), desc="crop (local)", unit="img", disable=not progress) as bar:
+        with Progress(len(image_ids), "crop faces", "img", enabled=progress) as bar:
             for i in range(0, len(image_ids), config.batch_size):
                 rows.append(fn(pd.DataFrame({"image_id": image_ids[i:i + config.batch_size]})))
                 bar.update(min(config.batch_size, len(image_ids) - i))
         return pd.concat(rows, ignore_index=True)
 
-    import ray
-
-    from facerec.ray_utils import cluster_cpus, init_ray
+    from facerec.ray_utils import cluster_cpus, init_ray, ray_data
 
     config.detector_config().build().prepare()  # an export happens here once, not in every actor
     init_ray()
+    data = ray_data()
     # One block per batch so the actor pool can spread them; a single block would go to one actor.
     # from_items builds the blocks and their metadata in the driver; from_pandas would start two
     # extra worker processes for metadata tasks, competing with the actor pool's start-up.
     n_blocks = -(-len(image_ids) // config.batch_size)
     workers = min(config.num_workers or cluster_cpus(), n_blocks)
-    ds = ray.data.from_items([{"image_id": i} for i in image_ids], override_num_blocks=n_blocks).map_batches(
+    ds = data.from_items([{"image_id": i} for i in image_ids], override_num_blocks=n_blocks).map_batches(
         FaceCropper, fn_constructor_kwargs=args, batch_size=config.batch_size, batch_format="pandas", num_cpus=1,
-        compute=ray.data.ActorPoolStrategy(size=workers),
+        compute=data.ActorPoolStrategy(size=workers),
     )
-    rows = list(ds.iter_batches(batch_size=None, batch_format="pandas"))
+    rows = []
+    with Progress(len(image_ids), "crop faces", "img", enabled=progress) as bar:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
+            rows.append(batch)
+            bar.update(len(batch))
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=RESULT_COLUMNS)

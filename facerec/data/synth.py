@@ -892,7 +892,7 @@ def _folder_lock(root: Path) -> Iterator[None]:
 
 
 def _generate(root: Path, cfg: SynthConfig, progress: bool) -> Path:
-    from tqdm.auto import tqdm
+    from facerec.progress import Progress
 
     started = time.perf_counter()
     previous = _read_marker(root)
@@ -927,7 +927,8 @@ def _generate(root: Path, cfg: SynthConfig, progress: bool) -> Path:
     img_dir = root / IMAGE_DIR
     img_dir.mkdir(parents=True, exist_ok=True)
     id_lines, part_lines, attr_rows = [], [], []
-    for number, (i, j) in enumerate(tqdm(images, desc="synth", unit="img", disable=not progress), start=1):
+    bar = Progress(len(images), "synth", "img", enabled=progress)
+    for number, (i, j) in enumerate(images, start=1):
         person = people[i]
         name = image_name(number)
         rng = np.random.default_rng([cfg.seed, i, 1 + j])
@@ -938,7 +939,8 @@ def _generate(root: Path, cfg: SynthConfig, progress: bool) -> Path:
         id_lines.append(f"{name} {person.label}\n")
         part_lines.append(f"{name} {int(partition[i])}\n")
         attr_rows.append((name, shot_attributes(person, shot)))
-
+        bar.update()
+    bar.close()
     # A previous, larger dataset in this (marked) folder leaves images nobody lists: remove them.
     wanted = {image_name(k) for k in range(1, len(images) + 1)}
     for stale in img_dir.glob("*.jpg"):

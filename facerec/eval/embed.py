@@ -249,7 +249,8 @@ def embed_crops_with_stats(df: pd.DataFrame, crops_root: str | os.PathLike, mode
     share of its batch's compute time), actors, threads, device, model_id, image_size."""
     import ray
 
-    from facerec.ray_utils import init_ray
+    from facerec.progress import Progress
+    from facerec.ray_utils import init_ray, ray_data
 
     cfg = config or EmbedConfig()
     paths = _crop_paths(df, crops_root)
@@ -269,39 +270,36 @@ def embed_crops_with_stats(df: pd.DataFrame, crops_root: str | os.PathLike, mode
     table = pd.DataFrame({"row": np.arange(n, dtype=np.int64), "path": paths})
     blocks = [table.iloc[i:i + rows_per_block].reset_index(drop=True) for i in range(0, n, rows_per_block)]
 
-    ctx = ray.data.DataContext.get_current()
-    bars = ctx.enable_progress_bars
-    ctx.enable_progress_bars = bars and cfg.progress
+    data = ray_data()
     t0 = time.perf_counter()
-    ds = ray.data.from_pandas(blocks)
+    ds = data.from_pandas(blocks)
     if separate:
         # On CPU the actors hold actors*threads CPUs; decode tasks get what is left (at least one).
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         free = None if use_gpu else max(1, cpus - actors * threads)
         ds = ds.map_batches(decode_batch, fn_kwargs={"image_size": source.image_size, "input_kind": source.input_kind},
                             batch_size=cfg.batch_size,
-                            batch_format="numpy", num_cpus=1, compute=ray.data.TaskPoolStrategy(size=free))
+                            batch_format="numpy", num_cpus=1, compute=data.TaskPoolStrategy(size=free))
     ds = ds.map_batches(
         EmbedBatch,
         fn_constructor_kwargs={"source": source, "threads": threads, "use_gpu": use_gpu},
         batch_size=cfg.batch_size,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors),
+        compute=data.ActorPoolStrategy(size=actors),
         num_cpus=0 if use_gpu else threads,
         num_gpus=1 if use_gpu else 0,
     )
     out = np.full((n, dim), np.nan, dtype=np.float32)
     row_seconds = np.zeros(n, dtype=np.float64)
     seen = np.zeros(n, dtype=bool)
-    try:
+    with Progress(n, "embed", "img", enabled=cfg.progress) as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             rows = np.asarray(batch["row"], dtype=np.int64)
             emb = np.asarray(batch["embedding"], dtype=np.float32).reshape(len(rows), -1)
             out[rows] = emb
             row_seconds[rows] = batch["seconds"]
             seen[rows] = True
-    finally:
-        ctx.enable_progress_bars = bars
+            bar.update(len(rows))
     seconds = time.perf_counter() - t0
     if not seen.all():
         raise RuntimeError(f"embedding pipeline returned {int(seen.sum())} of {n} rows (first missing row "

@@ -53,7 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--index-kind", default="kdtree", choices=INDEXES.names(), help="kdtree is the study's (default)")
     ap.add_argument("--lfw", help="LFW folder (pairs.txt + lfw-deepfunneled/) for verification accuracy")
     ap.add_argument("--lfw-pairs", help="pairs file (default: LFW/pairs.txt)")
-    ap.add_argument("--lfw-crops", help="cache folder of the LFW Haar crops (default: ~/.cache/facerec/lfw-crops/...)")
+    ap.add_argument("--lfw-crops", help="cache folder of the LFW crops (default: $FACEREC_CACHE/lfw-crops/..., "
+                                          "FACEREC_CACHE defaulting to ~/.cache/facerec)")
     ap.add_argument("--lfw-max-pairs-per-fold", type=int, help="quick check: first n matched + n mismatched per fold")
     ap.add_argument("--initial-image-size", type=int, help="input size of initial models without a checkpoint")
     ap.add_argument("--batch-size", type=int, default=64)

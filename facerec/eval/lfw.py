@@ -175,8 +175,12 @@ def crop_lfw_images(lfw_root: str | os.PathLike, images: list[str], out_dir: str
 
 
 def default_crop_dir(lfw_root: str | os.PathLike, config: LFWCropConfig) -> Path:
+    """``lfw-crops/<folder>-<key>`` under the cache root (``$FACEREC_CACHE``, default
+    ``~/.cache/facerec``), keyed by the LFW folder and the crop settings."""
+    from facerec.io import cache_root
+
     key = hashlib.sha256(f"{Path(lfw_root).resolve()}|{config.fingerprint()}".encode()).hexdigest()[:10]
-    return Path.home() / ".cache" / "facerec" / "lfw-crops" / f"{Path(lfw_root).name}-{key}"
+    return cache_root() / "lfw-crops" / f"{Path(lfw_root).name}-{key}"
 
 
 def read_lfw_pairs(lfw_root: str | os.PathLike, pairs_path: str | os.PathLike | None = None,

@@ -121,11 +121,10 @@ def embed_photos(paths: list[str | os.PathLike], checkpoint: str, batch_size: in
 
     Returns ``(embeddings (n, d) with NaN rows where no face was usable, a frame of path and
     status per photo, stats)``, in input order."""
-    import ray
-
     from facerec.models import read_checkpoint_metadata
     from facerec.models.pretrained import resolve_checkpoint
-    from facerec.ray_utils import cluster_cpus, init_ray
+    from facerec.progress import Progress
+    from facerec.ray_utils import cluster_cpus, init_ray, ray_data
 
     if several_faces not in ("largest", "drop"):
         raise ConfigError("several_faces", several_faces, "'largest' or 'drop'")
@@ -143,25 +142,23 @@ def embed_photos(paths: list[str | os.PathLike], checkpoint: str, batch_size: in
     det.build().prepare()
     detector = det.settings()
     init_ray()
+    data = ray_data()
     actors = num_actors or cluster_cpus()
     t0 = time.perf_counter()
     blocks = -(-len(paths) // batch_size)
-    ds = ray.data.from_items([{"row": i, "path": p} for i, p in enumerate(paths)], override_num_blocks=blocks)
+    ds = data.from_items([{"row": i, "path": p} for i, p in enumerate(paths)], override_num_blocks=blocks)
     ds = ds.map_batches(EmbedPhotosBatch, fn_constructor_kwargs={"checkpoint": checkpoint, "torch_threads": 1,
                                                                  "several_faces": several_faces, "detector": detector},
                         batch_size=batch_size, batch_format="numpy", num_cpus=1,
-                        compute=ray.data.ActorPoolStrategy(size=min(actors, blocks)))
-    ctx = ray.data.DataContext.get_current()
-    bars, ctx.enable_progress_bars = ctx.enable_progress_bars, ctx.enable_progress_bars and progress
+                        compute=data.ActorPoolStrategy(size=min(actors, blocks)))
     out = np.full((len(paths), dim), np.nan, dtype=np.float32)
     status = np.empty(len(paths), dtype=object)
-    try:
+    with Progress(len(paths), "embed photos", "img", enabled=progress) as bar:
         for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
             rows = np.asarray(b["row"], dtype=np.int64)
             out[rows] = b["embedding"]
             status[rows] = b["status"]
-    finally:
-        ctx.enable_progress_bars = bars
+            bar.update(len(rows))
     seconds = time.perf_counter() - t0
     frame = pd.DataFrame({"path": paths, "status": status})
     return out, frame, {"seconds": seconds, "photos": len(paths), "actors": min(actors, blocks),

@@ -16,7 +16,7 @@ torch's ~0.5 GB of resident memory.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -120,9 +120,17 @@ def _batches(n: int, batch_size: int, progress: str | None) -> Iterable[int]:
     starts = range(0, n, batch_size)
     if progress is None:
         return starts
-    from tqdm import tqdm
+    return _counted(starts, n, batch_size, progress)
 
-    return tqdm(starts, desc=progress, unit="batch", leave=False)
+
+def _counted(starts: range, n: int, batch_size: int, desc: str) -> Iterator[int]:
+    """``starts``, counting the images of each batch once the caller is done with it (one progress line)."""
+    from facerec.progress import Progress
+
+    with Progress(n, desc, "img") as bar:
+        for s in starts:
+            yield s
+            bar.update(min(batch_size, n - s))
 
 
 def _embed(model: Any, items: Sequence, load: Callable, image_size: int | None, kind: Any, batch_size: int,

@@ -10,7 +10,8 @@ and a gallery of every face:
     python pipelines/serve.py --data PHOTOS --checkpoint tuned=RUN/<trial>/best   # a fine-tuned model
     python pipelines/serve.py --gallery GALLERY_DIR          # serve an existing gallery (its checkpoints)
 
-Everything derived is cached under --workdir (default ~/.cache/facerec/serve) and reused when
+Everything derived is cached under --workdir (default $FACEREC_CACHE/serve, FACEREC_CACHE defaulting
+to ~/.cache/facerec) and reused when
 it matches; --rebuild forces a new gallery.
 """
 
@@ -60,7 +61,7 @@ def allowed_hosts(bind: str, extra: list[str]) -> list[str]:
 @reports_errors("facerec serve")
 def main(argv: list[str] | None = None) -> int:
     from facerec.index import INDEXES
-    from facerec.serve.local import DEFAULT_MODELS, DEFAULT_WORKDIR, UNTRAINED_BACKBONES, parse_checkpoints
+    from facerec.serve.local import DEFAULT_MODELS, UNTRAINED_BACKBONES, default_workdir, parse_checkpoints
 
     p = argparse.ArgumentParser(prog="facerec serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
     p.add_argument("--image-size", type=int, default=128, help="input size of the untrained demo models (--allow-untrained)")
     p.add_argument("--preprocess-engine", default="ray", choices=("ray", "local"))
-    p.add_argument("--workdir", help="cache of crops, models and galleries (default ~/.cache/facerec/serve)")
+    p.add_argument("--workdir", help="cache of the models and galleries built here (default $FACEREC_CACHE/serve, "
+                                     "FACEREC_CACHE defaulting to ~/.cache/facerec)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the gallery even if a matching one exists")
     p.add_argument("--smoke", action="store_true", help="start, answer one search from a gallery crop, stop (for CI)")
     add_gate_arguments(p)  # the gallery's photos and the queries are detected alike
@@ -113,15 +115,15 @@ def main(argv: list[str] | None = None) -> int:
         check_crops(args.crops)
     checkpoints = parse_checkpoints(args.checkpoint)
     planned = checkpoints or {n: n for n in (UNTRAINED_BACKBONES if args.allow_untrained else DEFAULT_MODELS)}
-    _serve_config(args, args.gallery or str(DEFAULT_WORKDIR), planned, args.model_cpus or 1.0)  # fails before Ray
+    _serve_config(args, args.gallery or str(default_workdir()), planned, args.model_cpus or 1.0)  # fails before Ray
 
     import ray
     from ray import serve
 
-    from facerec.ray_utils import init_ray
+    from facerec.ray_utils import init_ray, ray_prints_to_log
     from facerec.serve.runtime import apply_serve_env
 
-    workdir = Path(args.workdir) if args.workdir else DEFAULT_WORKDIR
+    workdir = Path(args.workdir) if args.workdir else default_workdir()
     apply_serve_env()  # before a local Ray starts: its Serve processes inherit it
     init_ray(num_cpus=args.num_cpus)
     # After ray.init, which installs its own SIGTERM handler (sys.exit): a SIGTERM (docker stop,
@@ -136,10 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         # same on Ctrl-C, SIGTERM, a failed start or the end of --smoke.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the shutdown short
         try:
-            if serve_started(ray):
-                serve.shutdown()
+            # A clean stop makes the raylet say "ServeController.graceful_shutdown failed ... killed
+            # by `ray.kill`" (Serve kills its controller): Ray's line, for Ray's logs.
+            with ray_prints_to_log("serve"):
+                try:
+                    if serve_started(ray):
+                        serve.shutdown()
+                finally:
+                    ray.shutdown()
         finally:
-            ray.shutdown()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 

@@ -323,7 +323,10 @@ class Embedder:
     """
 
     def __init__(self, model: dict[str, Any], crop: dict[str, Any]):
+        from facerec.serve.runtime import print_tracebacks_as_text
         from facerec.serve.shipped import land_detector, land_model
+
+        print_tracebacks_as_text()
 
         self.name = model["name"]
         # The driver's paths may not exist on this node: what it shipped is used or written here.

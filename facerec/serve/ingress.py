@@ -454,6 +454,9 @@ class Ingress:
     """``config``: ServeConfig as a dict; ``embedders``: model name -> Embedder handle."""
 
     def __init__(self, config: dict[str, Any], embedders: dict[str, Any], retriever: Any):
+        from facerec.serve.runtime import print_tracebacks_as_text
+
+        print_tracebacks_as_text()
         self.cfg = config
         self.embedders = embedders
         self.retriever = retriever

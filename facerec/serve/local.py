@@ -20,7 +20,15 @@ from facerec.errors import ConfigError
 
 DEFAULT_MODELS = ("dlib_resnet",)
 UNTRAINED_BACKBONES = ("resnet50", "mobilenet_v2")
-DEFAULT_WORKDIR = Path.home() / ".cache" / "facerec" / "serve"
+
+
+def default_workdir() -> Path:
+    """Where ``facerec serve`` keeps the galleries and demo models it builds when no ``--workdir``
+    is given: ``serve/`` under the cache root (``$FACEREC_CACHE``, default ``~/.cache/facerec``),
+    read at each call so a variable set after import counts."""
+    from facerec.io import cache_root
+
+    return cache_root() / "serve"
 
 
 def ensure_crops(workdir: Path | None, crops: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
@@ -76,7 +84,7 @@ def untrained_checkpoints(workdir: Path, crops: Path, image_size: int = 128,
 
 
 def prepare_gallery(
-    workdir: str | os.PathLike = DEFAULT_WORKDIR,
+    workdir: str | os.PathLike | None = None,
     gallery: str | os.PathLike | None = None,
     crops: str | os.PathLike | None = None,
     data: str | os.PathLike | None = None,
@@ -95,12 +103,13 @@ def prepare_gallery(
     the synthetic set with ``checkpoints`` (default: the pretrained ``dlib_resnet``;
     ``untrained=True``: untrained resnet50 + mobilenet_v2 at ``image_size``, a pipeline demo);
     ``detector``: PreprocessConfig's detector fields the photos are preprocessed with.
+    ``workdir``: where built galleries and demo models go (default :func:`default_workdir`).
     """
     from facerec.models import read_checkpoint_metadata
     from facerec.models.pretrained import resolve_checkpoint
     from facerec.gallery import GalleryBuildConfig, build_gallery, read_manifest
 
-    workdir = Path(workdir)
+    workdir = Path(workdir) if workdir is not None else default_workdir()
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoints = {n: resolve_checkpoint(p) for n, p in (checkpoints or {}).items()}
     target = Path(gallery) if gallery else None

@@ -380,6 +380,9 @@ class Retriever:
     def __init__(self, gallery_dir: str, models: dict[str, str], index_kind: str | None = None,
                  index_params: dict[str, Any] | None = None, reload_poll_s: float = 0.25,
                  open_set: dict[str, dict[str, Any]] | None = None, erasure_list: str | None = None):
+        from facerec.serve.runtime import print_tracebacks_as_text
+
+        print_tracebacks_as_text()
         self.core = RetrieverCore(gallery_dir, models, index_kind, index_params, open_set=open_set,
                                   erasure_list=erasure_list)
         self._stop = threading.Event()

@@ -21,12 +21,12 @@ import contextlib
 import logging
 import os
 import re
+import sys
 
 SERVE_ENV: dict[str, str] = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
 }
-
 
 # Serve's HTTP proxy answers /-/routes, /-/healthz and its own 404s itself, before any app: this
 # makes it wrap itself in facerec's SecurityHeaders (facerec.serve.middleware.proxy_middlewares).
@@ -38,6 +38,7 @@ PROXY_ENV: dict[str, str] = {
     "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "facerec.serve.middleware.proxy_middlewares",
 }
 
+
 def apply_serve_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """Set :data:`SERVE_ENV` and :data:`PROXY_ENV` in ``environ`` (default ``os.environ``) where
     not already set, and return the :data:`SERVE_ENV` in effect. Call before ``ray.init`` starts a
@@ -46,6 +47,37 @@ def apply_serve_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     for key, value in {**SERVE_ENV, **PROXY_ENV}.items():
         env.setdefault(key, value)
     return {key: env[key] for key in SERVE_ENV}
+
+
+def print_tracebacks_as_text() -> None:
+    """Call in a replica's ``__init__``: its logged tracebacks then read as text again.
+
+    With ``RAY_SERVE_LOG_TO_STDERR=0`` (which throughput mode sets) Serve replaces a replica's
+    ``print`` by one that sends stdout/stderr prints to its logger and hands a print to any other
+    file to the builtin ``print`` as a single tuple (Ray 2.60). ``logging`` formats an exception
+    by printing the traceback into a ``StringIO``, so every ``logger.exception`` in a replica log
+    read ``('Traceback (most recent call last):\\n',)('  File ...',)``. This puts a ``print`` in
+    front of Serve's that passes prints to other files on intact. A no-op where Serve left
+    ``print`` alone (logs to stderr) and when called again."""
+    import builtins
+
+    serve_print = builtins.print
+    if getattr(serve_print, "_facerec_passes_files", False):
+        return
+    try:
+        from ray.serve._private.logging_utils import buildin_print, redirected_print
+    except ImportError:  # a Ray without the redirect
+        return
+    if serve_print is not redirected_print:
+        return
+
+    def passes_files(*objects, sep=" ", end="\n", file=None, flush=False):
+        if file is not None and file is not sys.stdout and file is not sys.stderr:
+            return buildin_print(*objects, sep=sep, end=end, file=file, flush=flush)
+        return serve_print(*objects, sep=sep, end=end, file=file, flush=flush)
+
+    passes_files._facerec_passes_files = True
+    builtins.print = passes_files
 
 
 # "ValueError: ...", "ray.exceptions.RayActorError: ...": an optionally dotted class name, a colon.

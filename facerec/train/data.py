@@ -37,11 +37,13 @@ class TrainData:
         """``{"train", "val"}`` Ray Datasets of crop paths. Not split by Ray: each worker keeps the
         rows whose ``shard`` is its rank, so an identity never straddles two workers (P x K
         batches need all of an identity's images in one place) and no row is dropped to even
-        out shards."""
-        import ray.data
+        out shards. Made with Ray Data's progress bars off: the workers that read them would
+        draw one per epoch into their logs."""
+        from facerec.ray_utils import ray_data
 
-        return {"train": ray.data.from_pandas(self.train[TRAIN_COLUMNS]),
-                "val": ray.data.from_pandas(self.val[VAL_COLUMNS])}
+        data = ray_data()
+        return {"train": data.from_pandas(self.train[TRAIN_COLUMNS]),
+                "val": data.from_pandas(self.val[VAL_COLUMNS])}
 
 
 def _cap_val(val: pd.DataFrame, max_images: int | None, seed: int) -> pd.DataFrame:

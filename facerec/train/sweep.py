@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 
 from facerec.io import atomic_write_json
-from facerec.ray_utils import init_ray
+from facerec.ray_utils import console, init_ray, ray_prints_to_log
 from facerec.train.config import SweepConfig, TrainConfig
 from facerec.train.data import TrainData, prepare_data
 from facerec.train.report import write_report
@@ -88,7 +88,8 @@ def _trial_driver(config: dict, trials: dict[str, dict], datasets: dict[str, Tra
 
 def _trial_lines_callback(out_dir: Path, started: float):
     """A Tune callback for the sweep's driver: one summary line per finished trial (from the
-    trial folder's result.json), printed where the user is looking, not in a worker's log."""
+    trial folder's result.json), printed where the user is looking (:func:`console`), not in a
+    worker's log."""
     from ray.tune import Callback
 
     class TrialLines(Callback):
@@ -97,7 +98,7 @@ def _trial_lines_callback(out_dir: Path, started: float):
             path = out_dir / name / "result.json"
             row = json.loads(path.read_text()) if path.is_file() else None
             text = one_line(row) if row else f"[{name}] error: no result ({'failed' if failed else 'stopped'})"
-            print(f"{text} [{time.time() - started:.0f} s into the sweep]", flush=True)
+            print(f"{text} [{time.time() - started:.0f} s into the sweep]", file=console(), flush=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._line(trial, failed=False)
@@ -134,17 +135,20 @@ def run_sweep(sweep: SweepConfig, address: str | None = None) -> "object":
     driver = ray.tune.with_resources(ray.tune.with_parameters(_trial_driver, trials=specs, datasets=datasets),
                                      DRIVER_RESOURCES)
     t0 = time.time()
-    tuner = ray.tune.Tuner(
-        driver,
-        param_space={"trial_name": ray.tune.grid_search([n for n, _ in trials])},
-        tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency,
-                                        trial_name_creator=lambda t: t.config["trial_name"],
-                                        trial_dirname_creator=lambda t: t.config["trial_name"]),
-        run_config=ray.tune.RunConfig(name="tune", storage_path=storage, verbose=1,
-                                      failure_config=ray.tune.FailureConfig(max_failures=0),
-                                      callbacks=[_trial_lines_callback(out_dir, t0)]),
-    )
-    tuner.fit()
+    # verbose=0 keeps Tune's trial tables out; its experiment header, which no setting turns off,
+    # goes to the session's logs with the rest of Ray's. TrialLines prints one line a trial.
+    with ray_prints_to_log("tune"):
+        tuner = ray.tune.Tuner(
+            driver,
+            param_space={"trial_name": ray.tune.grid_search([n for n, _ in trials])},
+            tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency,
+                                            trial_name_creator=lambda t: t.config["trial_name"],
+                                            trial_dirname_creator=lambda t: t.config["trial_name"]),
+            run_config=ray.tune.RunConfig(name="tune", storage_path=storage, verbose=0,
+                                          failure_config=ray.tune.FailureConfig(max_failures=0),
+                                          callbacks=[_trial_lines_callback(out_dir, t0)]),
+        )
+        tuner.fit()
     rows = []
     for name, cfg in trials:
         path = out_dir / name / "result.json"

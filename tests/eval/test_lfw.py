@@ -91,6 +91,29 @@ def test_known_answer_on_a_constructed_folder(ray_local, fake_lfw, tiny_checkpoi
     np.testing.assert_allclose(again["scores"], res["scores"], atol=1e-6)
 
 
+def test_default_lfw_crop_folder_is_under_the_cache_root(fake_lfw, tmp_path, monkeypatch):
+    from facerec.eval.lfw import default_crop_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FACEREC_CACHE", str(tmp_path / "cache"))
+    folder = default_crop_dir(fake_lfw, LFWCropConfig(crop_size=64))
+    assert folder.parent == tmp_path / "cache" / "lfw-crops" and folder.name.startswith(f"{fake_lfw.name}-")
+    monkeypatch.delenv("FACEREC_CACHE")
+    assert default_crop_dir(fake_lfw, LFWCropConfig(crop_size=64)) == (
+        tmp_path / "home" / ".cache" / "facerec" / "lfw-crops" / folder.name)
+
+
+@pytest.mark.slow
+def test_lfw_crops_without_a_folder_go_to_facerec_cache(ray_local, fake_lfw, tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FACEREC_CACHE", str(tmp_path / "cache"))
+    res = lfw_verification(fake_lfw, tiny_checkpoint, crop_config=LFWCropConfig(crop_size=64), num_actors=1)
+    assert res["images"] == 6
+    folders = list((tmp_path / "cache" / "lfw-crops").iterdir())
+    assert len(folders) == 1 and len(list((folders[0]).rglob("*.png"))) == 6
+    assert not (tmp_path / "home" / ".cache" / "facerec").exists()
+
+
 def _brute_force_kfold(scores, same, folds) -> list[float]:
     """The View 2 protocol written out: per test fold, try every threshold between the other
     folds' scores (and below / above all), keep the most accurate (the lowest on ties: no cut

@@ -73,3 +73,88 @@ def test_last_error_line_picks_the_exception():
            "ValueError: bad: thing\n")
     assert _last_error_line(msg) == "ValueError: bad: thing"
     assert _last_error_line("no traceback here") == "no traceback here"
+
+
+def _format_exception() -> str:
+    import logging
+
+    try:
+        raise ValueError("gallery file torn")
+    except ValueError:
+        import sys
+
+        return logging.Formatter().formatException(sys.exc_info())
+
+
+def test_a_traceback_formatted_under_serves_print_is_text():
+    # A replica's print with Serve's logs off stderr is Ray's redirected_print; logging prints a
+    # traceback into a StringIO with it, which came out as tuples. Ray's function, really installed.
+    import builtins
+
+    from ray.serve._private.logging_utils import redirected_print
+
+    from facerec.serve.runtime import print_tracebacks_as_text
+
+    own = builtins.print
+    builtins.print = redirected_print
+    try:
+        broken = _format_exception()
+        assert broken.startswith("('Traceback (most recent call last):\\n',)")  # what replica logs showed
+        print_tracebacks_as_text()
+        print_tracebacks_as_text()  # twice: still one layer in front of Serve's
+        fixed = _format_exception()
+    finally:
+        builtins.print = own
+    lines = fixed.splitlines()
+    assert lines[0] == "Traceback (most recent call last):" and lines[-1] == "ValueError: gallery file torn", fixed
+    assert "('" not in fixed
+
+
+def test_print_tracebacks_as_text_leaves_a_plain_print_alone():
+    import builtins
+
+    from facerec.serve.runtime import print_tracebacks_as_text
+
+    own = builtins.print
+    print_tracebacks_as_text()
+    assert builtins.print is own
+
+
+def test_a_replicas_logged_traceback_reads_as_text_in_its_log(live_app):
+    import glob
+    import os
+
+    from ray import serve
+
+    from facerec.serve.runtime import serve_logs_dir
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    class _LogsAnError:
+        def __init__(self):
+            import builtins
+
+            from ray.serve._private.logging_utils import redirected_print
+
+            from facerec.serve.runtime import print_tracebacks_as_text
+
+            self.serve_print = builtins.print is redirected_print  # the throughput mode the app runs in
+            print_tracebacks_as_text()
+
+        def __call__(self):
+            import logging
+
+            try:
+                raise ValueError("gallery file torn")
+            except ValueError:
+                logging.getLogger("ray.serve").exception("reload failed")  # flushed at once: an error
+            return self.serve_print
+
+    try:
+        handle = serve.run(_LogsAnError.bind(), name="tb", route_prefix=None)
+        assert handle.remote().result(timeout_s=60) is True
+        logs = glob.glob(os.path.join(serve_logs_dir(), "replica_tb_*.log"))
+        text = "".join(open(p).read() for p in logs)
+    finally:
+        serve.delete("tb")
+    assert "reload failed\nTraceback (most recent call last):\n" in text, text[-3000:]
+    assert "\nValueError: gallery file torn\n" in text and "('" not in text, text[-3000:]

@@ -19,6 +19,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# Lines only Ray prints: native log lines, forwarded worker output "(ServeController pid=..)",
+# "(raylet)", its driver loggers' records (Ray's and Serve's formats), the token notice.
+RAY_LINE = re.compile(r"core_worker|\((\w+ )?pid=\d+|\(raylet\)|graceful_shutdown|Token authentication|"
+                      r"Started a local Ray instance|\t(INFO|WARNING) \w+\.py:\d+ --|^(INFO|WARNING) \d{4}-\d\d-\d\d ")
+
 
 def _pids_under(folder: Path) -> list[int]:
     """Processes whose command line names ``folder`` (read from /proc; none is touched)."""
@@ -55,6 +60,15 @@ def test_serve_smoke_answers_a_search_and_stops_cleanly(gallery_copy, serve_arti
         log = proc.stdout + proc.stderr
         assert proc.returncode == 0, log[-4000:]
         assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+        # A quiet console: Ray's own lines (its token notice, "Started a local Ray instance", Serve's
+        # start-up and ready lines, the controller's and raylet's forwarded output such as
+        # "graceful_shutdown failed", native core_worker lines) are in its log files, not here.
+        ray_lines = [ln for ln in log.splitlines() if RAY_LINE.search(ln)]
+        assert ray_lines == [], log[-4000:]
+        assert len(log.splitlines()) <= 10, log
+        # One cache root: the default --workdir is under FACEREC_CACHE, nothing under ~/.cache/facerec.
+        assert (tmp_path / "cache" / "serve").is_dir()
+        assert not (tmp_path / "home" / ".cache" / "facerec").exists()
         up = re.search(r"^serve: \[(.*)\] on gallery (\S+) up in ", proc.stdout, re.M)
         assert up and up.group(2) == str(gallery_copy), proc.stdout[-2000:]
         assert ast.literal_eval(f"[{up.group(1)}]") == ["mnv3"]
