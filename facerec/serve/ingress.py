@@ -23,7 +23,9 @@ query-string and form validation included. Request bodies pass the :class:`~face
 UploadGate` first: a declared length over the route's limit is a 413 and a request that does not fit
 in the replica's budget of upload bytes in flight a 503 with ``Retry-After``, both before a byte of
 the body is read. Multipart bodies are parsed by FastAPI (``UploadFile``/``Form``) with Starlette's
-form limits; every response carries the security headers of
+form limits, JSON bodies by :func:`facerec.serve.jsonbody.parse_json` (400 ``bad_json``), and a
+``Host`` outside ``allowed_hosts`` is a 400 ``bad_host`` (:class:`~facerec.serve.middleware.
+HostCheck`) before anything else; every response carries the security headers of
 :data:`~facerec.serve.middleware.SECURITY_HEADERS`. ``/docs`` is rendered on the server and needs no
 network (:mod:`facerec.serve.docs`).
 """
