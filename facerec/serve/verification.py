@@ -130,7 +130,8 @@ def startup_line(name: str, checkpoint: str, detector: dict | None = None) -> st
     meta = read_checkpoint_metadata(checkpoint)
     cal = read_calibration(checkpoint, meta, detector)
     if cal is None:
-        return (f"serve: {name} is not calibrated: /v1/verify answers 409 and search hits carry no same_person; "
+        return (f"serve: {name} is not calibrated: /v1/verify answers 409, and search says same person only where "
+                f"the gallery can measure its own threshold (labelled, >= 1,000 faces at the default target); "
                 f"`facerec calibrate --model {meta.get('pretrained') or checkpoint} --lfw LFW_DIR` (or --crops), "
                 f"then restart")
     far = float(cal.get("default_far") or 1e-3)
@@ -140,4 +141,6 @@ def startup_line(name: str, checkpoint: str, detector: dict | None = None) -> st
         return f"serve: {name} has a calibration without its default FAR {far:g}; /v1/verify needs an explicit far"
     return (f"serve: {name} says same person iff distance <= {float(point['threshold']):.4f} (FAR {far:g}; held-out TAR "
             f"{float(point.get('tar_mean') or float('nan')):.3f}; calibrated on {data.get('name')} ({data.get('source')}) "
-            f"{cal.get('date')}); /v1/verify FARs {sorted(thresholds({'calibration': cal}), reverse=True)}")
+            f"{cal.get('date')}{', shipped with facerec' if cal.get('origin') == 'shipped' else ''}) in /v1/verify (FARs "
+            f"{sorted(thresholds({'calibration': cal}), reverse=True)}); search uses the gallery's open-set threshold "
+            f"(GET /v1/models: open_set)")

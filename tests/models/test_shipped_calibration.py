@@ -70,8 +70,11 @@ def test_a_fresh_cache_reads_the_shipped_calibration(fresh):
     assert card["lfw_measured_on"] == "lfw-sample, 3 folds of pairs.txt (calibration, shipped)"
     from facerec.serve.verification import startup_line
 
-    assert startup_line("dlib_resnet", fresh, DetectorConfig().settings()).startswith(
+    line = startup_line("dlib_resnet", fresh, DetectorConfig().settings())
+    assert line.startswith(
         f"serve: dlib_resnet says same person iff distance <= {point['threshold']:.4f} (FAR {shipped['default_far']:g};")
+    assert ", shipped with facerec) in /v1/verify" in line and line.endswith(
+        "search uses the gallery's open-set threshold (GET /v1/models: open_set)")
 
 
 def test_a_local_calibration_overrides_the_shipped_one(fresh):

@@ -161,6 +161,9 @@
     m.hidden = !m.textContent;
     if (showNoMatch(face) || !face) return;
     const tpl = $("result-tpl");
+    // A face too far to pass by itself, but labelled as the person another hit matched: the
+    // gallery's label says who it is, so the page says that (not the distance).
+    const matched = new Set(face.results.filter((h) => h.same_person === true).map((h) => h.identity));
     for (const h of face.results.slice(0, 9)) {
       const li = tpl.content.firstElementChild.cloneNode(true);
       li.dataset.rank = h.rank;
@@ -181,7 +184,10 @@
       li.dataset.samePerson = String(h.same_person);
       li.classList.toggle("same-person", h.same_person === true);
       li.classList.toggle("stranger", h.same_person === false);
-      li.querySelector(".verdict").textContent = h.same_person === true ? "likely the same person" : "";
+      const sameLabel = h.same_person === false && matched.has(h.identity);
+      li.classList.toggle("same-label", sameLabel);
+      li.querySelector(".verdict").textContent = h.same_person === true ? "likely the same person"
+        : sameLabel ? "same person by the gallery's label" : "";
       const agree = li.querySelector(".agreement");
       if (h.attribute_agreement !== null && h.rank > 1) {
         agree.textContent = `${(100 * h.attribute_agreement).toFixed(0)} % of traits as #1`;
