@@ -33,6 +33,15 @@ class DataNotFoundError(FacerecError, FileNotFoundError):
     """A data folder or file the stage needs is absent."""
 
 
+class AmbiguousLayoutError(FacerecError, ValueError):
+    """A photo folder that could be read in several layouts (``facerec.data.layouts``)."""
+
+    def __init__(self, root, layouts: list[str], why: str):
+        self.root, self.layouts = str(root), list(layouts)
+        super().__init__(f"{root}: the photo folder's layout is ambiguous: it could be {' or '.join(layouts)} ({why}); "
+                         f"pass --layout {' or --layout '.join(layouts)}")
+
+
 class ImageDecodeError(FacerecError, ValueError):
     """An image could not be decoded. ``reason`` is a short drop-manifest code."""
 
