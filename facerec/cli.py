@@ -78,27 +78,38 @@ def reports_errors(prog: str) -> Callable:
     return wrap
 
 
-def check_source(data: str | os.PathLike, flag: str = "--data") -> None:
-    """``data`` is a preprocessed folder (crops.parquet) or a CelebA-layout photo folder; checked
-    before Ray starts or anything is written."""
-    from facerec.data.celeba import IDENTITY_FILE
+def check_source(data: str | os.PathLike, flag: str = "--data", layout: str | None = None,
+                 labelled_for: str | None = None) -> None:
+    """``data`` is a preprocessed folder (crops.parquet) or a photo folder whose layout
+    (:mod:`facerec.data.layouts`; ``layout`` or detected) is known -- and labelled when
+    ``labelled_for`` names a stage that needs people; checked before Ray starts or anything is
+    written."""
+    from facerec.data.layouts import require_labelled, resolve_layout
     from facerec.data.schema import CROPS_TABLE
 
     root = Path(data)
     if not root.is_dir():
         raise DataNotFoundError(f"{flag} {data}: no such folder")
-    if not ((root / CROPS_TABLE).is_file() or (root / IDENTITY_FILE).is_file()):
-        raise DataNotFoundError(f"{flag} {data}: neither a preprocessed folder ({CROPS_TABLE}) nor a CelebA-layout "
-                                f"photo folder ({IDENTITY_FILE})")
+    if (root / CROPS_TABLE).is_file():
+        check_crops(root, flag, labelled_for)
+    elif labelled_for:
+        require_labelled(root, layout, labelled_for, flag)
+    else:
+        resolve_layout(root, layout)  # an ambiguous or photo-less folder fails here
 
 
-def check_crops(crops: str | os.PathLike, flag: str = "--crops") -> None:
-    """``crops`` is a preprocessed folder (``facerec preprocess`` output)."""
+def check_crops(crops: str | os.PathLike, flag: str = "--crops", labelled_for: str | None = None) -> None:
+    """``crops`` is a preprocessed folder (``facerec preprocess`` output); made from a labelled
+    photo folder when ``labelled_for`` names a stage that needs people."""
     from facerec.data.schema import CROPS_TABLE
+    from facerec.io import read_parquet_metadata
 
     if not (Path(crops) / CROPS_TABLE).is_file():
         raise DataNotFoundError(f"{flag} {crops}: not a preprocessed folder (no {CROPS_TABLE}); "
                                 f"run `facerec preprocess --data PHOTOS --out {crops}` first")
+    if labelled_for and read_parquet_metadata(Path(crops) / CROPS_TABLE).get("labelled") is False:
+        raise ConfigError(flag, str(crops), f"crops of a labelled photo folder for {labelled_for} (these were made from "
+                                            "an unlabelled folder, whose photos name nobody)")
 
 
 def parse_checkpoints(items: list[str]) -> dict[str, str]:

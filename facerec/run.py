@@ -67,8 +67,8 @@ def plan_run(work: str | Path = "out/run", data: str | None = None, preset: str 
     from facerec.train.config import SweepConfig, TrainConfig, data_prepared_later
     from facerec.train.presets import PRESETS, build_sweep
 
-    if data is not None:
-        check_source(data)
+    if data is not None:  # the run trains: its photos must name people
+        check_source(data, layout=(preprocess or {}).get("layout"), labelled_for="facerec run")
     PRESETS.get(preset)  # ConfigError listing the presets
     work = Path(work)
     crops, run, gallery_dir, results = work / "crops", work / f"sweep-{preset}", work / "gallery", work / "results"
@@ -165,12 +165,17 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(prog="facerec run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", help="CelebA-layout photo folder (default: the embedded synthetic dataset)")
+    ap.add_argument("--data", help="labelled photo folder: CelebA layout or one folder per person (default: the "
+                                   "embedded synthetic dataset)")
+    from facerec.data.cli import add_layout_argument
+
+    add_layout_argument(ap)
     ap.add_argument("--work", default="out/run", help="folder for crops, gallery and results (default out/run)")
     ap.add_argument("--preset", default="face-smoke", choices=PRESETS.names(),
                     help="training preset (default face-smoke: dlib_resnet, minutes on 2 CPUs)")
     args = ap.parse_args(argv)
-    run_plan(plan_run(args.work, args.data, args.preset))
+    run_plan(plan_run(args.work, args.data, args.preset,
+                      preprocess={"layout": args.layout} if args.layout else None))
     return 0
 
 

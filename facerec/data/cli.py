@@ -13,7 +13,8 @@ from facerec.cli import reports_errors
 def add_preprocess_arguments(ap: argparse.ArgumentParser) -> None:
     from facerec.data.preprocess import PreprocessConfig
 
-    ap.add_argument("--data", help="CelebA-layout photo folder (default: the embedded synthetic dataset)")
+    ap.add_argument("--data", help="photo folder: CelebA layout, one folder per person, or unlabelled photos "
+                                   "(see --layout; default: the embedded synthetic dataset)")
     ap.add_argument("--out", required=True, help="output folder: crops/, crops.parquet, dropped.parquet, summary.json")
     ap.add_argument("--overwrite", action="store_true", help="discard earlier results in --out instead of resuming")
     from facerec.data.inputs import INPUT_KINDS
@@ -34,10 +35,22 @@ def add_preprocess_arguments(ap: argparse.ArgumentParser) -> None:
             ap.add_argument(flag, choices=list(SEVERAL_FACES_RULES), default=default,
                             help="photos with several accepted faces: keep the largest face, or drop them (the study's "
                                  "rule) (default %(default)s)")
+        elif f.name == "layout":
+            add_layout_argument(ap)
         elif f.name == "crop_size":
             ap.add_argument(flag, type=int, default=None, help="side of the stored input (default: the input kind's, 218 or 150)")
         else:
             add_detector_argument(ap, f.name, default)
+
+
+def add_layout_argument(ap: argparse.ArgumentParser) -> None:
+    """``--layout``: how a ``--data`` photo folder is read (:mod:`facerec.data.layouts`)."""
+    from facerec.data.layouts import LAYOUTS
+
+    ap.add_argument("--layout", choices=LAYOUTS.names(), default=None,
+                    help="how --data is laid out: celeba (identity_CelebA.txt + img_align_celeba/), folder_per_person "
+                         "(DATA/<person>/*.jpg) or unlabelled (photos in any folders, nobody named) "
+                         "(default: detected from the folder)")
 
 
 GATE_OPTIONS = ("detector", "min_confidence", "min_face", "scale_step")

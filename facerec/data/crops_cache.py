@@ -44,9 +44,17 @@ def source_fingerprint(source: str | os.PathLike) -> str:
 
 
 def crops_key(source: str | os.PathLike, config: PreprocessConfig) -> str:
-    """The cache key of ``source`` preprocessed with ``config`` (see the module docstring)."""
-    blob = json.dumps({"source": source_fingerprint(source), "settings": config.fingerprint(),
-                       "min_images_per_identity": config.min_images_per_identity}, sort_keys=True)
+    """The cache key of ``source`` preprocessed with ``config`` (see the module docstring). A
+    folder read in another layout (``config.layout``, or the detected one) is another entry; a
+    folder layout's key also covers the photos in its sub-folders."""
+    from facerec.data.layouts import listing_fingerprint, resolve_layout
+
+    key = {"source": source_fingerprint(source), "settings": config.fingerprint(),
+           "min_images_per_identity": config.min_images_per_identity}
+    layout = resolve_layout(source, config.layout)
+    if layout != "celeba":  # CelebA's keys stay those made before layouts existed
+        key["layout"] = listing_fingerprint(source, layout)
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -59,8 +67,8 @@ def cached_crops_dir(source: str | os.PathLike, config: PreprocessConfig) -> Pat
 
 def preprocessed(source: str | os.PathLike, config: PreprocessConfig | None = None,
                  out: str | os.PathLike | None = None, progress: bool = True) -> Path:
-    """A preprocessed folder (``crops.parquet`` + ``crops/``) of the CelebA-layout photo folder
-    ``source`` made with ``config``: ``out`` when given, else :func:`cached_crops_dir`. Made by
+    """A preprocessed folder (``crops.parquet`` + ``crops/``) of the photo folder ``source`` (read
+    in ``config.layout``, :mod:`facerec.data.layouts`) made with ``config``: ``out`` when given, else :func:`cached_crops_dir`. Made by
     :func:`facerec.data.preprocess.preprocess` unless it is already complete; a lock makes
     concurrent callers (a training run and a server starting together) wait for one another
     instead of cropping twice.

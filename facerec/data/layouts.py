@@ -154,7 +154,9 @@ def read_folder_per_person(root: Path) -> pd.DataFrame:
     root = Path(root)
     _check_root(root)
     top_photos, folders = _top_level(root)
-    image_ids, identities, names, empty, ignored = [], [], {}, [], list(top_photos)
+    top_other = sorted(e.name for e in os.scandir(root) if e.is_file() and not e.name.startswith(".")
+                       and not is_image_name(e.name))
+    image_ids, identities, names, empty, ignored = [], [], {}, [], sorted(top_photos + top_other)
     for folder in folders:
         photos, other = _walk(root / folder, folder + "/")
         ignored += other

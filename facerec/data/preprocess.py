@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from facerec.data.celeba import find_image_dir, load_celeba
+from facerec.data.layouts import IMAGE_SUFFIXES, LAYOUTS, read_photos
 from facerec.data.cropper import RESULT_COLUMNS, crop_images
 from facerec.data.schema import (ATTRIBUTE_NAMES, CROP_COLUMNS, CROPS_TABLE, DROP_REASONS, DROPPED_TABLE,
                                  SUMMARY_FILE)
@@ -30,7 +30,6 @@ from facerec.errors import ConfigError
 from facerec.io import atomic_write_bytes, atomic_write_json, atomic_write_parquet
 
 PARTS_DIR = "_parts"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 SEVERAL_FACES_RULES = ("largest", "drop")
@@ -46,6 +45,8 @@ class PreprocessConfig:
     study's rule: a photo with several accepted faces is dropped) or ``"largest"`` (keep the
     largest face). ``detector`` and the fields after it up to ``detect_max_side`` are the face
     detector and its gate (:class:`facerec.detect.DetectorConfig`; None = the detector's default).
+    ``layout``: how the photo folder is read (``facerec.data.layouts.LAYOUTS``: ``celeba``,
+    ``folder_per_person``, ``unlabelled``; None = detected from the folder).
     """
 
     input_kind: str = "haar_crop"
@@ -63,6 +64,7 @@ class PreprocessConfig:
     batch_size: int = 16
     num_workers: int | None = None  # actors; default: every CPU of the cluster
     engine: str = "ray"            # "ray" or "local" (a plain single-process loop)
+    layout: str | None = None      # facerec.data.layouts.LAYOUTS; None: detected from the folder
     # Parallelism is one image per core; OpenCV's own threads would oversubscribe the cores.
     # 0 leaves OpenCV's default threading on (only the benchmark's naive baseline wants that).
     opencv_threads: int = 1
@@ -83,6 +85,8 @@ class PreprocessConfig:
             "batch_size": (self.batch_size >= 1, "an integer >= 1"),
             "num_workers": (self.num_workers is None or self.num_workers >= 1, "None (all CPUs) or an integer >= 1"),
             "engine": (self.engine in ("ray", "local"), "'ray' or 'local'"),
+            "layout": (self.layout is None or self.layout in LAYOUTS,
+                       f"None (detected from the folder) or one of {LAYOUTS.names()}"),
             "opencv_threads": (self.opencv_threads >= 0, "an integer >= 0 (0 = OpenCV's default)"),
         }
         for name, (ok, expected) in checks.items():
@@ -162,11 +166,14 @@ def drop_small_identities(kept: pd.DataFrame, minimum: int) -> tuple[pd.DataFram
 
 def preprocess(data_dir: str | Path, out_dir: str | Path, config: PreprocessConfig | None = None,
                overwrite: bool = False, progress: bool = True, erased=None) -> dict:
-    """Crop every listed image of a CelebA-layout folder; returns (and writes) the summary.
+    """Crop every listed image of a photo folder read as ``config.layout``
+    (:func:`facerec.data.layouts.read_photos`; None: detected); returns (and writes) the summary.
 
     Invariant: ``kept + sum(dropped.values()) + erased == listed`` where ``listed`` counts the
-    lines of ``identity_CelebA.txt``. Images in the folder but not listed are not processed;
-    their number is ``summary["unlisted"]`` and their names are in ``unlisted.txt``.
+    lines of ``identity_CelebA.txt``, or the photos of a folder layout. Images in a CelebA folder
+    but not listed are not processed; their number is ``summary["unlisted"]`` and their names are
+    in ``unlisted.txt``. An unlabelled folder's photos all have identity -1 (``labelled: false``
+    in the crops table's metadata) and no identity-size rule applies to them.
 
     ``erased`` (:class:`facerec.data.erasure.Erased`; default: what the erasure list
     ``$FACEREC_CACHE/erased.json`` holds for ``data_dir``): photos and identities a gallery
@@ -176,11 +183,12 @@ def preprocess(data_dir: str | Path, out_dir: str | Path, config: PreprocessConf
     config = config or PreprocessConfig()
     t0 = time.perf_counter()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    listing = load_celeba(data_dir)
-    found = listing.attrs["found"]
+    listing = read_photos(data_dir, config.layout)
+    found, layout, labelled = listing.attrs["found"], listing.attrs["layout"], listing.attrs["labelled"]
+    display_names = {int(k): v for k, v in listing.attrs["display_names"].items()}
     listed_names = set(listing["image_id"])
     n_listed = len(listing)
-    image_dir = find_image_dir(data_dir)
+    image_dir = Path(listing.attrs["image_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_resume(out_dir, config, overwrite)
     if erased is None:
@@ -218,6 +226,8 @@ def preprocess(data_dir: str | Path, out_dir: str | Path, config: PreprocessConf
     kept_mask = table["status"] == "kept"
     counts = table.loc[kept_mask, "identity"].value_counts()
     small = kept_mask & table["identity"].map(counts).lt(config.min_images_per_identity).fillna(False)
+    if not labelled:  # identity -1 is nobody, not one person with many photos
+        small[:] = False
     n_small = table.loc[small, "identity"].map(counts)
     table.loc[small, "status"] = "dropped"
     table.loc[small, "reason"] = "identity_too_small"
@@ -234,7 +244,7 @@ def preprocess(data_dir: str | Path, out_dir: str | Path, config: PreprocessConf
     dropped = table[table["status"] == "dropped"][["image_id", "identity", "reason", "detail"]].reset_index(drop=True)
 
     unlisted = sorted(p.name for p in image_dir.iterdir()
-                      if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in listed_names)
+                      if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in listed_names) if layout == "celeba" else []
     if unlisted:
         atomic_write_bytes(out_dir / "unlisted.txt", ("\n".join(unlisted) + "\n").encode())
     version = data_version(kept, config)
@@ -243,14 +253,19 @@ def preprocess(data_dir: str | Path, out_dir: str | Path, config: PreprocessConf
             "attribute_names": list(ATTRIBUTE_NAMES), "source": str(data_dir.resolve()),
             "has_attributes": bool(found.get("attributes")),
             "has_partition": bool(found.get("partition")), "settings_fingerprint": config.fingerprint(),
-            "detector": config.detector_config().settings(), "min_images_per_identity": config.min_images_per_identity}
+            "detector": config.detector_config().settings(), "min_images_per_identity": config.min_images_per_identity,
+            "layout": layout, "labelled": bool(labelled),
+            # JSON keys are strings; only the people still kept are named
+            "display_names": {str(i): display_names[i] for i in sorted(set(kept["identity"]) & set(display_names))}}
     atomic_write_parquet(out_dir / CROPS_TABLE, kept, metadata=meta)
     atomic_write_parquet(out_dir / DROPPED_TABLE, dropped, metadata={"data_version": version})
     reasons = dropped["reason"].value_counts()
     summary = {
         "listed": int(n_listed), "kept": int(len(kept)), "erased": n_erased,
         "dropped": {r: int(reasons.get(r, 0)) for r in DROP_REASONS if reasons.get(r, 0)},
-        "identities": int(kept["identity"].nunique()), "unlisted": len(unlisted),
+        "identities": int(kept["identity"].nunique()) if labelled else 0, "unlisted": len(unlisted),
+        "layout": layout, "labelled": bool(labelled), "ignored": len(listing.attrs["ignored"]),
+        "empty_people": len(listing.attrs["empty_people"]),
         "kept_fraction": round(len(kept) / max(1, n_listed), 4),
         "input_kind": config.input_kind, "crop_size": config.crop_size, "several_faces": config.several_faces,
         "detector": config.detector_config().describe(),

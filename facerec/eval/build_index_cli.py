@@ -58,7 +58,8 @@ def main(argv=None) -> int:
     if args.initial and not args.backbone:
         raise ConfigError("--initial", True, "one or more --backbone NAME")
     checkpoints = parse_checkpoints(args.checkpoint)
-    check_crops(args.crops)
+    # A split is identity-disjoint: an unlabelled folder's crops have no identities to split by.
+    check_crops(args.crops, labelled_for=f"--split {args.split}" if args.split != "all" else None)
     cfg = GalleryBuildConfig(
         crops_dir=args.crops, out_dir=args.out, checkpoints=checkpoints,
         initial=list(args.backbone), split=args.split, kinds=args.kinds,

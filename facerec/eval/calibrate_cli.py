@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     else:
         if args.lfw_pairs or args.lfw_crops:
             raise ConfigError("--lfw-pairs/--lfw-crops", args.lfw_pairs or args.lfw_crops, "only with --lfw")
-        check_crops(args.crops)
+        check_crops(args.crops, labelled_for="calibrate")
         check_crops_source(args.crops, args.model)  # another input kind than the model's: one line, now
         source, path = "crops", args.crops
     import shlex

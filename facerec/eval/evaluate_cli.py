@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         raise ConfigError("--before-only/--no-before", True, "at most one of them")
     backbones = args.backbones
     if args.crops is not None:
-        check_crops(args.crops)
+        check_crops(args.crops, labelled_for="evaluate")
     run = args.run
     if args.crops is None and run is None and not args.checkpoint:
         found = latest_smoke_run()

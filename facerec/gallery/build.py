@@ -174,11 +174,21 @@ def build_gallery(config: GalleryBuildConfig, table: pd.DataFrame | None = None,
         "input_kind": str(crops_meta.get("input_kind") or "haar_crop"),
         "crop_size": int(crops_meta.get("crop_size") or 218), "margin": float(crops_meta.get("margin", 0.2)),
         "data_version": crops_meta.get("data_version"), "source": str(crops_dir.resolve()), "photos": photos,
-        "detector": crops_detector(crops_meta), **(extra or {}),
+        "detector": crops_detector(crops_meta),
+        # the people a folder-per-person photo folder names (facerec.data.layouts), as its display names
+        "names": names_of(crops_meta, df["identity"]),
+        **(extra or {}),
     })
     print(f"gallery: {n} crops of {df['identity'].nunique()} identities, models {sorted(models)}, indexes {cfg.kinds} "
           f"-> {out} ({time.perf_counter() - t0:.1f} s)", flush=True)
     return manifest
+
+
+def names_of(crops_meta: dict[str, Any], identities) -> dict[str, str]:
+    """The display names a crops folder records (``display_names``: a folder-per-person photo
+    folder's people, :mod:`facerec.data.layouts`) of the identities in ``identities``."""
+    present = {int(i) for i in np.unique(np.asarray(identities, dtype=np.int64))}
+    return {str(k): v for k, v in (crops_meta.get("display_names") or {}).items() if int(k) in present}
 
 
 def write_gallery(out: str | os.PathLike, rows: np.ndarray, embeddings: dict[str, np.ndarray], models: dict[str, dict[str, Any]],
@@ -209,8 +219,8 @@ def write_gallery(out: str | os.PathLike, rows: np.ndarray, embeddings: dict[str
     manifest = {
         "format": GALLERY_FORMAT, "version": 1, "rows": n, "next_row_id": int(rows["row_id"].max()) + 1 if n else 0,
         "input_kind": "haar_crop", "crop_size": 218, "margin": 0.2, "data_version": None, "source": None,
-        **(fields or {}), "updated_at": time.time(), "models": entries, "segments": [segment], "tombstones": None,
-        "names": {},
+        "names": {}, **(fields or {}), "updated_at": time.time(), "models": entries, "segments": [segment],
+        "tombstones": None,
     }
     commit_manifest(out, manifest)
     return manifest

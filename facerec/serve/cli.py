@@ -67,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gallery", help="gallery folder to serve (built here when absent)")
     p.add_argument("--crops", help="preprocess output (crops.parquet + crops/) to build the gallery from")
-    p.add_argument("--data", help="CelebA-layout photo folder to preprocess for the gallery (default: synthetic)")
+    p.add_argument("--data", help="photo folder to preprocess for the gallery: CelebA layout or one folder per person, "
+                                  "whose names the page shows (default: synthetic)")
+    from facerec.data.cli import add_layout_argument
+
+    add_layout_argument(p)
     p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=DIR",
                    help="served model name and checkpoint folder (or a pretrained model name, e.g. dlib_resnet); "
                         "repeat per model (default: dlib_resnet)")
@@ -110,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     args.token = args.token or None  # --token "" like an empty $FACEREC_GALLERY_TOKEN: writes disabled
     args.read_token = args.read_token or None  # likewise: an empty read token leaves reads open
     if args.data is not None:
-        check_source(args.data)
+        # Until an unlabelled folder's people come from clustering, its photos would all be served as one
+        # "person" (identity -1): refused, not answered with nonsense.
+        check_source(args.data, layout=args.layout, labelled_for="serve")
     if args.crops is not None:
         check_crops(args.crops)
     checkpoints = parse_checkpoints(args.checkpoint)
@@ -180,7 +186,7 @@ def _serve(args: argparse.Namespace, workdir: Path, checkpoints: dict[str, str])
         workdir, gallery=args.gallery, crops=args.crops, data=args.data, checkpoints=checkpoints,
         index_kind=args.index_kind, image_size=args.image_size, rebuild=args.rebuild, preprocess_engine=args.preprocess_engine,
         untrained=args.allow_untrained and not args.checkpoint,
-        detector=gate_fields(args))
+        detector=gate_fields(args), layout=args.layout)
     cpus = float(ray.cluster_resources().get("CPU", 1))
     model_cpus = args.model_cpus if args.model_cpus is not None else max(0.1, (cpus - 0.5) / (len(checkpoints) * args.replicas))
     config = _serve_config(args, str(gallery), checkpoints, model_cpus)

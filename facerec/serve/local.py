@@ -32,12 +32,13 @@ def default_workdir() -> Path:
 
 
 def ensure_crops(workdir: Path | None, crops: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
-                 preprocess_engine: str = "ray", input_kind: str = "haar_crop", detector: dict | None = None) -> Path:
+                 preprocess_engine: str = "ray", input_kind: str = "haar_crop", detector: dict | None = None,
+                 layout: str | None = None) -> Path:
     """A preprocess output: ``crops`` as given, else ``data`` (default: the synthetic set)
     preprocessed into ``input_kind`` inputs by :func:`facerec.data.crops_cache.preprocessed` (the
     shared cache: photos a training run already preprocessed are not cropped again; ``workdir`` no
     longer decides where). ``detector``: PreprocessConfig's detector fields (default: the default
-    detector)."""
+    detector). ``layout``: how ``data`` is read (:mod:`facerec.data.layouts`; None: detected)."""
     from facerec.data.crops_cache import preprocessed
     from facerec.data.preprocess import PreprocessConfig
 
@@ -49,7 +50,8 @@ def ensure_crops(workdir: Path | None, crops: str | os.PathLike | None = None, d
         from facerec.data.synth import ensure_synthetic
 
         source = Path(ensure_synthetic())
-    return preprocessed(source, PreprocessConfig(engine=preprocess_engine, input_kind=input_kind, **(detector or {})))
+    return preprocessed(source, PreprocessConfig(engine=preprocess_engine, input_kind=input_kind, layout=layout,
+                                                 **(detector or {})))
 
 
 def served_input_kind(checkpoints: dict[str, str]) -> str:
@@ -95,6 +97,7 @@ def prepare_gallery(
     preprocess_engine: str = "ray",
     untrained: bool = False,
     detector: dict | None = None,
+    layout: str | None = None,
 ) -> tuple[Path, dict[str, str]]:
     """The gallery folder to serve and its checkpoints {name: folder}.
 
@@ -102,7 +105,9 @@ def prepare_gallery(
     if they are the ones it was built with); otherwise one is built from ``crops`` / ``data`` /
     the synthetic set with ``checkpoints`` (default: the pretrained ``dlib_resnet``;
     ``untrained=True``: untrained resnet50 + mobilenet_v2 at ``image_size``, a pipeline demo);
-    ``detector``: PreprocessConfig's detector fields the photos are preprocessed with.
+    ``detector``: PreprocessConfig's detector fields the photos are preprocessed with; ``layout``:
+    how ``data`` is read (:mod:`facerec.data.layouts`; None: detected; a folder per person's names
+    become the gallery's display names).
     ``workdir``: where built galleries and demo models go (default :func:`default_workdir`).
     """
     from facerec.models import read_checkpoint_metadata
@@ -127,7 +132,7 @@ def prepare_gallery(
     if not checkpoints and not untrained:
         checkpoints = {n: resolve_checkpoint(n) for n in DEFAULT_MODELS}
     kind = served_input_kind(checkpoints) if checkpoints else "haar_crop"
-    crops_dir = ensure_crops(workdir, crops, data, preprocess_engine, input_kind=kind, detector=detector)
+    crops_dir = ensure_crops(workdir, crops, data, preprocess_engine, input_kind=kind, detector=detector, layout=layout)
     if not checkpoints:
         checkpoints = untrained_checkpoints(workdir, crops_dir, image_size)
     if target is None:

@@ -4,7 +4,8 @@
     python pipelines/train_sweep.py --preset cpu --data ../shared/data/celeba-sample --out runs/cpu-sweep
     ray job submit --working-dir . -- python pipelines/train_sweep.py --preset seed --data /data/celeba --out /shared/runs/seed
 
-``--data`` is a preprocessed folder (crops.parquet + crops/) or a CelebA-layout photo folder,
+``--data`` is a preprocessed folder (crops.parquet + crops/) or a labelled photo folder (CelebA layout or
+one folder per person, ``--layout``),
 which is preprocessed first into ``--crops`` (default: a cache folder keyed by the photo folder).
 Outputs: RUN/<trial>/best (model.pt + model.json), RUN/sweep_summary.{md,csv}, RUN/plots/*.png.
 """
@@ -41,8 +42,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="facerec train-sweep", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="smoke", choices=PRESETS.names())
-    ap.add_argument("--data", help="preprocessed folder or CelebA-layout photo folder (default: synthetic data)")
+    ap.add_argument("--data", help="preprocessed folder, or a labelled photo folder: CelebA layout or one folder per "
+                                   "person (default: synthetic data)")
     ap.add_argument("--crops", help="where to preprocess --data photos (default: ~/.cache/facerec/crops/...)")
+    from facerec.data.cli import add_layout_argument
+
+    add_layout_argument(ap)
     ap.add_argument("--out", help="run folder (default: runs/<preset>-<time>); with `ray job submit` give an absolute "
                     "path (a relative one lands in the job's unpacked working dir), shared by all nodes on a cluster")
     ap.add_argument("--losses", "--loss", type=comma_list(choices=LOSSES.names()),
@@ -89,7 +94,7 @@ def main(argv=None) -> int:
     from facerec.ray_utils import init_ray
 
     if args.data is not None:
-        check_source(args.data)
+        check_source(args.data, layout=args.layout, labelled_for="train-sweep")
     backbones = args.backbones or PRESETS.get(args.preset)()["backbones"]
     kind = sweep_input_kind(backbones)
     train_overrides = {
@@ -108,7 +113,7 @@ def main(argv=None) -> int:
     with data_prepared_later():
         build_sweep(args.preset, str(args.data or "."), out, train_overrides, **sweep_overrides)
     init_ray(args.address)  # before preprocessing, whose Ray Data pipeline would otherwise pick a Ray itself
-    data = resolve_data(args.data, args.crops, input_kind=kind)
+    data = resolve_data(args.data, args.crops, input_kind=kind, layout=args.layout)
     sweep = build_sweep(args.preset, str(data), out, train_overrides, **sweep_overrides)
     from facerec.train.sweep import run_sweep
 

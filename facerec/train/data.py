@@ -104,9 +104,10 @@ def prepare_data(cfg: TrainConfig) -> TrainData:
 
 
 def resolve_data(data: str | None, crops: str | None = None, progress: bool = True,
-                 input_kind: str = "haar_crop") -> Path:
+                 input_kind: str = "haar_crop", layout: str | None = None) -> Path:
     """A preprocessed folder for ``--data``: used as is if it holds crops.parquet, otherwise a
-    CelebA-layout photo folder preprocessed into ``input_kind`` inputs (the backbones' kind) by
+    photo folder read as ``layout`` (:mod:`facerec.data.layouts`; None: detected) preprocessed
+    into ``input_kind`` inputs (the backbones' kind) by
     :func:`facerec.data.crops_cache.preprocessed` -- into ``crops`` when given, else the shared
     cache, where serving finds the same photos' crops. No ``data``: the embedded synthetic set
     (``facerec.data.synth.ensure_synthetic``)."""
@@ -123,4 +124,4 @@ def resolve_data(data: str | None, crops: str | None = None, progress: bool = Tr
     from facerec.data.crops_cache import preprocessed
     from facerec.data.preprocess import PreprocessConfig
 
-    return preprocessed(source, PreprocessConfig(input_kind=input_kind), out=crops, progress=progress)
+    return preprocessed(source, PreprocessConfig(input_kind=input_kind, layout=layout), out=crops, progress=progress)
