@@ -7,6 +7,7 @@
     facerec build-index             embed a gallery (Ray Data actors) and build its index
     facerec evaluate                the study's retrieval tables, verification accuracy
     facerec calibrate               same-person distance thresholds at fixed false accept rates
+    facerec cluster                 photos -> people: face clustering on Ray (no labels needed)
     facerec serve                   the Ray Serve HTTP API and web page
     facerec run                     the whole chain end to end (synthetic data by default)
 """
@@ -32,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-index": ("facerec.eval.build_index_cli:main", "embed a gallery and build its index"),
     "evaluate": ("facerec.eval.evaluate_cli:main", "reproduce the study's tables"),
     "calibrate": ("facerec.eval.calibrate_cli:main", "verification thresholds at fixed false accept rates"),
+    "cluster": ("facerec.cluster.cli:main", "cluster the faces of a photo folder into people on Ray"),
     "serve": ("facerec.serve.cli:main", "start the Ray Serve HTTP API and web page"),
     "run": ("facerec.run:main", "the whole chain end to end"),
 }
