@@ -61,7 +61,8 @@ class Segment:
         self.origin = np.asarray(rows["origin"], dtype=np.uint8).copy()
         self.boxes = np.asarray(rows["box"], dtype=np.int32).copy()
         self.attrs = np.ascontiguousarray(rows["attrs"], dtype=np.int8)
-        self.source_ids = np.asarray(rows["source_id"]).astype(str).astype(object)
+        # UTF-8 (make_rows): a person folder's photo names may be any Unicode, which astype(str) refuses
+        self.source_ids = np.char.decode(np.asarray(rows["source_id"]), "utf-8").astype(object)
         # A redacted record (a delete overwrote it) has no image id: dead whatever the tombstones say.
         self.redacted = self.row_ids[self.image_ids == ""]
         self.pos_of_image = {img: i for i, img in enumerate(self.image_ids.tolist()) if img}

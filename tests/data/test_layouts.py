@@ -240,6 +240,19 @@ def test_preprocess_folder_per_person_end_to_end(people_photos, tmp_path):
     assert len(rotated) >= 2
     assert (rotated["orig_w"] == 178).all() and (rotated["orig_h"] == 218).all()
 
+    # the people's names reach the gallery, which the server's identity listing and page show
+    from facerec.gallery import GalleryBuildConfig, build_gallery
+    from facerec.gallery.snapshot import GallerySnapshot
+    from facerec.serve.defaults import make_default_checkpoint
+
+    make_default_checkpoint("mobilenet_v3_small", tmp_path / "ckpt", out, image_size=32, embedding_dim=8)
+    manifest = build_gallery(GalleryBuildConfig(crops_dir=str(out), out_dir=str(tmp_path / "gallery"),
+                                                checkpoints={"m": str(tmp_path / "ckpt")}, kinds=["exact"],
+                                                erasure_list=str(tmp_path / "none.json")))
+    assert manifest["names"] == meta["display_names"]
+    page = GallerySnapshot.load(tmp_path / "gallery").identities_page(limit=10)
+    assert {item["display_name"] for item in page["identities"]} == {expected[r] for r in kept["image_id"]}
+
 
 def test_preprocess_unlabelled_folder_keeps_every_face_as_nobody(people_photos, tmp_path):
     from facerec.data.preprocess import PreprocessConfig, preprocess
@@ -256,6 +269,13 @@ def test_preprocess_unlabelled_folder_keeps_every_face_as_nobody(people_photos, 
     assert summary["layout"] == "unlabelled" and summary["kept"] == 1 and summary["identities"] == 0
     assert kept["image_id"].tolist() == ["2019/camera/only.jpg"] and kept["identity"].tolist() == [-1]
     assert meta["labelled"] is False and meta["display_names"] == {}
+    # the stages that measure identities refuse these crops, naming why
+    from facerec.cli import check_crops
+
+    with pytest.raises(ConfigError, match=r"--crops=.* is invalid: expected crops of a labelled photo folder for "
+                                          r"evaluate \(these were made from an unlabelled folder"):
+        check_crops(out, labelled_for="evaluate")
+    check_crops(out)  # a gallery of them (build-index --split all) is fine
 
 
 def test_crops_cache_key_follows_layout_and_nested_photos(tmp_path):
