@@ -6,17 +6,21 @@ What Ray prints by default, and where it goes instead (a ``facerec run`` printed
 log file before, most of them Ray's):
 
 - the workers' output (Ray Train's dataset progress bars, controller and placement-group
-  notices, deprecation warnings, the raylet's "graceful_shutdown failed"): ``log_to_driver`` is
-  off, so it stays in the session's ``worker-*.out/err`` files;
+  notices, deprecation warnings): ``log_to_driver`` is off, so it stays in the session's
+  ``worker-*.out/err`` files;
 - the driver's Ray loggers ("Started a local Ray instance", the token-authentication notice, Ray
   Data's execution plans, Serve's start-up lines): their console handlers pass errors only, and
   everything goes to ``facerec-driver-<pid>.log`` in the session's logs folder (Ray Data's also to
   its ``ray-data/`` files);
 - Ray Data's progress bars (``logging_progress.py`` blocks every 10 s off a terminal): off;
   each stage draws its own bar (:mod:`facerec.progress`);
-- the driver core worker's native ``core_worker.cc`` warnings on stderr (e.g. that every Ray Data
-  actor pool has "constructor arguments in the object store", Ray's own issue 57733): already
-  in the session's ``python-core-driver-*.log``, so dropped from the console.
+- what Ray prints to stdout itself: Tune's experiment header (no ``verbose`` turns it off) and
+  the raylet's messages (too many workers starting, Serve's "graceful_shutdown failed" on a
+  clean stop) go to ``<name>-<pid>.log`` there while a sweep runs or Serve stops
+  (:func:`ray_prints_to_log`);
+- the driver core worker's native line that every Ray Data actor pool has "constructor
+  arguments in the object store" (Ray's own issue 57733): already in the session's
+  ``python-core-driver-*.log``, so dropped from the console (any other native line still shows).
 
 ``FACEREC_RAY_CONSOLE=1`` leaves Ray's console output as Ray makes it.
 """
@@ -213,8 +217,11 @@ def quiet_ray_console() -> None:
     they no longer print to :class:`_SessionLog`. Idempotent; cheap enough to call before each use
     of a Ray library, whose loggers are made when it is first imported (Ray Data's, Serve's).
     Also ignores the ``RayDeprecationWarning``\\ s Ray raises about its own internal calls."""
+    import ray
     from ray.util.annotations import RayDeprecationWarning
 
+    if ray._private.worker.global_worker.mode == ray._private.worker.WORKER_MODE:
+        return  # a worker's console is its log file already
     with _QUIET_LOCK:
         loggers = [logging.getLogger("ray")] + [
             lg for name, lg in list(logging.Logger.manager.loggerDict.items())
