@@ -28,3 +28,15 @@ def test_existing_gallery_is_reused(serve_artifacts, tmp_path):
     # a checkpoint the gallery was not built with, and nothing to rebuild from: refused, named
     with pytest.raises(ConfigError, match=r"checkpoints=\['mnv3'\].*models indexed in"):
         prepare_gallery(tmp_path, gallery=g, checkpoints={"mnv3": serve_artifacts["checkpoints"]["r18"]})
+
+
+def test_default_workdir_is_under_the_cache_root_read_at_each_call(serve_artifacts, tmp_path, monkeypatch):
+    from facerec.serve.local import default_workdir
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FACEREC_CACHE", str(tmp_path / "cache"))
+    assert default_workdir() == tmp_path / "cache" / "serve"
+    prepare_gallery(gallery=serve_artifacts["gallery"])  # no workdir: the default one
+    assert (tmp_path / "cache" / "serve").is_dir() and not (tmp_path / "home" / ".cache").exists()
+    monkeypatch.delenv("FACEREC_CACHE")
+    assert default_workdir() == tmp_path / "home" / ".cache" / "facerec" / "serve"
