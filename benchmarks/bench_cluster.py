@@ -1,0 +1,242 @@
+"""Face clustering (``facerec cluster``): quality against true identities, and scale.
+
+    python benchmarks/bench_cluster.py quality          # celeba-sample + lfw-sample, beside dlib CW and DBSCAN
+    python benchmarks/bench_cluster.py scale --sizes 10000,100000
+
+quality: embeddings of dlib_resnet on the MTCNN chips (celeba-sample: the crops ``facerec serve --data``
+makes, embeddings cached in --work; lfw-sample: every image of its pairs file, cropped as the
+calibration's were). Labels are hidden from the clustering and used only to score it: BCubed
+precision/recall/F (Amigo et al. 2009) and pairwise F1 of facerec's clustering (thresholds from the
+shipped calibration), dlib's ``chinese_whispers_clustering`` at 0.5 and scikit-learn's DBSCAN
+(min_samples 2, eps 0.45 -- its best on celeba-sample -- and 0.5), each face a photo of its own.
+celeba-sample lists one person under two identities (7392/7393, bench_openset's suspect_duplicates):
+the ``celeba-sample (7392=7393)`` rows score with them merged.
+
+scale: synthetic 128-d embeddings with known clusters whose distance statistics follow celeba-sample's
+(per-identity spread and centre-to-centre distances fitted to the real embeddings), clustered on the
+local Ray cluster by the same code path as photos after embedding; wall time and peak RSS (driver +
+Ray workers) per size, and time / (n log n) relative to the smallest size.
+
+Extras: dlib-bin and scikit-learn (benchmark only; never imported by facerec's runtime clustering).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from benchmarks._common import SHARED_DATA, write_table  # noqa: E402
+
+
+def _cached(path: Path, make):
+    if path.is_file():
+        return np.load(path)
+    arr = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path.with_suffix(".tmp.npy"), arr)
+    path.with_suffix(".tmp.npy").replace(path)
+    return arr
+
+
+def celeba(work: Path, ckpt: str, meta: dict, detector: dict):
+    from facerec.data.crops_cache import preprocessed
+    from facerec.data.inputs import kind_of
+    from facerec.data.preprocess import PreprocessConfig
+    from facerec.data.schema import load_crops
+    from facerec.detect import DetectorConfig
+    from facerec.eval.embed import embed_crops
+    from facerec.io import read_parquet_metadata
+
+    crops = preprocessed(SHARED_DATA / "celeba-sample", PreprocessConfig(
+        input_kind=kind_of(meta).name, **DetectorConfig.from_settings(detector).as_fields()), progress=False)
+    df, _ = load_crops(crops)
+    version = read_parquet_metadata(crops / "crops.parquet").get("data_version")
+    key = hashlib.sha256(f"{meta['model_id']}|{version}|{crops.resolve()}".encode()).hexdigest()[:12]
+    x = _cached(work / f"gallery-{key}.npy", lambda: embed_crops(df, crops, ckpt, progress=False))
+    return x.astype(np.float32), df["identity"].to_numpy(), df["image_id"].to_numpy()
+
+
+def lfw(work: Path, ckpt: str, meta: dict, detector: dict):
+    from facerec.data.inputs import kind_of
+    from facerec.eval.embed import embed_crops
+    from facerec.eval.lfw import LFWCropConfig, crop_lfw_images, default_crop_dir, read_lfw_pairs
+
+    root = SHARED_DATA / "lfw-sample"
+    pairs = read_lfw_pairs(root)
+    images = sorted(set(pairs["path1"]) | set(pairs["path2"]))
+    cfg = LFWCropConfig(input_kind=kind_of(meta).name, crop_size=int(meta.get("image_size")), detector=detector)
+    crop_dir = default_crop_dir(root, cfg)
+    df = crop_lfw_images(root, images, crop_dir, cfg)
+    df = df[df["method"] != "centre"].reset_index(drop=True)  # faces the detector found
+    key = hashlib.sha256(f"{meta['model_id']}|{cfg.fingerprint()}|{'|'.join(df['image'])}".encode()).hexdigest()[:12]
+    x = _cached(work / f"lfw-all-{key}.npy", lambda: embed_crops(df, crop_dir, ckpt, progress=False))
+    return x.astype(np.float32), df["image"].str.split("/").str[-2].to_numpy(), df["image"].to_numpy()
+
+
+def score(name: str, method: str, labels, truth, seconds: float) -> dict:
+    from facerec.cluster.metrics import bcubed, pairwise_prf
+
+    b, p = bcubed(labels, truth), pairwise_prf(labels, truth)
+    return {"data": name, "method": method, "faces": len(truth), "identities": len(np.unique(truth)),
+            "clusters": len(np.unique(labels)), "bcubed_p": round(b["precision"], 4), "bcubed_r": round(b["recall"], 4),
+            "bcubed_f": round(b["f"], 4), "pairwise_p": round(p["precision"], 4), "pairwise_r": round(p["recall"], 4),
+            "pairwise_f1": round(p["f"], 4), "seconds": round(seconds, 2)}
+
+
+def quality(args) -> pd.DataFrame:
+    import dlib
+    from sklearn.cluster import DBSCAN
+
+    from facerec.cluster import ClusterConfig, cluster_embeddings
+    from facerec.cluster.thresholds import model_thresholds
+    from facerec.detect import crops_detector
+    from facerec.models import read_checkpoint_metadata
+    from facerec.models.calibration import read_calibration
+    from facerec.models.pretrained import resolve_checkpoint
+
+    ckpt = resolve_checkpoint("dlib_resnet")
+    meta = read_checkpoint_metadata(ckpt)
+    detector = crops_detector(read_calibration(ckpt, meta)["data"])
+    th = model_thresholds(ckpt, args.link_far, args.merge_far)
+    print(f"bench_cluster: thresholds link {th.link:.4f} merge {th.merge:.4f} from {th.origin}", flush=True)
+    work = Path(args.work)
+    rows = []
+    sets = {"celeba-sample": celeba(work, ckpt, meta, detector), "lfw-sample": lfw(work, ckpt, meta, detector)}
+    for name, (x, truth, photos) in sets.items():
+        t = time.perf_counter()
+        res = cluster_embeddings(x, ClusterConfig(link=th.link, merge=th.merge, k=args.k, snn=args.snn),
+                                 photos=photos)
+        ours = (res.groups, time.perf_counter() - t)
+        t = time.perf_counter()
+        cw = np.asarray(dlib.chinese_whispers_clustering([dlib.vector(v.astype(float).tolist()) for v in x], 0.5))
+        cw_s = time.perf_counter() - t
+        db = {}
+        for eps in (0.45, 0.5):
+            t = time.perf_counter()
+            lab = DBSCAN(eps=eps, min_samples=2).fit_predict(x)
+            db[eps] = (np.where(lab < 0, -1 - np.arange(len(x)), lab), time.perf_counter() - t)  # noise: alone
+        truths = [(name, truth)]
+        if name == "celeba-sample":
+            merged = truth.copy()
+            merged[merged == 7393] = 7392
+            truths.append((f"{name} (7392=7393)", merged))
+        for label, tr in truths:
+            rows.append(score(label, f"facerec (k={args.k}, snn={args.snn})", *ours[:1], tr, ours[1]))
+            rows.append(score(label, "dlib chinese_whispers 0.5", cw, tr, cw_s))
+            for eps, (lab, s) in db.items():
+                rows.append(score(label, f"sklearn DBSCAN eps={eps}", lab, tr, s))
+    return pd.DataFrame(rows)
+
+
+def synthetic(n: int, x_real: np.ndarray, y_real: np.ndarray, seed: int = 0, per: int = 20):
+    """n 128-d embeddings in n/per identities: centres drawn around the real embeddings' mean with
+    the real centres' spread per dimension (so centre-to-centre distances match), faces around their
+    centre with a per-identity spread drawn from the real identities' spreads."""
+    rng = np.random.default_rng(seed)
+    ids = np.unique(y_real)
+    centres = np.stack([x_real[y_real == i].mean(0) for i in ids])
+    spreads = np.array([np.sqrt(((x_real[y_real == i] - c) ** 2).sum(1).mean() / x_real.shape[1])
+                        for i, c in zip(ids, centres)])
+    m = max(1, n // per)
+    c = centres.mean(0) + rng.normal(size=(m, x_real.shape[1])) * centres.std(0)
+    y = rng.integers(0, m, size=n)
+    s = rng.choice(spreads, size=m)
+    x = (c[y] + rng.normal(size=(n, x_real.shape[1])) * s[y, None]).astype(np.float32)
+    return x, y
+
+
+class PeakRSS:
+    """Peak resident memory of this process plus its children (Ray's workers), sampled every 0.2 s."""
+
+    def __init__(self):
+        import psutil
+
+        self.proc, self.peak, self.stop = psutil.Process(), 0, threading.Event()
+
+    def _rss(self) -> int:
+        total = self.proc.memory_info().rss
+        for ch in self.proc.children(recursive=True):
+            try:
+                total += ch.memory_info().rss
+            except Exception:
+                pass
+        return total
+
+    def __enter__(self):
+        self.peak = self._rss()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+        return self
+
+    def _run(self):
+        while not self.stop.wait(0.2):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.t.join()
+
+
+def scale(args) -> pd.DataFrame:
+    from facerec.cluster import ClusterConfig, bcubed, cluster_embeddings
+    from facerec.cluster.thresholds import model_thresholds
+    from facerec.models.pretrained import resolve_checkpoint
+    from facerec.ray_utils import init_ray
+
+    ckpt = resolve_checkpoint("dlib_resnet")
+    th = model_thresholds(ckpt, args.link_far, args.merge_far)
+    x_real = np.load(Path(args.work) / "gallery-4680cae6045c.npy").astype(np.float32)
+    from facerec.data.schema import load_crops
+
+    y_real = load_crops(args.celeba_crops)[0]["identity"].to_numpy()
+    init_ray()
+    rows = []
+    for n in args.sizes:
+        x, y = synthetic(n, x_real, y_real)
+        with PeakRSS() as mem:
+            t = time.perf_counter()
+            res = cluster_embeddings(x, ClusterConfig(link=th.link, merge=th.merge, k=args.k, snn=args.snn))
+            sec = time.perf_counter() - t
+        b = bcubed(res.groups, y)
+        rows.append({"n": n, "index": "exact" if n <= 50_000 else "hnsw", "seconds": round(sec, 1),
+                     **{f"{k}_s": v for k, v in res.stats["seconds"].items()}, "peak_rss_gib": round(mem.peak / 2**30, 2),
+                     "clusters": res.stats["clusters"], "bcubed_p": round(b["precision"], 4),
+                     "bcubed_r": round(b["recall"], 4)})
+        print(rows[-1], flush=True)
+    df = pd.DataFrame(rows)
+    n0, s0 = df["n"].iloc[0], df["seconds"].iloc[0]
+    df["time_over_nlogn"] = (df["seconds"] / s0) / ((df["n"] * np.log(df["n"])) / (n0 * np.log(n0)))
+    df["time_over_nlogn"] = df["time_over_nlogn"].round(2)
+    return df
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["quality", "scale"])
+    ap.add_argument("--k", type=int, default=15)
+    ap.add_argument("--snn", type=float, default=0.6)
+    ap.add_argument("--link-far", type=float, default=1e-3)
+    ap.add_argument("--merge-far", type=float, default=1e-4)
+    ap.add_argument("--sizes", default="10000,100000")
+    ap.add_argument("--celeba-crops", default=str(Path.home() / ".cache/facerec/crops/celeba-sample-40d64d99a7b9"))
+    ap.add_argument("--work", default="results/bench_openset/work", help="cached embeddings")
+    ap.add_argument("--out", default="results/bench_cluster")
+    args = ap.parse_args(argv)
+    args.sizes = [int(s) for s in args.sizes.split(",")]
+    df = quality(args) if args.what == "quality" else scale(args)
+    print(df.to_string(index=False))
+    write_table(df, args.out, f"bench_cluster_{args.what}", f"facerec cluster: {args.what}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
