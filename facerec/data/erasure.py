@@ -34,6 +34,7 @@ from facerec.errors import ArtifactMismatchError
 
 ERASED_FILE = "erased.json"
 ERASED_FORMAT = "facerec-erased/1"
+MERGED_PART = "part-merged.parquet"
 
 
 @dataclass(frozen=True)
@@ -151,12 +152,20 @@ def scrub_outputs(folder: Path, names: set[str]) -> int:
             pass
     if removed:
         fsync_dir(folder / "crops")
-    for part in sorted((folder / PARTS_DIR).glob("part-*.parquet")):
-        rows = pd.read_parquet(part)
-        gone = rows["image_id"].isin(names)
-        if gone.any():
-            atomic_write_parquet(part, rows[~gone].reset_index(drop=True))
-            removed += int(gone.sum())
+    parts = sorted((folder / PARTS_DIR).glob("part-*.parquet"))
+    if not parts:
+        return removed
+    rows = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    gone = rows["image_id"].isin(names)
+    if gone.any() or len(parts) > 1:
+        # One merged resume record instead of one file per batch (a real CelebA leaves ~12,700):
+        # this runs at every use of a folder whose photos have erasures, so it must stay cheap.
+        merged = folder / PARTS_DIR / MERGED_PART
+        atomic_write_parquet(merged, rows[~gone].drop_duplicates("image_id", keep="last").reset_index(drop=True))
+        for p in parts:
+            if p != merged:
+                p.unlink(missing_ok=True)
+        removed += int(gone.sum())
     return removed
 
 
