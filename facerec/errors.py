@@ -61,3 +61,8 @@ class DeploymentStartError(FacerecError, RuntimeError):
 
 class NotFoundError(FacerecError, LookupError):
     """A gallery image or identity named by a request does not exist (or was deleted)."""
+
+
+class ConflictError(FacerecError, ValueError):
+    """A gallery edit that contradicts the gallery's state (e.g. moving an image to the identity it
+    already has): nothing was changed (HTTP 409)."""

@@ -1,6 +1,6 @@
 """The gallery a query is matched against, as its own package below ``eval`` and ``serve``:
 the folder format and manifest (:mod:`~facerec.gallery.format`), one builder
-(:mod:`~facerec.gallery.build`), add / delete / display names / compaction
+(:mod:`~facerec.gallery.build`), add / delete / display names / merge and move / compaction
 (:mod:`~facerec.gallery.edit`), and the in-memory snapshot a Retriever searches
 (:mod:`~facerec.gallery.snapshot`).
 """
@@ -13,6 +13,8 @@ from facerec.gallery.edit import (
     apply_erasures,
     compact,
     delete_from_gallery,
+    merge_identities,
+    move_image,
     photo_folder,
     recover,
     set_display_name,
@@ -30,7 +32,7 @@ from facerec.gallery.snapshot import GallerySnapshot, LoadedModel
 __all__ = [
     "CROPS", "EMBED_ENGINES", "GALLERY_FORMAT", "MANIFEST", "CompactionPolicy", "GalleryBuildConfig", "GallerySnapshot",
     "LoadedModel", "add_to_gallery", "apply_erasures", "build_gallery", "compact", "delete_from_gallery", "load_embeddings",
-    "load_saved_index", "manifest_fingerprint", "model_entry", "photo_folder", "read_manifest", "read_table", "recover",
+    "load_saved_index", "manifest_fingerprint", "merge_identities", "model_entry", "move_image", "photo_folder", "read_manifest", "read_table", "recover",
     "set_display_name", "write_lock",
 ]
 

@@ -16,6 +16,13 @@ Every change takes the writers' lock, writes only what changed, and commits a ne
   one again, and the segment files are not strictly immutable (only deleted rows change, and
   only to zeros, which every reader treats as deleted). Only the row ids stay, as tombstones,
   until a compaction rewrites the segment.
+* **Merge and move** (:func:`merge_identities`, :func:`move_image`) change rows' identities without
+  touching a segment: each commits a version whose *relabel table* (``relabels/r<version>.npy``,
+  [row id, identity] pairs, like the tombstones a file the manifest names) overrides the identity
+  recorded in the rows file; every reader applies it (:func:`facerec.gallery.format.relabelled`),
+  and compaction writes the new identities into the rows and drops the table. Bytes written are
+  proportional to the rows relabelled so far, not to the gallery, and no index changes (an index
+  holds row ids and vectors, never identities).
 * **Compaction** folds the deltas and tombstones into one new base segment with saved indexes
   (a full rewrite, run when :class:`CompactionPolicy` says so, or on demand) and removes what
   it replaced.
@@ -36,10 +43,11 @@ from typing import Any, Callable
 import numpy as np
 
 from facerec.data.schema import ATTRIBUTE_NAMES
-from facerec.errors import ArtifactMismatchError, ConfigError, NotFoundError
+from facerec.errors import ArtifactMismatchError, ConfigError, ConflictError, NotFoundError
 from facerec.gallery.format import (
     CROPS,
     IDENTITY_MAX,
+    RELABELS,
     ROWS_FILE,
     SEGMENTS,
     TOMBSTONES,
@@ -50,8 +58,10 @@ from facerec.gallery.format import (
     new_image_id,
     read_embeddings,
     read_manifest,
+    read_relabels,
     read_rows,
     read_tombstones,
+    relabelled,
     row_dtype,
     segment_dir,
     write_lock,
@@ -205,12 +215,13 @@ def recover(gallery_dir: str | os.PathLike, manifest: dict[str, Any] | None = No
             for sub in folder.iterdir():
                 if sub.is_dir() and sub.name.startswith("index-") and sub.name not in keep:
                     shutil.rmtree(sub, ignore_errors=True)
-    current = (manifest.get("tombstones") or {}).get("path")
-    tdir = gallery_dir / TOMBSTONES
-    if tdir.is_dir():
-        for f in tdir.iterdir():
-            if f"{TOMBSTONES}/{f.name}" != current and not f.name.startswith("."):
-                f.unlink(missing_ok=True)
+    for folder, key in ((TOMBSTONES, "tombstones"), (RELABELS, "relabels")):
+        current = (manifest.get(key) or {}).get("path")
+        tdir = gallery_dir / folder
+        if tdir.is_dir():
+            for f in tdir.iterdir():
+                if f"{folder}/{f.name}" != current and not f.name.startswith("."):
+                    f.unlink(missing_ok=True)
     return fixed
 
 
@@ -332,6 +343,7 @@ def delete_from_gallery(gallery_dir: str | os.PathLike, image_ids: list[str] | N
         manifest = read_manifest(gallery_dir)
         recover(gallery_dir, manifest)
         tomb = read_tombstones(gallery_dir, manifest)
+        relabels = read_relabels(gallery_dir, manifest)
         hits: list[tuple[dict[str, Any], np.ndarray]] = []
         live_identities: list[np.ndarray] = []
         del_rows, del_images, del_identities, del_sources = [], [], [], []
@@ -340,15 +352,16 @@ def delete_from_gallery(gallery_dir: str | os.PathLike, image_ids: list[str] | N
             live = rows["image_id"] != b""
             if len(tomb):
                 live &= ~np.isin(rows["row_id"], tomb)
-            match = (rows["identity"] == int(identity)) if identity is not None else np.isin(rows["image_id"], wanted)
+            idents = relabelled(rows["row_id"], np.asarray(rows["identity"]), relabels)
+            match = (idents == int(identity)) if identity is not None else np.isin(rows["image_id"], wanted)
             match &= live
             pos = np.flatnonzero(match)
-            live_identities.append(np.asarray(rows["identity"][live & ~match]))
+            live_identities.append(np.asarray(idents[live & ~match]))
             if len(pos):
                 hits.append((entry, pos))
                 del_rows.extend(int(r) for r in rows["row_id"][pos])
                 del_images.extend(b.decode() for b in rows["image_id"][pos])
-                del_identities.extend(int(i) for i in rows["identity"][pos])
+                del_identities.extend(int(i) for i in idents[pos])
                 del_sources.extend(b.decode() if o == 0 else "" for b, o in zip(rows["source_id"][pos], rows["origin"][pos]))
         if not hits:
             what = f"identity {identity}" if identity is not None else f"image(s) {image_ids}"
@@ -445,14 +458,7 @@ def set_display_name(gallery_dir: str | os.PathLike, identity: int, name: str | 
     name = check_display_name(name)
     with write_lock(gallery_dir):
         manifest = read_manifest(gallery_dir)
-        tomb = read_tombstones(gallery_dir, manifest)
-        count = 0
-        for entry in manifest["segments"]:
-            rows = read_rows(gallery_dir, entry["id"], mmap=True)
-            m = (rows["identity"] == int(identity)) & (rows["image_id"] != b"")
-            if len(tomb):
-                m &= ~np.isin(rows["row_id"], tomb)
-            count += int(m.sum())
+        count = int(len(_live_rows_of(gallery_dir, manifest, int(identity))[0]))
         if count == 0:
             raise NotFoundError(f"identity {identity} has no image in the gallery")
         names = dict(manifest.get("names") or {})
@@ -463,6 +469,116 @@ def set_display_name(gallery_dir: str | os.PathLike, identity: int, name: str | 
         version = int(manifest["version"]) + 1
         commit_manifest(gallery_dir, {**manifest, "version": version, "names": names, "updated_at": time.time()})
     return {"version": version, "identity": int(identity), "display_name": name, "images": count}
+
+
+# --------------------------------------------------------------------------------------------
+# Merge and move (the relabel table)
+# --------------------------------------------------------------------------------------------
+
+
+def _live_rows_of(gallery_dir: Path, manifest: dict[str, Any], identity: int | None = None,
+                  image_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(row ids, current identities) of the live rows of ``identity`` (or the one row of ``image_id``)."""
+    tomb = read_tombstones(gallery_dir, manifest)
+    relabels = read_relabels(gallery_dir, manifest)
+    rids, idents = [], []
+    for entry in manifest["segments"]:
+        rows = read_rows(gallery_dir, entry["id"], mmap=True)
+        current = relabelled(rows["row_id"], np.asarray(rows["identity"]), relabels)
+        m = rows["image_id"] != b""
+        if len(tomb):
+            m &= ~np.isin(rows["row_id"], tomb)
+        m &= (current == int(identity)) if image_id is None else (rows["image_id"] == image_id.encode())
+        rids.append(np.asarray(rows["row_id"][m], dtype=np.int64)), idents.append(np.asarray(current[m], dtype=np.int64))
+    if not rids:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(rids), np.concatenate(idents)
+
+
+def _check_identity(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) <= IDENTITY_MAX:
+        raise ConfigError(name, value, f"an integer in [0, {IDENTITY_MAX}]")
+    return int(value)
+
+
+def _commit_relabels(gallery_dir: Path, manifest: dict[str, Any], row_ids: np.ndarray, identity: int,
+                     names: dict[str, str]) -> int:
+    """Commit a version whose relabel table gives ``row_ids`` the identity ``identity`` (the
+    table of the previous version plus these; its file is written first, the manifest last, so a
+    writer killed in between leaves the old version and an orphan file recover() removes)."""
+    version = int(manifest["version"]) + 1
+    old = read_relabels(gallery_dir, manifest)
+    keep = old[~np.isin(old[:, 0], row_ids)]
+    table = np.concatenate([keep, np.stack([row_ids, np.full(len(row_ids), identity, np.int64)], axis=1)])
+    table = np.ascontiguousarray(table[np.argsort(table[:, 0], kind="stable")], dtype=np.int64)
+    rel = f"{RELABELS}/r{version:06d}.npy"
+    with atomic_path(gallery_dir / rel) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, table, allow_pickle=False)
+    commit_manifest(gallery_dir, {**manifest, "version": version, "relabels": {"path": rel, "count": int(len(table))},
+                                  "names": names, "updated_at": time.time()})
+    previous = (manifest.get("relabels") or {}).get("path")
+    if previous:
+        (gallery_dir / previous).unlink(missing_ok=True)
+    return version
+
+
+def merge_identities(gallery_dir: str | os.PathLike, into: int, other: int) -> dict[str, Any]:
+    """Make every live row of identity ``other`` a row of ``into`` (two clusters found to be one
+    person): one committed version. ``into`` keeps its display name; without one it takes
+    ``other``'s. ``NotFoundError`` when either has no live row; ``ConfigError`` when they are equal.
+
+    Returns {"version", "identity" (into), "merged" (other), "moved" (rows relabelled), "images"
+    (rows of ``into`` now), "display_name"}."""
+    gallery_dir = Path(gallery_dir)
+    into, other = _check_identity("identity", into), _check_identity("from", other)
+    if into == other:
+        raise ConfigError("from", other, f"another identity than {into} (an identity cannot be merged into itself)")
+    with write_lock(gallery_dir):
+        manifest = read_manifest(gallery_dir)
+        recover(gallery_dir, manifest)
+        kept = _live_rows_of(gallery_dir, manifest, into)[0]
+        moved = _live_rows_of(gallery_dir, manifest, other)[0]
+        for ident, rows in ((into, kept), (other, moved)):
+            if not len(rows):
+                raise NotFoundError(f"identity {ident} has no image in the gallery")
+        names = dict(manifest.get("names") or {})
+        taken = names.pop(str(other), None)
+        if str(into) not in names and taken is not None:
+            names[str(into)] = taken
+        version = _commit_relabels(gallery_dir, manifest, moved, into, names)
+    return {"version": version, "identity": into, "merged": other, "moved": int(len(moved)),
+            "images": int(len(kept) + len(moved)), "display_name": names.get(str(into))}
+
+
+def move_image(gallery_dir: str | os.PathLike, image_id: str, identity: int) -> dict[str, Any]:
+    """Make the live image ``image_id`` a row of ``identity`` (a face put in the wrong person; an
+    identity with no image yet splits it off into a new person): one committed version.
+    ``NotFoundError`` for an unknown image; ``ConflictError`` when it already is of ``identity``.
+    The identity it leaves loses its display name once it has no image left.
+
+    Returns {"version", "image_id", "identity", "previous_identity", "images" (rows of ``identity``
+    now), "display_name"}."""
+    gallery_dir = Path(gallery_dir)
+    identity = _check_identity("identity", identity)
+    if not isinstance(image_id, str) or not image_id:
+        raise ConfigError("image_id", image_id, "a gallery image id")
+    with write_lock(gallery_dir):
+        manifest = read_manifest(gallery_dir)
+        recover(gallery_dir, manifest)
+        rows, current = _live_rows_of(gallery_dir, manifest, image_id=image_id)
+        if not len(rows):
+            raise NotFoundError(f"no live gallery image {image_id!r} (never added, or deleted)")
+        previous = int(current[0])
+        if previous == identity:
+            raise ConflictError(f"image {image_id!r} already is of identity {identity}: nothing to move")
+        names = dict(manifest.get("names") or {})
+        if len(_live_rows_of(gallery_dir, manifest, previous)[0]) == 1:
+            names.pop(str(previous), None)  # its last image left: like a delete, the name goes with it
+        images = int(len(_live_rows_of(gallery_dir, manifest, identity)[0])) + 1
+        version = _commit_relabels(gallery_dir, manifest, rows[:1], identity, names)
+    return {"version": version, "image_id": image_id, "identity": identity, "previous_identity": previous,
+            "images": images, "display_name": names.get(str(identity))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -518,10 +634,12 @@ def compact(gallery_dir: str | os.PathLike, policy: CompactionPolicy | None = No
         if not force and not policy.due(manifest):
             return None
         tomb = read_tombstones(gallery_dir, manifest)
+        relabels = read_relabels(gallery_dir, manifest)
         version = int(manifest["version"]) + 1
         parts, embs = [], {name: [] for name in manifest["models"]}
         for entry in manifest["segments"]:
             rows = read_rows(gallery_dir, entry["id"])
+            rows["identity"] = relabelled(rows["row_id"], rows["identity"], relabels)  # merges and moves folded in
             live = (rows["image_id"] != b"") & ~np.isin(rows["row_id"], tomb)
             parts.append(rows[live])
             for name, spec in manifest["models"].items():
@@ -540,9 +658,9 @@ def compact(gallery_dir: str | os.PathLike, policy: CompactionPolicy | None = No
                               "gallery_version": version}
             segments = [write_segment(gallery_dir, f"s{version:06d}", "base", rows, emb_all, indexes, meta)]
         new = {**manifest, "version": version, "rows": int(len(rows)), "segments": segments, "tombstones": None,
-               "updated_at": time.time(), "compacted_at": time.time()}
+               "relabels": None, "updated_at": time.time(), "compacted_at": time.time()}
         commit_manifest(gallery_dir, new)
-        recover(gallery_dir, new)  # the replaced segments and tombstone files go
+        recover(gallery_dir, new)  # the replaced segments, tombstone and relabel files go
         live_crops = {crop_rel(i.decode(), e.decode()).split("/", 1)[1] for i, e in zip(rows["image_id"], rows["crop_ext"])}
         crops = gallery_dir / CROPS
         if crops.is_dir():

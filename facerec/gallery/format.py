@@ -11,12 +11,15 @@ GALLERY/
                               "segments": [{"id", "kind": "base"|"delta", "rows", "first_row", "last_row",
                                             "indexes": {name: {kind: "segments/<id>/index-<name>-<kind>"}}}],
                               "tombstones": {"path": "tombstones/t000007.npy", "count"} | null,
-                              "names": {identity: display name}}
+                              "relabels": {"path": "relabels/r000009.npy", "count"} | null,
+                              "names": {identity: display name}, "labelled": false (identities are clusters)}
   segments/<id>/             one immutable folder per segment (published with facerec.io.publish_folder):
       rows.npy               structured array, one fixed-width record per row (ROW_FIELDS)
       emb-<name>.npy         (rows, d) float32, row i = record i, one file per model
       index-<name>-<kind>/   the saved facerec.index of the segment (base segments), ids = row_id
   tombstones/t<version>.npy  sorted int64 row ids deleted but still inside a segment (until compaction)
+  relabels/r<version>.npy    (n, 2) int64 [row id, identity], sorted by row id: rows whose identity a merge
+                             or a move changed since their segment was written (until compaction)
   crops/<image_id>.png       the stored model inputs, served as thumbnails
   .write.lock                writers' lock (filelock): one writer at a time across processes
 ```
@@ -50,6 +53,7 @@ MANIFEST = "gallery.json"
 CROPS = "crops"
 SEGMENTS = "segments"
 TOMBSTONES = "tombstones"
+RELABELS = "relabels"
 LOCK = ".write.lock"
 ROWS_FILE = "rows.npy"
 IMAGE_ID_BYTES = 12  # secrets.token_urlsafe(12): 16 characters, 96 random bits
@@ -168,6 +172,38 @@ def read_tombstones(gallery_dir: str | os.PathLike, manifest: dict[str, Any]) ->
     if ids.dtype != np.int64 or ids.ndim != 1 or len(ids) != int(entry["count"]):
         raise ArtifactMismatchError(f"{path}: expected {entry['count']} int64 row ids, found {ids.dtype} {ids.shape}")
     return ids
+
+
+def read_relabels(gallery_dir: str | os.PathLike, manifest: dict[str, Any]) -> np.ndarray:
+    """(n, 2) int64 [row id, identity] sorted by row id: the identities merges and moves gave rows
+    after their segment was written (segments are never rewritten for it; compaction folds them in)."""
+    entry = manifest.get("relabels")
+    if not entry:
+        return np.zeros((0, 2), dtype=np.int64)
+    path = Path(gallery_dir) / entry["path"]
+    try:
+        table = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataNotFoundError(f"{path} not found but named by {Path(gallery_dir) / MANIFEST}: the gallery is damaged") from None
+    if table.dtype != np.int64 or table.shape != (int(entry["count"]), 2):
+        raise ArtifactMismatchError(f"{path}: expected ({entry['count']}, 2) int64 [row id, identity], found "
+                                    f"{table.dtype} {table.shape}")
+    return table
+
+
+def relabelled(row_ids: np.ndarray, identities: np.ndarray, relabels: np.ndarray) -> np.ndarray:
+    """``identities`` of rows ``row_ids`` with the overrides of ``relabels`` applied (a new array
+    when any applies, else ``identities`` itself)."""
+    if not len(relabels) or not len(row_ids):
+        return identities
+    at = np.searchsorted(relabels[:, 0], row_ids)
+    hit = at < len(relabels)
+    hit[hit] = relabels[at[hit], 0] == np.asarray(row_ids)[hit]
+    if not hit.any():
+        return identities
+    out = np.array(identities, dtype=np.int64, copy=True)
+    out[hit] = relabels[at[hit], 1]
+    return out
 
 
 def read_rows(gallery_dir: str | os.PathLike, sid: str, mmap: bool = False) -> np.ndarray:

@@ -14,6 +14,7 @@ new segment's few rows, not a reload of the gallery.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,10 @@ from facerec.gallery.format import (
     manifest_fingerprint,
     read_embeddings,
     read_manifest,
+    read_relabels,
     read_rows,
     read_tombstones,
+    relabelled,
     segment_dir,
 )
 
@@ -68,6 +71,18 @@ class Segment:
         self.pos_of_image = {img: i for i, img in enumerate(self.image_ids.tolist()) if img}
         self.indexes = indexes or {}
         self.embeddings = embeddings or {}
+        self.base = self  # the segment as its rows file records it (before a version's relabels)
+
+    def with_relabels(self, relabels: np.ndarray) -> "Segment":
+        """This segment with the identities a version's relabel table (merges, moves) gives its
+        rows: a shallow copy sharing everything else, or the segment itself when none applies."""
+        base = self.base
+        identities = relabelled(base.row_ids, base.identities, relabels)
+        if identities is base.identities:
+            return base
+        seg = copy.copy(base)
+        seg.identities = identities
+        return seg
 
     def __len__(self) -> int:
         return len(self.row_ids)
@@ -135,13 +150,14 @@ class GallerySnapshot:
         tomb = read_tombstones(gallery_dir, manifest)
         reusable: dict[str, Segment] = {}
         if previous is not None and previous._override == override and previous.gallery_dir == gallery_dir:
-            reusable = {s.sid: s for s in previous.segments}
+            reusable = {s.sid: s.base for s in previous.segments}
+        relabels = read_relabels(gallery_dir, manifest)
         segments: list[Segment] = []
         for entry in manifest["segments"]:
             seg = reusable.get(entry["id"])
             if seg is None or seg.kind != entry["kind"]:
                 seg = _load_segment(gallery_dir, manifest, entry, loaded, tomb, index_kind, index_params)
-            segments.append(seg)
+            segments.append(seg.with_relabels(relabels))
         deltas = [s for s in segments if s.kind == "delta"]
         delta_indexes = {}
         if previous is not None and reusable and [s.sid for s in deltas] == previous._delta_sids() \
