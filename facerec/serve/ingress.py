@@ -13,6 +13,8 @@ Routes (schema at ``/docs``, ``/openapi.json``):
   server derived from their photos (:mod:`facerec.data.erasure`); the answer names the photo
   folder, which still holds the photos (bearer token)
 - ``GET  /v1/gallery/identities`` (paged), ``PUT /v1/gallery/identities/{identity}`` (display name)
+- ``POST /v1/gallery/identities/{identity}/merge`` (``{"from": other}``), ``PUT /v1/gallery/images/{image_id}/identity``
+  (``{"identity": n}``): merge two people, move a face to another person (bearer token; one new version each)
 
 With a read token configured (``read_token``), search, verify, images and listings need it too.
 - ``GET  /v1/models``, ``GET /healthz``
@@ -182,6 +184,35 @@ class DisplayNameResponse(BaseModel):
     display_name: str | None
     images: int
     gallery_version: int
+
+
+class MergeJSON(BaseModel):
+    from_: int = Field(alias="from", ge=0, le=IDENTITY_MAX, strict=True,
+                       description="The identity whose images all become images of the identity in the path")
+
+
+class MergeResponse(BaseModel):
+    identity: int = Field(description="The identity that holds both now")
+    merged: int = Field(description="The identity merged into it (it has no image left)")
+    moved: int = Field(description="Images relabelled")
+    images: int = Field(description="Images of the identity now")
+    display_name: str | None = Field(description="Its display name (the merged one's, when it had none)")
+    gallery_version: int = Field(description="The committed version in which they are one")
+
+
+class MoveJSON(BaseModel):
+    identity: int = Field(ge=0, le=IDENTITY_MAX, strict=True,
+                          description="The identity the image belongs to (one with no image yet splits it off as a "
+                                      "new person)")
+
+
+class MoveResponse(BaseModel):
+    image_id: str
+    identity: int
+    previous_identity: int
+    images: int = Field(description="Images of the identity now")
+    display_name: str | None
+    gallery_version: int = Field(description="The committed version in which the image is of its new identity")
 
 
 class AddWarning(BaseModel):
@@ -388,7 +419,7 @@ def _json_body(body: bytes) -> Any:
 def _validated(model: type[BaseModel], payload: Any) -> Any:
     """``payload`` (a parsed JSON body) as ``model``, or 422 ``bad_parameter`` naming each field."""
     if not isinstance(payload, dict):
-        raise APIError(422, "bad_parameter", f"body: a JSON object with the fields {sorted(model.model_fields)} "
+        raise APIError(422, "bad_parameter", f"body: a JSON object with the fields {sorted(f.alias or n for n, f in model.model_fields.items())} "
                                              f"expected (got {_json_type(payload)})")
     try:
         return model.model_validate(payload)
@@ -929,3 +960,46 @@ class Ingress:
                                           f"cannot name identity {identity}")
         return JSONResponse(DisplayNameResponse(identity=out["identity"], display_name=out["display_name"],
                                                 images=out["images"], gallery_version=out["version"]).model_dump())
+
+    @app.post(
+        "/v1/gallery/identities/{identity}/merge",
+        response_model=MergeResponse,
+        openapi_extra={"requestBody": {"required": True, "description": "The identity to merge into this one",
+                                        "content": {"application/json": {"schema": MergeJSON.model_json_schema()}}}},
+        responses=_error_responses(400, 401, 403, 404, 415, 422, 503, 504),
+        summary="Merge another identity into this one (two clusters of one person): every image of `from` becomes an "
+                "image of this identity, in one new version",
+    )
+    async def gallery_merge_identity(self, request: Request, identity: int) -> JSONResponse:
+        self._authorize(request)
+        if not 0 <= identity <= IDENTITY_MAX:
+            raise APIError(422, "bad_parameter", f"identity must be an integer in [0, {IDENTITY_MAX}] (got {identity})")
+        if _content_type(request) != "application/json":
+            raise APIError(415, "unsupported_media_type", 'send application/json: {"from": IDENTITY}')
+        payload = _validated(MergeJSON, _json_body(await request.body()))
+        out = await self._retriever_write(self.retriever.merge.remote(identity, payload.from_),
+                                          f"cannot merge identity {payload.from_} into {identity}")
+        return JSONResponse(MergeResponse(identity=out["identity"], merged=out["merged"], moved=out["moved"],
+                                          images=out["images"], display_name=out["display_name"],
+                                          gallery_version=out["version"]).model_dump())
+
+    @app.put(
+        "/v1/gallery/images/{image_id}/identity",
+        response_model=MoveResponse,
+        openapi_extra={"requestBody": {"required": True, "description": "The identity the image is to belong to",
+                                        "content": {"application/json": {"schema": MoveJSON.model_json_schema()}}}},
+        responses=_error_responses(400, 401, 403, 404, 409, 415, 422, 503, 504),
+        summary="Move one gallery image to another identity (a face put in the wrong person), in one new version",
+    )
+    async def gallery_move_image(self, request: Request, image_id: str) -> JSONResponse:
+        self._authorize(request)
+        if not _IMAGE_ID.match(image_id) or ".." in image_id:
+            raise APIError(400, "bad_image_id", f"{image_id!r} is not a gallery image id (letters, digits, '_', '-', '.')")
+        if _content_type(request) != "application/json":
+            raise APIError(415, "unsupported_media_type", 'send application/json: {"identity": IDENTITY}')
+        payload = _validated(MoveJSON, _json_body(await request.body()))
+        out = await self._retriever_write(self.retriever.move.remote(image_id, payload.identity),
+                                          f"cannot move image {image_id!r}")
+        return JSONResponse(MoveResponse(image_id=out["image_id"], identity=out["identity"],
+                                         previous_identity=out["previous_identity"], images=out["images"],
+                                         display_name=out["display_name"], gallery_version=out["version"]).model_dump())

@@ -1,5 +1,5 @@
 """The ``Retriever`` deployment: top-k search in the gallery (:mod:`facerec.gallery`), and its
-writes (add, delete, display names).
+writes (add, delete, display names, merge, move).
 
 Each replica serves an immutable :class:`~facerec.gallery.GallerySnapshot`. A new gallery version
 (a write by any replica, a compaction, or a rebuild) is applied without downtime: a background
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from facerec.errors import ArtifactMismatchError, ConfigError, DataNotFoundError, NotFoundError
+from facerec.errors import ArtifactMismatchError, ConfigError, ConflictError, DataNotFoundError, NotFoundError
 from facerec.gallery import (
     CompactionPolicy,
     GallerySnapshot,
@@ -31,6 +31,8 @@ from facerec.gallery import (
     compact,
     delete_from_gallery,
     manifest_fingerprint,
+    merge_identities,
+    move_image,
     recover,
     set_display_name,
     write_lock,
@@ -248,6 +250,20 @@ class RetrieverCore:
             self._after_write()
             return out
 
+    def merge(self, into: int, other: int) -> dict[str, Any]:
+        """Every image of identity ``other`` becomes one of ``into`` (:func:`merge_identities`)."""
+        with self._lock:
+            out = merge_identities(self.gallery_dir, into, other)
+            self._after_write()
+            return out
+
+    def move(self, image_id: str, identity: int) -> dict[str, Any]:
+        """One image becomes one of ``identity`` (:func:`move_image`)."""
+        with self._lock:
+            out = move_image(self.gallery_dir, image_id, identity)
+            self._after_write()
+            return out
+
 
 class GalleryThresholds:
     """Each served model's open-set "same person" threshold for the gallery version being served
@@ -341,6 +357,8 @@ def _answer(fn, *args, **kwargs) -> dict[str, Any]:
         return {"ok": True, **fn(*args, **kwargs)}
     except NotFoundError as exc:
         return {"ok": False, "status": 404, "message": str(exc)}
+    except ConflictError as exc:
+        return {"ok": False, "status": 409, "message": str(exc)}
     except (ConfigError, ArtifactMismatchError) as exc:
         return {"ok": False, "status": 409 if isinstance(exc, ArtifactMismatchError) or exc.field == "embeddings" else 422,
                 "message": str(exc)}
@@ -433,3 +451,9 @@ class Retriever:
 
     async def set_name(self, identity: int, name: str | None) -> dict[str, Any]:
         return await asyncio.to_thread(_answer, self.core.set_name, identity, name)
+
+    async def merge(self, into: int, other: int) -> dict[str, Any]:
+        return await asyncio.to_thread(_answer, self.core.merge, into, other)
+
+    async def move(self, image_id: str, identity: int) -> dict[str, Any]:
+        return await asyncio.to_thread(_answer, self.core.move, image_id, identity)
