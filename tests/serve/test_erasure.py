@@ -23,7 +23,6 @@ import threading
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pandas as pd
 import pytest
 
