@@ -109,7 +109,13 @@ def check_crops(crops: str | os.PathLike, flag: str = "--crops", labelled_for: s
     if not (Path(crops) / CROPS_TABLE).is_file():
         raise DataNotFoundError(f"{flag} {crops}: not a preprocessed folder (no {CROPS_TABLE}); "
                                 f"run `facerec preprocess --data PHOTOS --out {crops}` first")
-    if labelled_for and read_parquet_metadata(Path(crops) / CROPS_TABLE).get("labelled") is False:
+    if not labelled_for:
+        return
+    try:
+        labelled = read_parquet_metadata(Path(crops) / CROPS_TABLE).get("labelled")
+    except Exception:  # a damaged table: the stage's own reading reports it, naming the file
+        return
+    if labelled is False:
         raise ConfigError(flag, str(crops), f"crops of a labelled photo folder for {labelled_for} (these were made from "
                                             "an unlabelled folder, whose photos name nobody)")
 
