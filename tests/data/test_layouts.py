@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import shutil
 import unicodedata
 from pathlib import Path
 
