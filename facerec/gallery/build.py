@@ -83,14 +83,22 @@ class GalleryBuildConfig:
                 raise ConfigError("model name", n, "a plain name such as resnet18 (letters, digits, '_', '-', '.')")
 
 
+# fn(df, embeddings {model: (n, d)}, models {model: manifest entry}) -> (identity per row, manifest fields)
+Identify = Callable[[pd.DataFrame, dict[str, np.ndarray], dict[str, dict[str, Any]]], tuple[np.ndarray, dict[str, Any]]]
+
+
 def build_gallery(config: GalleryBuildConfig, table: pd.DataFrame | None = None,
-                  extra: dict[str, Any] | None = None, model_extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                  extra: dict[str, Any] | None = None, model_extra: dict[str, dict[str, Any]] | None = None,
+                  identify: Identify | None = None) -> dict[str, Any]:
     """Embed the crops with every model, save one index per (model, kind), write the gallery and
     return its manifest (written last: an interrupted build leaves nothing a reader takes for a
     gallery).
 
     ``table``: the crops rows to include (default: all of ``crops.parquet``; eval passes a split).
     ``extra``/``model_extra``: more manifest fields (eval: the split; per model: init, ...).
+    ``identify``: gives the rows their identities from the embeddings just computed, and manifest
+    fields (an unlabelled photo folder's people: :func:`facerec.cluster.gallery.gallery_people`),
+    so the faces are embedded once.
     """
     from facerec.data.inputs import check_inputs_match
     from facerec.data.schema import load_crops
@@ -170,6 +178,10 @@ def build_gallery(config: GalleryBuildConfig, table: pd.DataFrame | None = None,
         }
     from facerec.detect import crops_detector
 
+    found: dict[str, Any] = {}
+    if identify is not None:
+        identities, found = identify(df, embeddings, models)
+        rows["identity"] = np.asarray(identities, dtype=np.int64)
     manifest = write_gallery(out, rows, embeddings, models, cfg.kinds, cfg.index_params, {
         "input_kind": str(crops_meta.get("input_kind") or "haar_crop"),
         "crop_size": int(crops_meta.get("crop_size") or 218), "margin": float(crops_meta.get("margin", 0.2)),
@@ -177,9 +189,9 @@ def build_gallery(config: GalleryBuildConfig, table: pd.DataFrame | None = None,
         "detector": crops_detector(crops_meta),
         # the people a folder-per-person photo folder names (facerec.data.layouts), as its display names
         "names": names_of(crops_meta, df["identity"]),
-        **(extra or {}),
+        **(extra or {}), **found,
     })
-    print(f"gallery: {n} crops of {df['identity'].nunique()} identities, models {sorted(models)}, indexes {cfg.kinds} "
+    print(f"gallery: {n} crops of {len(np.unique(rows['identity']))} identities, models {sorted(models)}, indexes {cfg.kinds} "
           f"-> {out} ({time.perf_counter() - t0:.1f} s)", flush=True)
     return manifest
 

@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gallery", help="gallery folder to serve (built here when absent)")
     p.add_argument("--crops", help="preprocess output (crops.parquet + crops/) to build the gallery from")
-    p.add_argument("--data", help="photo folder to preprocess for the gallery: CelebA layout or one folder per person, "
-                                  "whose names the page shows (default: synthetic)")
+    p.add_argument("--data", help="photo folder to preprocess for the gallery: CelebA layout, one folder per person "
+                                  "(whose names the page shows), or unlabelled photos, whose faces are clustered into "
+                                  "people (ids kept across restarts; name them with PUT /v1/gallery/identities/ID) "
+                                  "(default: synthetic)")
     from facerec.data.cli import add_layout_argument
 
     add_layout_argument(p)
@@ -114,9 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     args.token = args.token or None  # --token "" like an empty $FACEREC_GALLERY_TOKEN: writes disabled
     args.read_token = args.read_token or None  # likewise: an empty read token leaves reads open
     if args.data is not None:
-        # Until an unlabelled folder's people come from clustering, its photos would all be served as one
-        # "person" (identity -1): refused, not answered with nonsense.
-        check_source(args.data, layout=args.layout, labelled_for="serve")
+        # any layout: an unlabelled folder's faces are clustered into people (facerec.cluster.gallery)
+        check_source(args.data, layout=args.layout)
     if args.crops is not None:
         check_crops(args.crops)
     checkpoints = parse_checkpoints(args.checkpoint)

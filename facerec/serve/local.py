@@ -98,6 +98,7 @@ def prepare_gallery(
     untrained: bool = False,
     detector: dict | None = None,
     layout: str | None = None,
+    cluster_thresholds=None,
 ) -> tuple[Path, dict[str, str]]:
     """The gallery folder to serve and its checkpoints {name: folder}.
 
@@ -107,7 +108,11 @@ def prepare_gallery(
     ``untrained=True``: untrained resnet50 + mobilenet_v2 at ``image_size``, a pipeline demo);
     ``detector``: PreprocessConfig's detector fields the photos are preprocessed with; ``layout``:
     how ``data`` is read (:mod:`facerec.data.layouts`; None: detected; a folder per person's names
-    become the gallery's display names).
+    become the gallery's display names; an unlabelled folder's faces are clustered into people,
+    :func:`facerec.cluster.gallery.gallery_people`, whose ids are the gallery's identities, kept in
+    ``workdir/people-<key>.parquet`` beside the gallery so a rebuild gives the same faces the same ids;
+    ``cluster_thresholds``: a :class:`facerec.cluster.thresholds.Thresholds` instead of the one
+    from the model's calibration).
     ``workdir``: where built galleries and demo models go (default :func:`default_workdir`).
     """
     from facerec.models import read_checkpoint_metadata
@@ -141,12 +146,31 @@ def prepare_gallery(
 
         key = hashlib.sha256(f"{crops_dir.resolve()}|{ids}|{index_kind}|{GALLERY_FORMAT}".encode()).hexdigest()[:10]
         target = workdir / f"gallery-{key}"
+    else:
+        key = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:10]
     if rebuild or not (target / "gallery.json").is_file():
+        identify = None
+        if unlabelled_crops(crops_dir):
+            from functools import partial
+
+            from facerec.cluster.gallery import gallery_people
+
+            identify = partial(gallery_people, checkpoints=dict(checkpoints), people_path=workdir / f"people-{key}.parquet",
+                               thresholds=cluster_thresholds)
         build_gallery(GalleryBuildConfig(crops_dir=str(crops_dir), out_dir=str(target), checkpoints=dict(checkpoints),
-                                         kinds=[index_kind], engine="local", overwrite=True))
+                                         kinds=[index_kind], engine="local", overwrite=True), identify=identify)
     else:
         honour_erasures(target)
     return target, checkpoints
+
+
+def unlabelled_crops(crops_dir: Path) -> bool:
+    """Whether ``crops_dir`` was made from an unlabelled photo folder (its faces name nobody)."""
+    from facerec.data.schema import CROPS_TABLE
+    from facerec.io import read_parquet_metadata
+
+    table = Path(crops_dir) / CROPS_TABLE
+    return table.is_file() and read_parquet_metadata(table).get("labelled") is False
 
 
 def honour_erasures(gallery: Path) -> dict | None:
