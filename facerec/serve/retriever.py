@@ -212,13 +212,19 @@ class RetrieverCore:
             photos = photo_folder(self.gallery_dir, self.snapshot.manifest)
             erasures = self.erasures if photos else None
 
+            labelled = self.snapshot.manifest.get("labelled", True) is not False
+
             def record(found: dict[str, Any]) -> None:
-                # an identity covers all of its photos: their names need not be listed
-                names = [n for n in found["source_ids"] if n] if identity is None else []
-                if erasures is None or not (identity is not None or names):
+                # The photos' names always: a gallery identity is the folder's only while nothing
+                # merged or moved faces (a relabel, folded into the rows by compaction) and the folder
+                # is labelled (an unlabelled folder's people are clusters, unknown to preprocessing).
+                # The identity as well on a labelled folder, so its photos added later stay out too.
+                names = [n for n in found["source_ids"] if n]
+                ids = [int(identity)] if identity is not None and labelled else []
+                if erasures is None or not (ids or names):
                     return
                 try:
-                    erasures.record(photos, [int(identity)] if identity is not None else [], names)
+                    erasures.record(photos, ids, names)
                 except OSError as exc:
                     raise OSError(f"cannot record the erasure in {erasures.path} ({exc}); nothing was deleted") from exc
 
