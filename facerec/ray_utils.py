@@ -234,8 +234,36 @@ def quiet_ray_console() -> None:
             # "ray" and the loggers that do not pass their records up to it (Serve's) keep a file.
             if consoles and not lg.propagate and not _has_file(lg) and _SESSION_LOG not in lg.handlers:
                 lg.addHandler(_SESSION_LOG)
+    _divert_raylet_warnings()
     if not any(f[2] is RayDeprecationWarning and f[0] == "ignore" for f in warnings.filters):
         warnings.filterwarnings("ignore", category=RayDeprecationWarning, module=r"ray\.")
+
+
+# A warning the raylet pushes to the driver through Ray's error channel (printed by the driver's
+# listen_error_messages thread, whatever log_to_driver says): "WARNING: 10 PYTHON worker processes
+# have been started on node ..." under load. Errors on that channel (a dead actor, a task killed
+# for memory) still reach the console.
+_RAYLET_WARNING = re.compile(r"^\s*(\x1b\[[0-9;]*m)*WARNING: ")
+
+
+def _divert_raylet_warnings() -> None:
+    """Send the raylet's warnings on the driver's error channel to the session's log file."""
+    import ray._private.worker as worker
+
+    if getattr(worker.print_to_stdstream, "_facerec_diverts", False):
+        return
+    original = worker.print_to_stdstream
+
+    def print_to_stdstream(data, ignore_prefix):
+        lines = data.get("lines") or []
+        if data.get("pid") == "raylet" and lines and all(_RAYLET_WARNING.match(str(x)) for x in lines):
+            for line in lines:
+                _SESSION_LOG.handle(logging.LogRecord("ray.raylet", logging.WARNING, __file__, 0, str(line), None, None))
+            return
+        original(data, ignore_prefix)
+
+    print_to_stdstream._facerec_diverts = True
+    worker.print_to_stdstream = print_to_stdstream
 
 
 def _has_file(logger: logging.Logger) -> bool:

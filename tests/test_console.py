@@ -104,3 +104,25 @@ def test_the_chain_prints_its_own_lines_and_ray_keeps_its_own_in_its_logs(tmp_pa
         assert any(p.stat().st_size for p in (logs / "ray-data").glob("ray-data*.log"))
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_raylet_warnings_on_the_error_channel_go_to_the_log_and_its_errors_stay(capsys):
+    """Under load the raylet pushes "WARNING: 10 PYTHON worker processes have been started ..."
+    to the driver, which printed it whatever log_to_driver said; an error on that channel (a dead
+    actor) is still the user's to see."""
+    import ray._private.worker as worker
+
+    from facerec.ray_utils import _SESSION_LOG, quiet_ray_console
+
+    quiet_ray_console()
+    held = len(_SESSION_LOG._held)
+    worker.print_to_stdstream({"lines": ["WARNING: 10 PYTHON worker processes have been started on node: abc"],
+                               "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    worker.print_to_stdstream({"lines": ["The actor died unexpectedly before finishing this task."],
+                               "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    out = capsys.readouterr().out
+    assert "PYTHON worker processes" not in out and "The actor died unexpectedly" in out
+    import ray
+
+    if not ray.is_initialized():  # no session folder yet: the record waits for one
+        assert len(_SESSION_LOG._held) == held + 1

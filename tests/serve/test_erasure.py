@@ -328,7 +328,7 @@ def _erase_end_to_end(photos_dir: Path, queries: list[tuple[str, bytes]], checkp
         assert "Traceback" not in out, out[-3000:]
         assert rows == len(kept) - len(erased)
         listed = json.loads((cache / "erased.json").read_text())["sources"][photos]
-        assert listed["identities"] == [victim] and listed["images"] == [single]
+        assert listed["identities"] == [victim] and listed["images"] == sorted(erased)  # the victim's photos and single
         return {"kept": len(kept), "erased": len(erased), "victim": victim}
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)

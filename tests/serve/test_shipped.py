@@ -97,7 +97,7 @@ def test_torch_weights_are_not_shipped_and_their_absence_names_the_node(tmp_path
     shipped = ship_model(ckpt, None)
     assert shipped["onnx"] is None
     monkeypatch.setenv("FACEREC_CACHE", str(tmp_path / "node-cache"))
-    with pytest.raises(DataNotFoundError, match=r"model\.pt not found on host .*\. A replica on the torch runtime loads "
+    with pytest.raises(DataNotFoundError, match=r"model\.pt not found on (node|host) .*\. A replica on the torch runtime loads "
                                                 r"the weights on the node it runs on, and they are not shipped: put "
                                                 r"the checkpoint on storage every node mounts at the same path"):
         land_model(str(ckpt), None, shipped)
@@ -131,7 +131,7 @@ def test_a_shipped_export_that_does_not_hash_to_its_sidecar_is_refused(tmp_path,
 def test_a_retriever_that_cannot_see_the_gallery_says_it_must_be_shared(tmp_path):
     from facerec.serve.retriever import RetrieverCore
 
-    with pytest.raises(DataNotFoundError, match=r"gallery .*/absent: .*/absent/gallery\.json not found on host .*\. "
+    with pytest.raises(DataNotFoundError, match=r"gallery .*/absent: .*/absent/gallery\.json not found on (node|host) .*\. "
                                                 r"Every Retriever replica reads and writes the gallery at this path on "
                                                 r"its own node: put it on storage that every node mounts"):
         RetrieverCore(str(tmp_path / "absent"), {"m": "0123"})
