@@ -151,8 +151,15 @@ def test_hub_cache_is_used_without_download(tmp_path, monkeypatch, caplog):
     paths = hub_weight_paths("resnet18")
     assert paths[0] == tmp_path / "checkpoints" / "resnet18-f37072fd.pth"  # torchvision's DEFAULT url file name
 
-    with caplog.at_level(logging.WARNING, logger="facerec.models.backbones"):
-        model = build_embedder("resnet18", embedding_dim=8)
+    # caplog's handler attached to the logger itself: the record is asserted whatever earlier
+    # in-process tests (a Serve app started in this process) did to the root logger's handlers
+    lg = logging.getLogger("facerec.models.backbones")
+    lg.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="facerec.models.backbones"):
+            model = build_embedder("resnet18", embedding_dim=8)
+    finally:
+        lg.removeHandler(caplog.handler)
     assert model.metadata["init"] == "random"
     assert f"ImageNet weights for resnet18 not found in {tmp_path / 'checkpoints'}; starting from random init" in caplog.text
     # names the training CLI's flag, not one of a command that has none (facerec serve)
