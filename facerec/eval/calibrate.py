@@ -403,14 +403,10 @@ def det_png(cal: dict[str, Any], target: str | os.PathLike) -> Path | None:
     open_set = cal.get("open_set")
     if not open_set or not open_set.get("galleries"):
         return None
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
-
-    from facerec.io import atomic_write_bytes
 
     fig = Figure(figsize=(6, 4.5))
     ax = fig.subplots()
@@ -434,6 +430,15 @@ def det_png(cal: dict[str, Any], target: str | os.PathLike) -> Path | None:
     ax.set_title(f"{cal.get('backbone')} on {cal['data']['name']}: open-set DET (circles: held-out)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
+    return _save_png(fig, target)
+
+
+def _save_png(fig, target: str | os.PathLike) -> Path:
+    """Write a matplotlib figure as PNG, atomically."""
+    import io
+
+    from facerec.io import atomic_write_bytes
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     atomic_write_bytes(target, buf.getvalue())
@@ -442,14 +447,10 @@ def det_png(cal: dict[str, Any], target: str | os.PathLike) -> Path | None:
 
 def roc_png(dist: FoldedDistances, cal: dict[str, Any], target: str | os.PathLike) -> Path:
     """The pooled ROC (TAR against FAR, log FAR axis) with the served operating points."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
-
-    from facerec.io import atomic_write_bytes
 
     _, far, tar = roc_curve(dist.genuine, dist.impostor)
     fig = Figure(figsize=(6, 4.5))
@@ -471,10 +472,7 @@ def roc_png(dist: FoldedDistances, cal: dict[str, Any], target: str | os.PathLik
     ax.set_title(f"{cal.get('backbone')} on {cal['data']['name']} ({cal['data']['source']})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(target, buf.getvalue())
-    return Path(target)
+    return _save_png(fig, target)
 
 
 def write_reports(dist: FoldedDistances, cal: dict[str, Any], per_fold: pd.DataFrame, folder: str | os.PathLike) -> dict[str, str]:

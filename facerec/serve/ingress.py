@@ -416,6 +416,11 @@ def _json_body(body: bytes) -> Any:
         raise APIError(400, "bad_json", str(exc)) from None
 
 
+def _check_path_identity(identity: int) -> None:
+    if not 0 <= identity <= IDENTITY_MAX:
+        raise APIError(422, "bad_parameter", f"identity must be an integer in [0, {IDENTITY_MAX}] (got {identity})")
+
+
 def _validated(model: type[BaseModel], payload: Any) -> Any:
     """``payload`` (a parsed JSON body) as ``model``, or 422 ``bad_parameter`` naming each field."""
     if not isinstance(payload, dict):
@@ -918,8 +923,7 @@ class Ingress:
     )
     async def gallery_delete_identity(self, request: Request, identity: int) -> JSONResponse:
         self._authorize(request)
-        if not 0 <= identity <= IDENTITY_MAX:
-            raise APIError(422, "bad_parameter", f"identity must be an integer in [0, {IDENTITY_MAX}] (got {identity})")
+        _check_path_identity(identity)
         out = await self._retriever_write(self.retriever.delete.remote(identity=identity), f"cannot delete identity {identity}")
         return self._deleted(out)
 
@@ -972,8 +976,7 @@ class Ingress:
     )
     async def gallery_merge_identity(self, request: Request, identity: int) -> JSONResponse:
         self._authorize(request)
-        if not 0 <= identity <= IDENTITY_MAX:
-            raise APIError(422, "bad_parameter", f"identity must be an integer in [0, {IDENTITY_MAX}] (got {identity})")
+        _check_path_identity(identity)
         if _content_type(request) != "application/json":
             raise APIError(415, "unsupported_media_type", 'send application/json: {"from": IDENTITY}')
         payload = _validated(MergeJSON, _json_body(await request.body()))

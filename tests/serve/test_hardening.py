@@ -24,6 +24,7 @@ from facerec.errors import ConfigError, ImageDecodeError
 from facerec.serve.jsonbody import JSONBodyError, parse_json
 
 from .conftest import TOKEN, served_ids
+from .test_http import read_response
 
 READ_TOKEN = "read-token-hardening"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -227,20 +228,7 @@ def _raw(base: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
     host, port = base.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=60) as s:
         s.sendall(request)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(65536)
-            assert chunk, f"connection closed before a response: {data!r}"
-            data += chunk
-        head, _, rest = data.partition(b"\r\n\r\n")
-        lines = head.decode().split("\r\n")
-        headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
-        while len(rest) < int(headers.get("content-length", 0)):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            rest += chunk
-    return int(lines[0].split()[1]), headers, rest
+        return read_response(s)
 
 
 def _two_photos(photos) -> dict:

@@ -568,7 +568,8 @@ def _open(url: str, path: str, headers: dict[str, str], body: bytes = b"") -> so
     return s
 
 
-def _response(s: socket.socket) -> tuple[int, dict[str, str], dict]:
+def read_response(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """The status, headers and body of the HTTP response read from socket ``s``."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = s.recv(65536)
@@ -582,7 +583,12 @@ def _response(s: socket.socket) -> tuple[int, dict[str, str], dict]:
         if not chunk:
             break
         rest += chunk
-    return int(lines[0].split()[1]), headers, json.loads(rest or b"{}")
+    return int(lines[0].split()[1]), headers, rest
+
+
+def _response(s: socket.socket) -> tuple[int, dict[str, str], dict]:
+    status, headers, body = read_response(s)
+    return status, headers, json.loads(body or b"{}")
 
 
 def test_declared_length_over_the_limit_is_refused_before_the_body(live_app):
