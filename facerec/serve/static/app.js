@@ -282,6 +282,11 @@
     } else {
       answer = "No match in the gallery.";
     }
+    if (state.decision && body.faces.length > 1) {
+      // the line speaks of every face, not only the first (each face's tab shows its own answer)
+      answer = body.faces.map((f, i) => `face ${i + 1}: ${f.match ? "likely someone in the gallery" : "no match"}`)
+        .join("; ") + ".";
+    }
     setStatus(`${answer} ${found}${took}.`);
   }
 
