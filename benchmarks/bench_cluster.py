@@ -7,7 +7,7 @@ quality: embeddings of dlib_resnet on the MTCNN chips (celeba-sample: the crops 
 makes, embeddings cached in --work; lfw-sample: every image of its pairs file, cropped as the
 calibration's were). Labels are hidden from the clustering and used only to score it: BCubed
 precision/recall/F (Amigo et al. 2009) and pairwise F1 of facerec's clustering (thresholds from the
-shipped calibration), dlib's ``chinese_whispers_clustering`` at 0.5 and scikit-learn's DBSCAN
+shipped calibration; also without its split stage, to show what that stage does), dlib's ``chinese_whispers_clustering`` at 0.5 and scikit-learn's DBSCAN
 (min_samples 2, eps 0.45 -- its best on celeba-sample -- and 0.5), each face a photo of its own.
 celeba-sample lists one person under two identities (7392/7393, bench_openset's suspect_duplicates):
 the ``celeba-sample (7392=7393)`` rows score with them merged.
@@ -106,16 +106,19 @@ def quality(args) -> pd.DataFrame:
     ckpt = resolve_checkpoint("dlib_resnet")
     meta = read_checkpoint_metadata(ckpt)
     detector = crops_detector(read_calibration(ckpt, meta)["data"])
-    th = model_thresholds(ckpt, args.link_far, args.merge_far)
-    print(f"bench_cluster: thresholds link {th.link:.4f} merge {th.merge:.4f} from {th.origin}", flush=True)
+    th = model_thresholds(ckpt, args.link_far, args.merge_far, split_far=args.split_far)
+    print(f"bench_cluster: thresholds link {th.link:.4f} split {th.split:.4f} merge {th.merge:.4f} from {th.origin}",
+          flush=True)
     work = Path(args.work)
     rows = []
     sets = {"celeba-sample": celeba(work, ckpt, meta, detector), "lfw-sample": lfw(work, ckpt, meta, detector)}
     for name, (x, truth, photos) in sets.items():
-        t = time.perf_counter()
-        res = cluster_embeddings(x, ClusterConfig(link=th.link, merge=th.merge, k=args.k, snn=args.snn),
-                                 photos=photos)
-        ours = (res.groups, time.perf_counter() - t)
+        ours = {}
+        for label, split in ((f"facerec (k={args.k}, snn={args.snn})", th.split), ("facerec without the split stage", None)):
+            t = time.perf_counter()
+            res = cluster_embeddings(x, ClusterConfig(link=th.link, merge=th.merge, k=args.k, snn=args.snn, split=split),
+                                     photos=photos)
+            ours[label] = (res.groups, time.perf_counter() - t)
         t = time.perf_counter()
         cw = np.asarray(dlib.chinese_whispers_clustering([dlib.vector(v.astype(float).tolist()) for v in x], 0.5))
         cw_s = time.perf_counter() - t
@@ -130,7 +133,8 @@ def quality(args) -> pd.DataFrame:
             merged[merged == 7393] = 7392
             truths.append((f"{name} (7392=7393)", merged))
         for label, tr in truths:
-            rows.append(score(label, f"facerec (k={args.k}, snn={args.snn})", *ours[:1], tr, ours[1]))
+            for method, (lab, s) in ours.items():
+                rows.append(score(label, method, lab, tr, s))
             rows.append(score(label, "dlib chinese_whispers 0.5", cw, tr, cw_s))
             for eps, (lab, s) in db.items():
                 rows.append(score(label, f"sklearn DBSCAN eps={eps}", lab, tr, s))
@@ -192,19 +196,23 @@ def scale(args) -> pd.DataFrame:
     from facerec.models.pretrained import resolve_checkpoint
     from facerec.ray_utils import init_ray
 
-    ckpt = resolve_checkpoint("dlib_resnet")
-    th = model_thresholds(ckpt, args.link_far, args.merge_far)
-    x_real = np.load(Path(args.work) / "gallery-4680cae6045c.npy").astype(np.float32)
-    from facerec.data.schema import load_crops
+    from facerec.detect import crops_detector
+    from facerec.models import read_checkpoint_metadata
+    from facerec.models.calibration import read_calibration
 
-    y_real = load_crops(args.celeba_crops)[0]["identity"].to_numpy()
+    ckpt = resolve_checkpoint("dlib_resnet")
+    meta = read_checkpoint_metadata(ckpt)
+    th = model_thresholds(ckpt, args.link_far, args.merge_far, split_far=args.split_far)
+    # the real embeddings the generator is fitted to: celeba-sample's gallery, as `quality` makes it
+    x_real, y_real, _ = celeba(Path(args.work), ckpt, meta, crops_detector(read_calibration(ckpt, meta)["data"]))
     init_ray()
     rows = []
     for n in args.sizes:
         x, y = synthetic(n, x_real, y_real)
         with PeakRSS() as mem:
             t = time.perf_counter()
-            res = cluster_embeddings(x, ClusterConfig(link=th.link, merge=th.merge, k=args.k, snn=args.snn))
+            res = cluster_embeddings(x, ClusterConfig(link=th.link, merge=th.merge, k=args.k, snn=args.snn,
+                                                      split=th.split))
             sec = time.perf_counter() - t
         b = bcubed(res.groups, y)
         rows.append({"n": n, "index": "exact" if n <= 50_000 else "hnsw", "seconds": round(sec, 1),
@@ -226,8 +234,8 @@ def main(argv=None) -> int:
     ap.add_argument("--snn", type=float, default=0.6)
     ap.add_argument("--link-far", type=float, default=1e-3)
     ap.add_argument("--merge-far", type=float, default=1e-4)
+    ap.add_argument("--split-far", type=float, default=5e-4)
     ap.add_argument("--sizes", default="10000,100000")
-    ap.add_argument("--celeba-crops", default=str(Path.home() / ".cache/facerec/crops/celeba-sample-40d64d99a7b9"))
     ap.add_argument("--work", default="results/bench_openset/work", help="cached embeddings")
     ap.add_argument("--out", default="results/bench_cluster")
     args = ap.parse_args(argv)

@@ -6,11 +6,20 @@
    together through one look-alike (single linkage: on celeba-sample BCubed precision falls to 0.49
    at dlib's 0.5); a look-alike rarely shares the neighbourhood too. Linked faces form groups
    (union-find, by ascending distance where a cannot-link must be checked).
-2. **Merges.** Groups joined by any k-NN edge under the link threshold are merged while their
+4. **Merges.** Groups joined by any k-NN edge under the link threshold are merged while their
    average squared pairwise distance, ``|mu_a - mu_b|^2 + var_a + var_b`` (exact from each group's
    mean and spread; no pair list), is at most the merge threshold squared: average linkage in rounds,
    each group merged at most once per round, closest pairs first.
-3. **Cannot-link.** Two faces of one photo are never one person: a link or merge that would put two
+2. **Splits** (between 1 and 2, when ``split`` is set). A chain of links can join tight groups of
+   different people through a few look-alike pairs: in a dense region of faces (on lfw-sample, people
+   the model separates poorly), neighbourhoods overlap and shared neighbours do not stop it. Each
+   linked group is split along its average-linkage dendrogram (exact, within the group) at every node
+   whose two sides are on average farther apart than ``split`` -- unless the sides are held together
+   by at least ``split_links`` x (the smaller side's size) links: one person photographed in very
+   different conditions is a wide group joined by many links, strangers are joined by a few. A group
+   of more than ``split_max`` faces is left as it is (its exact dendrogram would cost O(m^2)); the
+   stats count it.
+5. **Cannot-link.** Two faces of one photo are never one person: a link or merge that would put two
    faces of a photo together is skipped (``photos`` gives each face its photo).
 
 Confidence of a face: ``1 - rms / merge`` clipped to [0, 1], ``rms`` the root-mean-square distance to
@@ -30,14 +39,19 @@ from facerec.errors import ConfigError
 @dataclass
 class ClusterConfig:
     """``link``/``merge``: L2 thresholds (:mod:`facerec.cluster.thresholds`); ``k``: neighbours per face;
-    ``snn``: share of the neighbourhood two linked faces must have in common; ``index``: the index
-    kind of the k-NN graph (``auto``: exact up to 50k faces, hnsw beyond); ``min_faces``: people with
-    fewer faces are reported as unassigned."""
+    ``snn``: share of the neighbourhood two linked faces must have in common; ``split``: the L2
+    average linkage above which a linked group is split unless ``split_links`` x (smaller side)
+    links hold it (None: no split stage); ``split_max``: larger groups are not split; ``index``: the
+    index kind of the k-NN graph (``auto``: exact up to 50k faces, hnsw beyond); ``min_faces``:
+    people with fewer faces are reported as unassigned."""
 
     link: float
     merge: float
     k: int = 15
     snn: float = 0.6
+    split: float | None = None
+    split_links: float = 2.0
+    split_max: int = 5_000
     index: str = "auto"
     min_faces: int = 2
     use_ray: bool = True
@@ -51,6 +65,11 @@ class ClusterConfig:
             "k": (self._int(self.k) and 1 <= self.k <= 256, "an integer in [1, 256] (neighbours per face)"),
             "snn": (self._num(self.snn) and 0 <= self.snn <= 1, "a share in [0, 1] of shared neighbours"),
             "min_faces": (self._int(self.min_faces) and self.min_faces >= 1, "an integer >= 1"),
+            "split": (self.split is None or (self._num(self.split) and self.split > 0),
+                      "None (no split stage) or a positive L2 distance"),
+            "split_links": (self._num(self.split_links) and self.split_links >= 0,
+                            "a number >= 0 of links per face of the smaller side that keep a group whole"),
+            "split_max": (self._int(self.split_max) and self.split_max >= 3, "an integer >= 3 (faces)"),
         }
         for name, (ok, expected) in checks.items():
             if not ok:
@@ -175,7 +194,78 @@ def _links(n: int, a: np.ndarray, b: np.ndarray, d: np.ndarray, photos: _Photos)
     return np.unique(out, return_inverse=True)[1]
 
 
-# --------------------------------------------------------------------------- stage 2: merges
+# --------------------------------------------------------------------------- stage 2: splits
+
+
+def _split_one(x: np.ndarray, ea: np.ndarray, eb: np.ndarray, threshold: float, min_links: float) -> list[np.ndarray]:
+    """The parts of one group (faces ``x``, links ``ea``-``eb`` in local numbering)."""
+    from scipy.cluster.hierarchy import linkage
+
+    m = len(x)
+    z = linkage(x.astype(np.float64), method="average")
+    if z[-1, 2] <= threshold:  # the root is the widest node of average linkage: nothing to split
+        return [np.arange(m)]
+
+    def leaves(node: int) -> np.ndarray:
+        out, stack = [], [node]
+        while stack:  # iterative: a chain-shaped dendrogram is m levels deep
+            v = stack.pop()
+            if v < m:
+                out.append(v)
+            else:
+                stack += [int(z[v - m, 1]), int(z[v - m, 0])]
+        return np.array(out)
+
+    parts, todo = [], [2 * m - 2]
+    side = np.zeros(m, np.int8)
+    while todo:
+        node = todo.pop()
+        if node < m or z[node - m, 2] <= threshold:
+            parts.append(leaves(node))
+            continue
+        left, right = int(z[node - m, 0]), int(z[node - m, 1])
+        a, b = leaves(left), leaves(right)
+        side[:] = 0
+        side[a], side[b] = 1, 2
+        across = int(((side[ea] * side[eb]) == 2).sum())
+        if across >= min_links * min(len(a), len(b)):
+            parts.append(leaves(node))
+        else:
+            todo += [right, left]
+    return parts
+
+
+def _split(x: np.ndarray, groups: np.ndarray, a: np.ndarray, b: np.ndarray, config: "ClusterConfig"
+           ) -> tuple[np.ndarray, int, int]:
+    """Groups split by :func:`_split_one`; (groups, groups split, groups too large to try)."""
+    sizes = np.bincount(groups)
+    inside = groups[a] == groups[b]
+    # each pair of faces counts once, whichever of them has the other among its neighbours
+    a, b = np.unique(np.stack([np.minimum(a[inside], b[inside]), np.maximum(a[inside], b[inside])]), axis=1)
+    order = np.argsort(groups[a], kind="stable")
+    a, b = a[order], b[order]
+    bounds = np.searchsorted(groups[a], np.arange(len(sizes) + 1))
+    members = np.argsort(groups, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    local = np.empty(len(groups), np.int64)
+    out, nxt, split, skipped = groups.copy(), len(sizes), 0, 0
+    for g in np.flatnonzero(sizes > 2):
+        if sizes[g] > config.split_max:
+            skipped += 1
+            continue
+        idx = members[starts[g]:starts[g + 1]]
+        local[idx] = np.arange(len(idx))
+        ea, eb = local[a[bounds[g]:bounds[g + 1]]], local[b[bounds[g]:bounds[g + 1]]]
+        parts = _split_one(x[idx], ea, eb, config.split, config.split_links)
+        if len(parts) > 1:
+            split += 1
+            for part in parts[1:]:
+                out[idx[part]] = nxt
+                nxt += 1
+    return np.unique(out, return_inverse=True)[1], split, skipped
+
+
+# --------------------------------------------------------------------------- stage 3: merges
 
 
 def _merge(x: np.ndarray, labels: np.ndarray, a: np.ndarray, b: np.ndarray, threshold: float,
@@ -297,8 +387,11 @@ def cluster_embeddings(x: np.ndarray, config: ClusterConfig, photos: np.ndarray 
     a, b, dd = rows[near], cols[near], dd[near]
     strong = _shared(nbr, a, b) >= config.snn
     groups = _links(n, a[strong], b[strong], dd[strong], cannot)
-    t2 = time.perf_counter()
     links_groups = int(groups.max()) + 1
+    split = skipped = 0
+    if config.split is not None:
+        groups, split, skipped = _split(x, groups, a[strong], b[strong], config)
+    t2 = time.perf_counter()
     groups, rounds = _merge(x, groups, a, b, config.merge, cannot)
     groups = order_by_size(groups)
     t3 = time.perf_counter()
@@ -306,6 +399,7 @@ def cluster_embeddings(x: np.ndarray, config: ClusterConfig, photos: np.ndarray 
     sizes = np.bincount(groups)
     labels = np.where(sizes[groups] >= config.min_faces, groups, -1)
     stats = {"faces": n, "edges_under_link": int(len(a)), "links": int(strong.sum()), "groups_after_links": links_groups,
+             "groups_split": split, "groups_too_large_to_split": skipped,
              "merge_rounds": rounds, "clusters": int(len(sizes)), "people": int((sizes >= config.min_faces).sum()),
              "unassigned": int((labels < 0).sum()), "cannot_link_violations": cannot.violations(groups),
              "seconds": {"knn": round(t1 - t0, 3), "links": round(t2 - t1, 3), "merges": round(t3 - t2, 3)}}

@@ -8,8 +8,10 @@ PHOTOS: an unlabelled folder, a folder per person or a CelebA-layout folder (lab
 --layout overrides the detected layout. PEOPLE gets people.parquet (face -> person, confidence, photo,
 box), a contact sheet per person (people/person-NNNNN.png) and summary.json. Re-running reuses the
 crops (PEOPLE/crops) and embeddings (PEOPLE/cache) and assigns only new faces to the people already
-found; --recluster starts over. The thresholds come from the model's 1:1 calibration at --link-far and
---merge-far (per-pair false accept rates); two faces of one photo are never one person.
+found; --recluster starts over. The thresholds come from the model's 1:1 calibration at --link-far,
+--split-far and --merge-far (per-pair false accept rates). Every face of a photo is clustered (--faces all: a group
+photo gives each of its people a row of people.parquet), and two faces of one photo are never one
+person; --faces largest keeps one face per photo.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from facerec.cli import reports_errors
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from facerec.cluster.thresholds import DEFAULT_LINK_FAR, DEFAULT_MERGE_FAR
+    from facerec.cluster.thresholds import DEFAULT_LINK_FAR, DEFAULT_MERGE_FAR, DEFAULT_SPLIT_FAR
     from facerec.data.layouts import LAYOUTS
     from facerec.index import INDEXES
 
@@ -37,11 +39,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--snn", type=float, default=0.6, help="shared-neighbour share of a link (default 0.6)")
     ap.add_argument("--link-far", type=float, default=DEFAULT_LINK_FAR,
                     help=f"per-pair false accept rate of a link (default {DEFAULT_LINK_FAR:g})")
+    ap.add_argument("--split-far", type=float, default=DEFAULT_SPLIT_FAR,
+                    help="per-pair false accept rate above whose distance a linked group is split unless many "
+                         f"links hold it (default {DEFAULT_SPLIT_FAR:g})")
     ap.add_argument("--merge-far", type=float, default=DEFAULT_MERGE_FAR,
                     help=f"per-pair false accept rate of a merge (default {DEFAULT_MERGE_FAR:g})")
     ap.add_argument("--index", default="auto", choices=["auto", *INDEXES.names()],
                     help="index kind of the k-NN graph (auto: exact up to 50k faces, hnsw beyond)")
     ap.add_argument("--recluster", action="store_true", help="cluster every face again, not only new ones")
+    ap.add_argument("--faces", choices=["all", "largest"], default="all",
+                    help="faces of a photo to cluster: all (each its own row; two of one photo are never one "
+                         "person) or the largest only (default all)")
     ap.add_argument("--batch-size", type=int, default=64)
     return ap.parse_args(argv)
 
@@ -58,10 +66,12 @@ def main(argv=None) -> int:
 
     _far(args.link_far, "--link-far")
     _far(args.merge_far, "--merge-far")
+    _far(args.split_far, "--split-far")
     cfg = ClusterRunConfig(data=args.data, out=args.out, checkpoint=args.checkpoint, layout=args.layout, k=args.k,
-                           snn=args.snn, link_far=args.link_far, merge_far=args.merge_far, min_faces=args.min_faces,
+                           snn=args.snn, link_far=args.link_far, merge_far=args.merge_far,
+                           split_far=args.split_far, min_faces=args.min_faces,
                            sheet_faces=args.sheet_faces, index=args.index, recluster=args.recluster,
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size, faces=args.faces)
     run_cluster(cfg)
     return 0
 

@@ -69,8 +69,9 @@ def gallery_people(df: pd.DataFrame, embeddings: dict[str, np.ndarray], models: 
     name, th = _clustering_model(checkpoints, thresholds, link_far, merge_far)
     model_id = models[name]["model_id"]
     x = np.asarray(embeddings[name], dtype=np.float32)
-    config = ClusterConfig(link=th.link, merge=th.merge, k=k, snn=snn, min_faces=1)
-    settings = {"link": float(th.link), "merge": float(th.merge), "k": k, "snn": snn}
+    config = ClusterConfig(link=th.link, merge=th.merge, k=k, snn=snn, split=th.split, min_faces=1)
+    settings = {"link": float(th.link), "merge": float(th.merge), "k": k, "snn": snn,
+                "split": None if th.split is None else float(th.split)}
     keys, photos = df["crop_path"].astype(str).to_numpy(), df["image_id"].astype(str).to_numpy()
     people_path = Path(people_path)
     prev = _previous(people_path, model_id, settings)

@@ -1,7 +1,8 @@
 """``facerec cluster``: photos -> people, resumable and incremental.
 
 Stages (one progress bar each): detect + crop on Ray Data into ``OUT/crops`` (resumed photo by photo:
-a re-run or a folder with added photos crops only what is new; :mod:`facerec.data.preprocess`),
+a re-run or a folder with added photos crops only what is new; :mod:`facerec.data.preprocess`; every
+face of a photo by default, ``--faces all``, so a group photo gives each of its people),
 embed on a Ray Data actor pool the crops not yet in ``OUT/cache`` (:func:`facerec.eval.embed.embed_crops`),
 the k-NN graph on Ray and the clustering (:mod:`facerec.cluster.algorithm`) -- or, when ``OUT`` already
 holds people of the same model and thresholds, only the new faces assigned to them
@@ -20,12 +21,13 @@ import numpy as np
 import pandas as pd
 
 from facerec.cluster.outputs import PEOPLE_TABLE
-from facerec.cluster.thresholds import DEFAULT_LINK_FAR, DEFAULT_MERGE_FAR
+from facerec.cluster.thresholds import DEFAULT_LINK_FAR, DEFAULT_MERGE_FAR, DEFAULT_SPLIT_FAR
 from facerec.errors import ConfigError, DataNotFoundError
 
 CROPS = "crops"
 CACHE = "cache"
 SOURCE_KEY = ".source-key"
+FACES_RULES = ("all", "largest")  # PreprocessConfig.several_faces values a clustering can use
 
 
 @dataclass
@@ -38,12 +40,14 @@ class ClusterRunConfig:
     snn: float = 0.6
     link_far: float = DEFAULT_LINK_FAR
     merge_far: float = DEFAULT_MERGE_FAR
+    split_far: float = DEFAULT_SPLIT_FAR
     min_faces: int = 2
     sheet_faces: int = 24
     index: str = "auto"
     recluster: bool = False
     batch_size: int = 64
     progress: bool = True
+    faces: str = "all"  # of a photo: "all" (each its own face) or "largest" (one per photo)
 
     def __post_init__(self):
         if not Path(self.data).is_dir():
@@ -52,6 +56,24 @@ class ClusterRunConfig:
             raise ConfigError("--out", self.out, "a folder (it is a file)")
         if isinstance(self.sheet_faces, bool) or not isinstance(self.sheet_faces, int) or self.sheet_faces < 1:
             raise ConfigError("--sheet-faces", self.sheet_faces, "an integer >= 1")
+        if self.faces not in FACES_RULES:
+            raise ConfigError("--faces", self.faces, "'all' (every face of a photo) or 'largest' (one per photo)")
+
+
+def _only_faces_rule_changed(target: Path, pre_cfg) -> bool:
+    """Whether ``target`` holds crops (or an unfinished run's) made with the same settings as
+    ``pre_cfg`` but another ``several_faces`` rule (``--faces`` changed since the last run)."""
+    import json
+
+    from facerec.data.preprocess import PARTS_DIR
+
+    marker = target / PARTS_DIR / "config.json"
+    if not marker.is_file():
+        return False
+    old = dict(json.loads(marker.read_text()).get("settings") or {})
+    new = json.loads(json.dumps(pre_cfg.settings()))
+    rule = old.pop("several_faces", "largest"), new.pop("several_faces")
+    return rule[0] != rule[1] and old == new
 
 
 def _crops(cfg: ClusterRunConfig, pre_cfg, out: Path) -> Path:
@@ -65,8 +87,14 @@ def _crops(cfg: ClusterRunConfig, pre_cfg, out: Path) -> Path:
     target = out / CROPS
     key = crops_key(cfg.data, pre_cfg)
     marker = target / SOURCE_KEY
-    if (target / CROPS_TABLE).is_file() and (not marker.is_file() or marker.read_text() != key):
-        preprocess(cfg.data, target, pre_cfg, progress=cfg.progress)
+    again = _only_faces_rule_changed(target, pre_cfg)
+    if again:
+        # Face 0 of a photo keeps its crop path and bytes under either rule, so the embeddings
+        # cache and the people found stay valid: the run goes on incrementally from them.
+        print(f"facerec cluster: {target} holds crops of another --faces rule; cropping again with --faces "
+              f"{pre_cfg.several_faces}", flush=True)
+    if again or ((target / CROPS_TABLE).is_file() and (not marker.is_file() or marker.read_text() != key)):
+        preprocess(cfg.data, target, pre_cfg, overwrite=again, progress=cfg.progress)
     else:
         preprocessed(cfg.data, pre_cfg, out=target, progress=cfg.progress)
     atomic_write_text(marker, key)
@@ -143,22 +171,23 @@ def run_cluster(cfg: ClusterRunConfig) -> dict[str, Any]:
     calibration = read_calibration(ckpt, meta)
     # Faces found and aligned as the calibration's were: its thresholds hold for those distances only.
     detector = crops_detector((calibration or {}).get("data") or {})
-    th = model_thresholds(ckpt, cfg.link_far, cfg.merge_far)
-    ccfg = ClusterConfig(link=th.link, merge=th.merge, k=cfg.k, snn=cfg.snn, index=cfg.index, min_faces=cfg.min_faces)
+    th = model_thresholds(ckpt, cfg.link_far, cfg.merge_far, split_far=cfg.split_far)
+    ccfg = ClusterConfig(link=th.link, merge=th.merge, k=cfg.k, snn=cfg.snn, split=th.split, index=cfg.index,
+                         min_faces=cfg.min_faces)
     det_fields = DetectorConfig.from_settings(detector).as_fields() if detector else {}
     pre_cfg = PreprocessConfig(input_kind=kind_of(meta).name, layout=cfg.layout, min_images_per_identity=1,
-                               **det_fields)
+                               several_faces=cfg.faces, **det_fields)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     crops = _crops(cfg, pre_cfg, out)
     t_crop = time.perf_counter()
-    faces, _ = load_crops(crops)
+    faces, _ = load_crops(crops, several_faces_ok=True)
     if not len(faces):
         raise DataNotFoundError(f"--data {cfg.data}: no face was found in its photos (see {crops}/dropped.parquet)")
     faces = faces.reset_index(drop=True)
     x, embedded = _embeddings(faces, crops, ckpt, meta["model_id"], out, cfg)
     t_embed = time.perf_counter()
-    thresholds = {"link": th.link, "merge": th.merge, "k": cfg.k, "snn": cfg.snn}
+    thresholds = {"link": th.link, "merge": th.merge, "k": cfg.k, "snn": cfg.snn, "split": th.split}
     prev = None if cfg.recluster else _previous(out, meta["model_id"], thresholds)
     photos = faces["image_id"].to_numpy()
     keys = faces["crop_path"].to_numpy()
@@ -192,7 +221,7 @@ def run_cluster(cfg: ClusterRunConfig) -> dict[str, Any]:
     t_cluster = time.perf_counter()
     people = people_table(faces, groups, labels, conf, meta["model_id"])
     summary = {
-        "faces": int(len(faces)), "photos": int(pd.Series(photos).nunique()),
+        "faces": int(len(faces)), "photos": int(pd.Series(photos).nunique()), "several_faces": cfg.faces,
         "people": int(len(np.unique(labels[labels >= 0]))), "unassigned": int((labels < 0).sum()),
         "clusters": int(len(np.unique(groups))), "min_faces": cfg.min_faces, "mode": mode,
         "new_faces": int((~old).sum()) if mode == "incremental" else int(len(faces)),

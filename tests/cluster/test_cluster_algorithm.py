@@ -115,3 +115,76 @@ def test_config_errors():
         ClusterConfig(link=0.5, merge=0.5, min_faces=0)
     with pytest.raises(ConfigError, match="index kind"):
         ClusterConfig(link=0.5, merge=0.5, index="nope")
+
+
+def _line(points, dim=8):
+    """Faces at the given (x, y) positions, padded to ``dim`` dimensions."""
+    x = np.zeros((len(points), dim), np.float32)
+    x[:, :2] = np.asarray(points, np.float32)
+    return x
+
+
+def _mean_between(x, a, b):
+    return float(np.mean([np.linalg.norm(x[i] - x[j]) for i in a for j in b]))
+
+
+SPLIT = dict(link=0.45, merge=0.2, k=11, snn=0.0, use_ray=False)
+
+
+def test_split_cuts_a_chain_of_few_links():
+    # two tight people 1.0 apart, one look-alike pair (a4, b0) 0.4 apart bridging them
+    a = [(0.0, 0.0), (0.05, 0.05), (0.0, 0.1), (0.1, 0.0), (0.3, 0.0)]
+    b = [(0.7, 0.0), (0.9, 0.0), (0.95, 0.05), (1.0, 0.1), (1.0, 0.0)]
+    x = _line(a + b)
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    across = int((d[:5, 5:] <= SPLIT["link"]).sum())
+    assert across == 1 and _mean_between(x, range(5), range(5, 10)) > 0.6  # what the cut is about
+    chained = cluster_embeddings(x, ClusterConfig(**SPLIT))
+    assert len(np.unique(chained.groups)) == 1  # the link stage alone chains the two people
+    res = cluster_embeddings(x, ClusterConfig(**SPLIT, split=0.6, split_links=2.0))
+    assert bcubed(res.groups, np.repeat([0, 1], 5)) == {"precision": 1.0, "recall": 1.0, "f": 1.0}
+    assert res.stats["groups_split"] == 1
+
+
+def test_split_keeps_a_wide_group_held_by_many_links():
+    # one person in two poses: two clouds whose mean distance is above the split threshold, but
+    # every face of one cloud is within the link distance of several faces of the other
+    left = [(0.0, y) for y in (0.0, 0.1, 0.2, 0.3)] + [(0.15, y) for y in (0.05, 0.15, 0.25)]
+    right = [(0.4, y) for y in (0.0, 0.1, 0.2, 0.3)] + [(0.55, y) for y in (0.05, 0.15, 0.25)]
+    x = _line(left + right)
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    across = int((d[:7, 7:] <= SPLIT["link"]).sum())
+    mean = _mean_between(x, range(7), range(7, 14))
+    assert mean > 0.4 and across >= 2 * 7, (mean, across)
+    cfg = {**SPLIT, "k": 13}
+    res = cluster_embeddings(x, ClusterConfig(**cfg, split=0.4, split_links=2.0))
+    assert len(np.unique(res.groups)) == 1 and res.stats["groups_split"] == 0
+    # the same clouds when more links per face are asked for than they have: cut in two
+    cut = cluster_embeddings(x, ClusterConfig(**cfg, split=0.4, split_links=across / 7 + 0.01))
+    assert bcubed(cut.groups, np.repeat([0, 1], 7))["precision"] == 1.0 and len(np.unique(cut.groups)) == 2
+
+
+def test_split_leaves_groups_above_split_max():
+    a = [(0.0, 0.0), (0.05, 0.05), (0.0, 0.1), (0.1, 0.0), (0.3, 0.0)]
+    b = [(0.7, 0.0), (0.9, 0.0), (0.95, 0.05), (1.0, 0.1), (1.0, 0.0)]
+    res = cluster_embeddings(_line(a + b), ClusterConfig(**SPLIT, split=0.6, split_max=9))
+    assert len(np.unique(res.groups)) == 1 and res.stats["groups_too_large_to_split"] == 1
+
+
+def test_split_config_errors():
+    with pytest.raises(ConfigError, match="split=-0.1 is invalid"):
+        ClusterConfig(link=0.5, merge=0.5, split=-0.1)
+    with pytest.raises(ConfigError, match="split_links"):
+        ClusterConfig(link=0.5, merge=0.5, split=0.5, split_links=-1)
+    with pytest.raises(ConfigError, match="split_max"):
+        ClusterConfig(link=0.5, merge=0.5, split=0.5, split_max=2)
+
+
+def test_split_threshold_between_link_and_merge():
+    from facerec.models.calibration import read_calibration
+    from facerec.models.pretrained import resolve_checkpoint
+
+    th = from_calibration(read_calibration(resolve_checkpoint("dlib_resnet")), 1e-3, 1e-4, "dlib_resnet", 5e-4)
+    assert th.merge < th.split < th.link
+    with pytest.raises(ConfigError, match="split_far"):
+        from_calibration(read_calibration(resolve_checkpoint("dlib_resnet")), split_far=0)

@@ -25,6 +25,7 @@ def test_missing_folder(tmp_path, capsys):
 @pytest.mark.parametrize("flag,value,match", [
     ("--snn", "2", "snn=2.0 is invalid"), ("--min-faces", "0", "min_faces=0 is invalid"),
     ("--link-far", "1.5", "--link-far=1.5 is invalid"), ("--k", "0", "k=0 is invalid"),
+    ("--split-far", "0", "--split-far=0.0 is invalid"),
 ])
 def test_bad_options(tmp_path, capsys, flag, value, match):
     rc, out = run(["--data", str(tmp_path), "--out", str(tmp_path / "o"), flag, value], capsys)
