@@ -84,6 +84,10 @@ def plan_run(work: str | Path = "out/run", data: str | None = None, preset: str 
     pre = PreprocessConfig(**{"input_kind": kind, **_fields(PreprocessConfig, preprocess, "preprocess")})
     if pre.input_kind != kind:
         raise ConfigError("preprocess.input_kind", pre.input_kind, f"{kind}, the input kind of {sweep.backbones}")
+    if pre.several_faces == "all":  # refused here, before the photos are cropped for nothing
+        raise ConfigError("preprocess.several_faces", pre.several_faces,
+                          "'largest' or 'drop': training, the gallery and the tables need one face per photo (a "
+                          "photo's label names one person); every face of a photo is for `facerec cluster`")
     pending = {b: PENDING for b in sweep.backbones}
     gallery_cfg = GalleryBuildConfig(**{"crops_dir": str(crops), "out_dir": str(gallery_dir), "checkpoints": pending,
                                         "split": "test", "kinds": ["kdtree", "exact"], "overwrite": True,

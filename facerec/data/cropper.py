@@ -32,20 +32,22 @@ if TYPE_CHECKING:  # pragma: no cover
     from facerec.data.preprocess import PreprocessConfig
     from facerec.detect import Found
 
-RESULT_COLUMNS = ["image_id", "status", "reason", "detail", "method", "box_x", "box_y", "box_w", "box_h", "score",
-                  "haar_pass", "orig_w", "orig_h", "faces_pass1", "faces_pass2", "faces", "rejected"]
+RESULT_COLUMNS = ["image_id", "face", "status", "reason", "detail", "method", "box_x", "box_y", "box_w", "box_h",
+                  "score", "haar_pass", "orig_w", "orig_h", "faces_pass1", "faces_pass2", "faces", "rejected"]
 
 
 @dataclass(frozen=True)
 class BoxChoice:
     """What a box rule decided for one photo: the face box (x, y, w, h, in the detector's
-    convention) and its score, or None and why not."""
+    convention) and its score, or None and why not. ``more``: the (box, score) of further faces
+    kept from the same photo, each its own row and crop (``several_faces="all"``)."""
 
     box: tuple[float, float, float, float] | None
     method: str = "face"
     reason: str = ""
     detail: str = ""
     score: float = float("nan")
+    more: tuple = ()
 
 
 BoxRule = Callable[["Found", int, int], BoxChoice]
@@ -55,6 +57,9 @@ partial of one), so Ray can ship it to the actors by reference."""
 
 def _study_box(found: "Found", height: int, width: int, several_faces: str = "drop") -> BoxChoice:
     n = len(found)
+    if n > 1 and several_faces == "all":
+        return BoxChoice(tuple(found.boxes[0]), "all", detail=f"face 1 of {n}", score=float(found.scores[0]),
+                         more=tuple((tuple(b), float(s)) for b, s in zip(found.boxes[1:], found.scores[1:])))
     if n > 1 and several_faces == "largest":
         # Found lists the accepted faces largest first.
         return BoxChoice(tuple(found.boxes[0]), "largest", detail=f"largest of {n} faces", score=float(found.scores[0]))
@@ -72,9 +77,9 @@ def _passes(found: "Found") -> str:
 
 
 def study_box_rule(several_faces: str = "drop") -> BoxRule:
-    """The study's rule: exactly one accepted face is kept; several drop the photo (``"drop"``)
-    or keep the largest (``"largest"``); none drops it with the gate's reason (``no_face``,
-    ``too_small``, ``low_confidence``)."""
+    """The study's rule: exactly one accepted face is kept; several drop the photo (``"drop"``),
+    keep the largest (``"largest"``) or keep every one, largest first (``"all"``: face 0, 1, ...);
+    none drops it with the gate's reason (``no_face``, ``too_small``, ``low_confidence``)."""
     return functools.partial(_study_box, several_faces=several_faces)
 
 
@@ -89,7 +94,8 @@ class FaceCropper:
     written there as a part file once its crops are on disk (a resumable run's record).
 
     Returns one row per photo (:data:`RESULT_COLUMNS`): status ``kept`` or ``dropped`` with the
-    reason (decode errors included: a bad photo never stops the run).
+    reason (decode errors included: a bad photo never stops the run); a photo whose box rule keeps
+    several faces gives one ``kept`` row per face (``face`` 0, 1, ..., crop ``crop_relpath(image_id, face)``).
     """
 
     def __init__(self, image_root: str, out_dir: str, config: "PreprocessConfig", box_rule: BoxRule | None = None,
@@ -114,7 +120,7 @@ class FaceCropper:
     def _decode(self, image_id: str) -> tuple[dict, np.ndarray | None]:
         from facerec.data.images import read_image
 
-        row = {"image_id": image_id, "status": "dropped", "reason": "", "detail": "", "method": "", "box_x": -1,
+        row = {"image_id": image_id, "face": 0, "status": "dropped", "reason": "", "detail": "", "method": "", "box_x": -1,
                "box_y": -1, "box_w": -1, "box_h": -1, "score": float("nan"), "haar_pass": 0, "orig_w": -1,
                "orig_h": -1, "faces_pass1": -1, "faces_pass2": -1, "faces": 0, "rejected": 0}
         try:
@@ -126,8 +132,9 @@ class FaceCropper:
         return row, rgb
 
     def detect(self, image_ids: list[str]) -> list[tuple[dict, np.ndarray | None, np.ndarray | None]]:
-        """Decode and detect a batch of photos (one detector call for the batch): per photo (result
-        row, the photo if a face is kept, its box in the detector's convention)."""
+        """Decode and detect a batch of photos (one detector call for the batch): per kept face, or
+        per photo without one, (result row, the photo if a face is kept, its box in the detector's
+        convention)."""
         decoded = [self._decode(i) for i in image_ids]
         ok = [k for k, (_, rgb) in enumerate(decoded) if rgb is not None]
         found = dict(zip(ok, self.detector.find_many([decoded[k][1] for k in ok])))
@@ -145,9 +152,13 @@ class FaceCropper:
             if choice.box is None:
                 out.append((row, None, None))
                 continue
-            box = np.asarray(choice.box, dtype=np.float64)
-            row.update(zip(("box_x", "box_y", "box_w", "box_h"), (int(round(v)) for v in box)))
-            out.append((row, rgb, box))
+            for face, (box, score) in enumerate([(choice.box, choice.score), *choice.more]):
+                box = np.asarray(box, dtype=np.float64)
+                face_row = dict(row, face=face, score=float(score))
+                if face:
+                    face_row["detail"] = f"face {face + 1} of {len(choice.more) + 1}"
+                face_row.update(zip(("box_x", "box_y", "box_w", "box_h"), (int(round(v)) for v in box)))
+                out.append((face_row, rgb, box))
         return out
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -163,7 +174,7 @@ class FaceCropper:
         for k, face in zip(keep, inputs):
             row = detected[k][0]
             # No fsync per file: the batch ends with one filesystem barrier (below).
-            atomic_write_bytes(self.out_dir / crop_relpath(row["image_id"]), encode_png(face), fsync=False)
+            atomic_write_bytes(self.out_dir / crop_relpath(row["image_id"], row["face"]), encode_png(face), fsync=False)
             row["status"] = "kept"
         rows = pd.DataFrame([d[0] for d in detected], columns=RESULT_COLUMNS)
         # One syncfs per batch instead of an fsync per crop: with one actor per core, per-file fsyncs
@@ -183,7 +194,7 @@ def crop_images(image_ids: list[str], image_root: str | Path, out_dir: str | Pat
     """Run :class:`FaceCropper` over ``image_ids`` (relative to ``image_root``), ``config.batch_size``
     photos per batch: on a Ray Data actor pool of ``config.num_workers`` actors (default: every CPU
     of the cluster) for ``config.engine == "ray"``, else in this process. Returns the rows of all
-    photos (order not guaranteed on Ray)."""
+    photos, one per kept face (order not guaranteed on Ray)."""
     from facerec.progress import Progress
 
     args = {"image_root": str(image_root), "out_dir": str(out_dir), "config": config, "box_rule": box_rule,
@@ -217,5 +228,5 @@ def crop_images(image_ids: list[str], image_root: str | Path, out_dir: str | Pat
     with Progress(len(image_ids), "crop faces", "img", enabled=progress) as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
             rows.append(batch)
-            bar.update(len(batch))
+            bar.update(batch["image_id"].nunique())  # a photo kept with several faces is several rows
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=RESULT_COLUMNS)

@@ -136,32 +136,44 @@ def erased_names(erased: Erased, *tables: pd.DataFrame) -> set[str]:
     return names
 
 
-def scrub_outputs(folder: Path, names: set[str]) -> int:
-    """Remove the crop files and resume-part rows of the photos ``names`` from the preprocess
-    output ``folder``; returns how many crop files and part rows went."""
+def _unlink_faces(folder: Path, name: str, known: int) -> int:
+    """Remove every face crop of photo ``name``: faces 0..known-1 (what the resume record lists),
+    then any further ones in sequence (crops a batch wrote before it died unrecorded)."""
     from facerec.data.inputs import crop_relpath
-    from facerec.data.preprocess import PARTS_DIR
-    from facerec.io import atomic_write_parquet, fsync_dir
 
-    removed = 0
-    for name in names:
+    removed, face = 0, 0
+    while True:
         try:
-            os.unlink(folder / crop_relpath(name))
+            os.unlink(folder / crop_relpath(name, face))
             removed += 1
         except FileNotFoundError:
-            pass
+            if face >= known:
+                return removed
+        face += 1
+
+
+def scrub_outputs(folder: Path, names: set[str]) -> int:
+    """Remove the crop files and resume-part rows of the photos ``names`` from the preprocess
+    output ``folder`` (every face of a photo kept with ``several_faces="all"``); returns how many
+    crop files and part rows went."""
+    from facerec.data.preprocess import PARTS_DIR, combine_parts
+    from facerec.io import atomic_write_parquet, fsync_dir
+
+    parts = sorted((folder / PARTS_DIR).glob("part-*.parquet"))
+    rows = combine_parts(parts)
+    gone = rows["image_id"].isin(names)
+    erased_rows = rows[gone]
+    known = erased_rows[erased_rows["status"] == "kept"].groupby("image_id")["face"].max() + 1
+    removed = sum(_unlink_faces(folder, name, int(known.get(name, 1))) for name in names)
     if removed:
         fsync_dir(folder / "crops")
-    parts = sorted((folder / PARTS_DIR).glob("part-*.parquet"))
     if not parts:
         return removed
-    rows = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
-    gone = rows["image_id"].isin(names)
     if gone.any() or len(parts) > 1:
         # One merged resume record instead of one file per batch (a real CelebA leaves ~12,700):
         # this runs at every use of a folder whose photos have erasures, so it must stay cheap.
         merged = folder / PARTS_DIR / MERGED_PART
-        atomic_write_parquet(merged, rows[~gone].drop_duplicates("image_id", keep="last").reset_index(drop=True))
+        atomic_write_parquet(merged, rows[~gone].reset_index(drop=True))
         for p in parts:
             if p != merged:
                 p.unlink(missing_ok=True)
@@ -190,7 +202,8 @@ def scrub_crops_folder(folder: str | os.PathLike, erased: Erased) -> int:
         return traces
     gone_kept = kept["image_id"].isin(names).to_numpy()
     gone_dropped = dropped["image_id"].isin(names).to_numpy() if dropped is not None else np.zeros(0, bool)
-    lines = int(gone_kept.sum() + gone_dropped.sum())
+    # listing lines: a photo kept with several faces (several_faces="all") is one line, many rows
+    lines = int(kept.loc[gone_kept, "image_id"].nunique() + gone_dropped.sum())
     if not lines:
         return traces
     meta = read_parquet_metadata(table)
@@ -206,10 +219,12 @@ def scrub_crops_folder(folder: str | os.PathLike, erased: Erased) -> int:
         summary = json.loads(summary_path.read_text())
         reasons = dropped["reason"].value_counts()
         summary.update({
-            "kept": int(len(kept)), "dropped": {r: int(n) for r, n in sorted(reasons.items())},
+            "kept": int(kept["image_id"].nunique()), "faces": int(len(kept)),
+            "dropped": {r: int(n) for r, n in sorted(reasons.items())},
             "identities": int(kept["identity"].nunique()), "erased": int(summary.get("erased", 0)) + lines,
-            "kept_fraction": round(len(kept) / max(1, int(summary.get("listed", 1))), 4),
-            "data_version": meta["data_version"], "haar_pass2": int((kept["haar_pass"] == 2).sum()),
+            "kept_fraction": round(kept["image_id"].nunique() / max(1, int(summary.get("listed", 1))), 4),
+            "data_version": meta["data_version"],
+            "haar_pass2": int(((kept["haar_pass"] == 2) & (kept["face"] == 0 if "face" in kept else True)).sum()),
         })
         atomic_write_json(summary_path, summary)
     return traces + lines

@@ -230,7 +230,12 @@ def check_inputs_match(model_meta: dict, crops_meta: dict, crops_where: str, mod
         )
 
 
-def crop_relpath(image_id: str) -> str:
+def crop_relpath(image_id: str, face: int = 0) -> str:
     """Where a photo's stored input lives in a crops folder: ``crops/<image_id>.png`` (the photo's
-    own name kept whole, so ``a.jpg`` and ``a.png`` never collide)."""
+    own name kept whole, so ``a.jpg`` and ``a.png`` never collide). ``face``: the face's number in
+    its photo (0 = largest box); faces after the first (``several_faces="all"``) are
+    ``crops/<image_id>.face<n>.png``, so face 0 keeps the path every crops folder has always used.
+    No photo's own crop can take such a name: a photo's name ends in an image suffix, not ``.face<n>``."""
+    if face:
+        return f"crops/{image_id}.face{int(face)}{CROP_SUFFIX}"
     return f"crops/{image_id}{CROP_SUFFIX}"

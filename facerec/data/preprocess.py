@@ -32,7 +32,7 @@ from facerec.io import atomic_write_bytes, atomic_write_json, atomic_write_parqu
 PARTS_DIR = "_parts"
 
 
-SEVERAL_FACES_RULES = ("largest", "drop")
+SEVERAL_FACES_RULES = ("largest", "drop", "all")
 
 
 @dataclass
@@ -42,8 +42,10 @@ class PreprocessConfig:
     ``input_kind`` (``facerec.data.inputs.INPUT_KINDS``): what is stored per kept photo -- the
     study's ``haar_crop`` or dlib's ``aligned_chip_5pt`` (the input of ``dlib_resnet``).
     ``crop_size`` None means the kind's size (218 / 150). ``several_faces``: ``"drop"`` (the
-    study's rule: a photo with several accepted faces is dropped) or ``"largest"`` (keep the
-    largest face). ``detector`` and the fields after it up to ``detect_max_side`` are the face
+    study's rule: a photo with several accepted faces is dropped), ``"largest"`` (keep the
+    largest face) or ``"all"`` (keep every accepted face, each its own row and crop, numbered by
+    the ``face`` column from 0 = largest: for clustering; the labelled stages refuse such crops,
+    :func:`facerec.data.schema.require_one_face_per_photo`). ``detector`` and the fields after it up to ``detect_max_side`` are the face
     detector and its gate (:class:`facerec.detect.DetectorConfig`; None = the detector's default).
     ``layout``: how the photo folder is read (``facerec.data.layouts.LAYOUTS``: ``celeba``,
     ``folder_per_person``, ``unlabelled``; None = detected from the folder).
@@ -52,7 +54,7 @@ class PreprocessConfig:
     input_kind: str = "haar_crop"
     crop_size: int | None = None   # None: the input kind's size (haar_crop 218, the study's; chips 150)
     margin: float = 0.2            # of the face box side, on every side (haar_crop)
-    several_faces: str = "largest"  # "largest" or "drop" (the study's rule)
+    several_faces: str = "largest"  # "largest", "drop" (the study's rule) or "all" (every face: clustering)
     detector: str = "mtcnn"        # facerec.detect.DETECTORS: "mtcnn", or "haar" (the study's)
     min_confidence: float | None = None  # face gate: lowest detector score kept (None: the detector's default)
     min_face: int | None = None    # face gate: smallest face side kept, pixels (None: the detector's default)
@@ -79,7 +81,8 @@ class PreprocessConfig:
         self.detector_config()  # ConfigError naming the detector field
         checks = {
             "margin": (0 <= self.margin <= 2, "a fraction in [0, 2], e.g. 0.2"),
-            "several_faces": (self.several_faces in SEVERAL_FACES_RULES, "'largest' or 'drop' (the study's rule)"),
+            "several_faces": (self.several_faces in SEVERAL_FACES_RULES,
+                              "'largest', 'drop' (the study's rule) or 'all' (every face, for clustering)"),
             "max_pixels": (self.max_pixels >= 64 * 64, "at least 4096"),
             "min_images_per_identity": (self.min_images_per_identity >= 1, "an integer >= 1 (2 for retrieval)"),
             "batch_size": (self.batch_size >= 1, "an integer >= 1"),
@@ -111,11 +114,21 @@ class PreprocessConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _read_parts(out_dir: Path) -> pd.DataFrame:
-    parts = sorted((out_dir / PARTS_DIR).glob("part-*.parquet"))
+def combine_parts(parts: list[Path]) -> pd.DataFrame:
+    """The result rows of the part files ``parts``, a photo's rows taken from the last part that
+    holds it (a photo processed twice gives its rows twice). A photo kept with several faces
+    (``several_faces="all"``) has one row per face; parts from before the ``face`` column give 0."""
     if not parts:
         return pd.DataFrame(columns=RESULT_COLUMNS)
-    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True).drop_duplicates("image_id", keep="last")
+    rows = pd.concat([pd.read_parquet(p).assign(_part=k) for k, p in enumerate(parts)], ignore_index=True)
+    rows["face"] = rows["face"].fillna(0).astype(np.int64) if "face" in rows.columns else 0
+    latest = rows["_part"].to_numpy() == rows.groupby("image_id")["_part"].transform("max").to_numpy()
+    rows = rows[latest].drop_duplicates(["image_id", "face"], keep="last")
+    return rows.drop(columns="_part").reset_index(drop=True)
+
+
+def _read_parts(out_dir: Path) -> pd.DataFrame:
+    return combine_parts(sorted((out_dir / PARTS_DIR).glob("part-*.parquet")))
 
 
 def _check_resume(out_dir: Path, config: PreprocessConfig, overwrite: bool) -> None:
@@ -141,7 +154,8 @@ def data_version(kept: pd.DataFrame, config: PreprocessConfig) -> str:
 
 
 def data_version_of(kept: pd.DataFrame, fingerprint: str) -> str:
-    """The version of a kept table made with crop settings ``fingerprint``: its (image, identity) rows."""
+    """The version of a kept table made with crop settings ``fingerprint``: its (image, identity)
+    rows (under ``several_faces="all"`` a photo's line repeats once per face, so the faces kept count too)."""
     h = hashlib.sha256(fingerprint.encode())
     h.update("\n".join(f"{a} {b}" for a, b in zip(kept["image_id"], kept["identity"])).encode())
     return h.hexdigest()[:16]
@@ -153,14 +167,17 @@ def small_identity_detail(n: int, minimum: int) -> str:
 
 def drop_small_identities(kept: pd.DataFrame, minimum: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A kept table split into the rows of identities with at least ``minimum`` images and the
-    drop-manifest rows (reason ``identity_too_small``) of the others: what preprocess decides,
-    applied again after an erasure left an identity smaller."""
-    counts = kept["identity"].map(kept["identity"].value_counts())
+    drop-manifest rows (reason ``identity_too_small``, one per photo) of the others: what
+    preprocess decides, applied again after an erasure left an identity smaller. Images are
+    photos: a photo kept with several faces counts once."""
+    photos = kept.drop_duplicates("image_id")
+    counts = kept["identity"].map(photos["identity"].value_counts())
     small = (counts < minimum).to_numpy()
-    dropped = pd.DataFrame({"image_id": kept.loc[small, "image_id"].to_numpy(),
-                            "identity": kept.loc[small, "identity"].to_numpy(),
+    first = small & ~kept["image_id"].duplicated().to_numpy()
+    dropped = pd.DataFrame({"image_id": kept.loc[first, "image_id"].to_numpy(),
+                            "identity": kept.loc[first, "identity"].to_numpy(),
                             "reason": "identity_too_small",
-                            "detail": [small_identity_detail(int(n), minimum) for n in counts[small]]})
+                            "detail": [small_identity_detail(int(n), minimum) for n in counts[first]]})
     return kept[~small].reset_index(drop=True), dropped
 
 
@@ -170,7 +187,9 @@ def preprocess(data_dir: str | Path, out_dir: str | Path, config: PreprocessConf
     (:func:`facerec.data.layouts.read_photos`; None: detected); returns (and writes) the summary.
 
     Invariant: ``kept + sum(dropped.values()) + erased == listed`` where ``listed`` counts the
-    lines of ``identity_CelebA.txt``, or the photos of a folder layout. Images in a CelebA folder
+    lines of ``identity_CelebA.txt``, or the photos of a folder layout; all count photos, and
+    ``summary["faces"]`` the faces kept (the rows of ``crops.parquet``: more than ``kept`` only
+    under ``several_faces="all"``). Images in a CelebA folder
     but not listed are not processed; their number is ``summary["unlisted"]`` and their names are
     in ``unlisted.txt``. An unlabelled folder's photos all have identity -1 (``labelled: false``
     in the crops table's metadata) and no identity-size rule applies to them.
@@ -216,7 +235,9 @@ def preprocess(data_dir: str | Path, out_dir: str | Path, config: PreprocessConf
 
     table = listing.copy()
     table["_row"] = np.arange(len(table))
-    table = table.merge(results, on="image_id", how="left")
+    # A photo kept with several faces (several_faces="all") matches several result rows: one per face.
+    table = table.merge(results, on="image_id", how="left").sort_values(["_row", "face"], kind="stable")
+    table = table.reset_index(drop=True)
     if table["status"].isna().any() and (~dup).any():
         missing = table.loc[table["status"].isna() & ~dup[table["_row"]], "image_id"].tolist()
         if missing:
@@ -224,7 +245,7 @@ def preprocess(data_dir: str | Path, out_dir: str | Path, config: PreprocessConf
     table.loc[dup[table["_row"].to_numpy()], ["status", "reason", "detail"]] = ["dropped", "duplicate",
                                                                               "listed again; the first line is kept"]
     kept_mask = table["status"] == "kept"
-    counts = table.loc[kept_mask, "identity"].value_counts()
+    counts = table.loc[kept_mask].drop_duplicates("_row")["identity"].value_counts()  # photos, not faces
     small = kept_mask & table["identity"].map(counts).lt(config.min_images_per_identity).fillna(False)
     if not labelled:  # identity -1 is nobody, not one person with many photos
         small[:] = False
@@ -234,14 +255,16 @@ def preprocess(data_dir: str | Path, out_dir: str | Path, config: PreprocessConf
     table.loc[small, "detail"] = [small_identity_detail(n, config.min_images_per_identity) for n in n_small]
 
     kept = table[table["status"] == "kept"].copy()
-    kept["crop_path"] = [crop_relpath(i) for i in kept["image_id"]]
+    kept["face"] = kept["face"].astype(np.int16)
+    kept["crop_path"] = [crop_relpath(i, f) for i, f in zip(kept["image_id"], kept["face"])]
     for col in ("box_x", "box_y", "box_w", "box_h", "orig_w", "orig_h"):
         kept[col] = kept[col].astype(np.int32)
     kept["haar_pass"] = kept["haar_pass"].astype(np.int8)
     kept["score"] = kept["score"].astype(np.float32)
     extra = [c for c in listing.columns if c.startswith("celeba_")]
     kept = kept[list(CROP_COLUMNS) + list(ATTRIBUTE_NAMES) + extra].reset_index(drop=True)
-    dropped = table[table["status"] == "dropped"][["image_id", "identity", "reason", "detail"]].reset_index(drop=True)
+    dropped = table[table["status"] == "dropped"].drop_duplicates("_row")  # one line per listed photo
+    dropped = dropped[["image_id", "identity", "reason", "detail"]].reset_index(drop=True)
 
     unlisted = sorted(p.name for p in image_dir.iterdir()
                       if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in listed_names) if layout == "celeba" else []
@@ -260,16 +283,17 @@ def preprocess(data_dir: str | Path, out_dir: str | Path, config: PreprocessConf
     atomic_write_parquet(out_dir / CROPS_TABLE, kept, metadata=meta)
     atomic_write_parquet(out_dir / DROPPED_TABLE, dropped, metadata={"data_version": version})
     reasons = dropped["reason"].value_counts()
+    n_kept = int(kept["image_id"].nunique())  # photos; "faces" counts the rows
     summary = {
-        "listed": int(n_listed), "kept": int(len(kept)), "erased": n_erased,
+        "listed": int(n_listed), "kept": n_kept, "faces": int(len(kept)), "erased": n_erased,
         "dropped": {r: int(reasons.get(r, 0)) for r in DROP_REASONS if reasons.get(r, 0)},
         "identities": int(kept["identity"].nunique()) if labelled else 0, "unlisted": len(unlisted),
         "layout": layout, "labelled": bool(labelled), "ignored": len(listing.attrs["ignored"]),
         "empty_people": len(listing.attrs["empty_people"]),
-        "kept_fraction": round(len(kept) / max(1, n_listed), 4),
+        "kept_fraction": round(n_kept / max(1, n_listed), 4),
         "input_kind": config.input_kind, "crop_size": config.crop_size, "several_faces": config.several_faces,
         "detector": config.detector_config().describe(),
-        "haar_pass2": int((kept["haar_pass"] == 2).sum()),
+        "haar_pass2": int(((kept["haar_pass"] == 2) & (kept["face"] == 0)).sum()),
         "processed_now": len(todo), "resumed": len(unique_ids) - len(todo),
         "seconds": round(time.perf_counter() - t0, 2), "engine": config.engine,
         "data_version": version, "data": str(data_dir), "out": str(out_dir),

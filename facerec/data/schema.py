@@ -3,7 +3,8 @@
 ```
 OUT/
   crops/<image_id>.png        the model inputs (face crops or aligned chips), PNG, size x size
-  crops.parquet               one row per kept image, columns below; schema metadata ``facerec``
+  crops.parquet               one row per kept face (one per photo unless several_faces="all"),
+                              columns below; schema metadata ``facerec``
                               holds {"data_version", "crop_size", "margin", "attribute_names", ...}
   dropped.parquet             the drop manifest: image_id, identity, reason, detail
   summary.json                {"listed", "kept", "dropped": {reason: n}, "identities", "seconds", ...}
@@ -33,7 +34,10 @@ CROP_COLUMNS: tuple[str, ...] = (
     "image_id",    # str, CelebA file name, e.g. "000114.jpg"
     "identity",    # int64
     "partition",   # int8: official 0 train / 1 val / 2 test, -1 when no partition file
-    "crop_path",   # str, relative to OUT, e.g. "crops/000114.jpg"
+    "crop_path",   # str, relative to OUT, e.g. "crops/000114.jpg.png"; unique per row (face n > 0 of a
+    #                photo kept under several_faces="all": "crops/000114.jpg.face<n>.png")
+    "face",        # int16: the face's number in its photo, 0 = largest box; only several_faces="all"
+    #                keeps faces after the first, so only then does an image_id repeat
     "box_x", "box_y", "box_w", "box_h",  # int32, detected face box in the original image
     "haar_pass",   # int8: 1 or 2 (Haar's pass 2 = scan step halved); 1 for one-pass detectors
     "score",       # float32: the detector's confidence in the face (1.0 for Haar, which gives none)
@@ -62,10 +66,33 @@ def attributes_matrix(df: pd.DataFrame) -> np.ndarray:
     return df.loc[:, list(ATTRIBUTE_NAMES)].to_numpy(dtype=np.int8)
 
 
-def load_crops(out_dir: str | Path) -> tuple[pd.DataFrame, dict]:
+def several_faces_of(meta: dict) -> str:
+    """The ``several_faces`` rule a crops table was made with (its metadata)."""
+    return str(meta.get("several_faces") or "largest")
+
+
+def require_one_face_per_photo(meta: dict, where: str | Path) -> None:
+    """Refuse crops made with ``several_faces="all"`` for a stage that reads one face per photo.
+
+    The stages that read labels (train, evaluate, calibrate, a gallery build) take a row's
+    identity to be the person of its face; a photo's label names one person, and "all" gives it
+    to every face of the photo, so the other people of a group photo would be trained, scored
+    and served as that person."""
+    from facerec.errors import ArtifactMismatchError
+
+    if several_faces_of(meta) == "all":
+        raise ArtifactMismatchError(
+            f"{where}: made with several_faces='all' (every face of a photo, each with the photo's identity), but "
+            "this stage needs one face per photo (a photo's label names one person); preprocess the photos again "
+            "with --several-faces largest (or drop) into another --out folder (only `facerec cluster` reads every face)")
+
+
+def load_crops(out_dir: str | Path, several_faces_ok: bool = False) -> tuple[pd.DataFrame, dict]:
     """Read ``OUT/crops.parquet`` and its metadata; a clear error if the folder is not a
-    finished preprocess output."""
-    from facerec.errors import DataNotFoundError
+    finished preprocess output, or when it holds several faces of a photo (``several_faces="all"``)
+    and the caller did not say it reads them (``several_faces_ok``: ``facerec cluster``).
+    A table from before the ``face`` column gets ``face`` 0 (it kept one face per photo)."""
+    from facerec.errors import ArtifactMismatchError, DataNotFoundError
     from facerec.io import read_parquet_metadata
 
     path = Path(out_dir) / CROPS_TABLE
@@ -74,5 +101,20 @@ def load_crops(out_dir: str | Path) -> tuple[pd.DataFrame, dict]:
             f"{path} not found: {out_dir} is not a preprocessed folder. "
             f"Run `facerec preprocess --data PHOTOS --out {out_dir}` first."
         )
+    meta = read_parquet_metadata(path)
+    if not several_faces_ok:
+        require_one_face_per_photo(meta, path)
     df = pd.read_parquet(path)
-    return df, read_parquet_metadata(path)
+    if "face" not in df.columns and "crop_path" in df.columns:
+        df.insert(list(df.columns).index("crop_path") + 1, "face", np.zeros(len(df), np.int16))
+    if "face" in df.columns and "image_id" in df.columns:
+        twice = df.duplicated(["image_id", "face"]).to_numpy()
+        if twice.any():
+            raise ArtifactMismatchError(f"{path}: photo {df['image_id'].iloc[int(np.argmax(twice))]!r} face "
+                                        f"{int(df['face'].iloc[int(np.argmax(twice))])} is listed twice; the table is "
+                                        "damaged: preprocess the photos again with --overwrite")
+        if several_faces_of(meta) != "all" and (df["face"] != 0).any():
+            raise ArtifactMismatchError(f"{path}: faces after the first of a photo in a table made with "
+                                        f"several_faces={several_faces_of(meta)!r}; the table is damaged: "
+                                        "preprocess the photos again with --overwrite")
+    return df, meta

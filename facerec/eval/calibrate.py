@@ -179,7 +179,7 @@ def lfw_distances(lfw_root: str | os.PathLike, model: str | os.PathLike, config:
 def crops_distances(crops_dir: str | os.PathLike, model: str | os.PathLike, config: CalibrateConfig
                     ) -> tuple[FoldedDistances, dict[str, Any]]:
     """Validation-split genuine/impostor distances by identity fold (see module docstring)."""
-    from facerec.data.schema import CROPS_TABLE
+    from facerec.data.schema import CROPS_TABLE, load_crops
     from facerec.data.splits import assign_splits
     from facerec.eval.embed import EmbedConfig, embed_crops_with_stats
     from facerec.eval.gallery_index import check_data_version, resolve_split_args
@@ -192,7 +192,7 @@ def crops_distances(crops_dir: str | os.PathLike, model: str | os.PathLike, conf
     crops_meta = read_parquet_metadata(root / CROPS_TABLE)
     check_data_version(meta, crops_meta, folder)  # a trained model's validation people must be held out
     split_args = resolve_split_args([meta], config.split_args)
-    df = assign_splits(pd.read_parquet(root / CROPS_TABLE), **split_args)
+    df = assign_splits(load_crops(root)[0], **split_args)  # refuses several faces per photo: labels are per photo
     val = df[df["split"] == "val"].reset_index(drop=True)
     if val["identity"].nunique() < config.folds:
         raise ConfigError("split", split_args, f"a validation split of at least {config.folds} identities (it has "

@@ -377,7 +377,7 @@ def test_default_rule_keeps_the_largest_of_several_faces(dataset, tmp_path):
     [("crop_size", 8), ("margin", -0.1), ("margin", 3.0), ("scale_step", 1.0), ("min_neighbors", -1),
      ("min_face", 0), ("min_face", 1.5), ("min_confidence", 1.2), ("min_confidence", float("nan")),
      ("detect_max_side", 10), ("detector", "hog"), ("max_pixels", 100), ("min_images_per_identity", 0),
-     ("batch_size", 0), ("num_workers", 0), ("several_faces", "all"), ("engine", "spark")],
+     ("batch_size", 0), ("num_workers", 0), ("several_faces", "every"), ("engine", "spark")],
 )
 def test_config_validation(field, value):
     with pytest.raises(ConfigError, match=rf"^{field}={value!r} is invalid: expected ") as info:
