@@ -12,7 +12,7 @@ Protocol (the study's, made explicit):
    KD-tree index (the study's method; any kind of :data:`facerec.index.INDEXES`) over the gallery
    and search the top max(k) (clipped to the gallery size);
 4. for k = 10, 20, 50, 100, 1000 and their mean: top-k attribute accuracy and mean attribute
-   distance (:mod:`facerec.eval.metrics`), and the mean wall time of one single-query top-k
+   distance (:mod:`facerec.metrics.retrieval`), and the mean wall time of one single-query top-k
    search through the index; beside them the same attribute figures for a seeded random
    ranking (the chance level); per model also the gallery embedding time, precision@1 and
    MAP@R (Musgrave et al. 2020) of identity retrieval;
@@ -171,7 +171,7 @@ def evaluate_model(cfg: TablesConfig, stage: str, backbone: str, checkpoint: str
     """Embed, index, search and score one model; returns its rows (one per k), its summary
     and the raw retrieval (``ids``: gallery row positions best first, ``distances``)."""
     from facerec.eval.embed import EmbedConfig, embed_crops_with_stats
-    from facerec.eval.metrics import attribute_metrics, map_at_r, precision_at_k, relevant_counts
+    from facerec.metrics.retrieval import attribute_metrics, map_at_r, precision_at_k, relevant_counts
     from facerec.index import build_index
     from facerec.models import read_checkpoint_metadata
 
@@ -301,7 +301,7 @@ def evaluate_tables(cfg: TablesConfig) -> dict[str, Any]:
     from facerec.data.schema import attributes_matrix, load_crops
     from facerec.data.splits import assign_splits, query_gallery
     from facerec.eval.gallery_index import check_data_version, resolve_split_args, save_initial_checkpoint
-    from facerec.eval.metrics import random_ranking_baseline
+    from facerec.metrics.retrieval import random_ranking_baseline
     from facerec.models import read_checkpoint_metadata
 
     t0 = time.perf_counter()

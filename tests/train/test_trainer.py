@@ -34,7 +34,7 @@ def recomputed_val_metrics(cfg: TrainConfig, checkpoint) -> dict:
     each, is not compared with this."""
     from facerec.data.images import read_image
     from facerec.data.transforms import test_transform
-    from facerec.eval.metrics import leave_one_out_metrics
+    from facerec.metrics.retrieval import leave_one_out_metrics
     from facerec.models import load_embedder
 
     model, _ = load_embedder(checkpoint)
