@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     from facerec.data.inputs import kind_of
     from facerec.data.preprocess import PreprocessConfig, preprocess
     from facerec.data.schema import load_crops
-    from facerec.eval.embed import embed_crops
+    from facerec.gallery.embed import embed_crops
     from facerec.models import read_checkpoint_metadata
     from facerec.models.pretrained import resolve_checkpoint
 

@@ -6,7 +6,7 @@ synthetic photos (or --data) -> preprocess (into the preset's input kind) -> tra
 -> build-index (best checkpoint per backbone, test identities) -> evaluate (tables 3.1/3.2 + grids).
 
 :func:`plan_run` builds every stage's config (:class:`~facerec.data.preprocess.PreprocessConfig`,
-:class:`~facerec.train.config.SweepConfig`, :class:`~facerec.eval.gallery_index.GalleryBuildConfig`,
+:class:`~facerec.train.config.SweepConfig`, :class:`~facerec.gallery.build_index.BuildIndexConfig`,
 :class:`~facerec.eval.tables.TablesConfig`) and so validates all of them before anything starts or
 is written; :func:`run_plan` runs them.
 """
@@ -40,7 +40,7 @@ class RunPlan:
     sweep: Any                  # SweepConfig (validated without the crops, which do not exist yet)
     train_overrides: dict = field(default_factory=dict)
     sweep_overrides: dict = field(default_factory=dict)
-    gallery: Any = None         # GalleryBuildConfig
+    gallery: Any = None         # BuildIndexConfig
     tables: Any = None          # TablesConfig
 
 
@@ -56,13 +56,13 @@ def plan_run(work: str | Path = "out/run", data: str | None = None, preset: str 
              gallery: dict | None = None, tables: dict | None = None) -> RunPlan:
     """Build and validate the configs of every stage; starts nothing and writes nothing.
 
-    ``preprocess``/``gallery``/``tables``: overrides of the PreprocessConfig, GalleryBuildConfig and
+    ``preprocess``/``gallery``/``tables``: overrides of the PreprocessConfig, BuildIndexConfig and
     TablesConfig fields; ``train``/``sweep``: overrides of the preset's TrainConfig and SweepConfig
     fields (losses, backbones, ...). A bad value is a
     ConfigError naming its field (a DataNotFoundError naming a missing folder)."""
     from facerec.data.preprocess import PreprocessConfig
-    from facerec.eval.gallery_index import GalleryBuildConfig
     from facerec.eval.tables import TablesConfig
+    from facerec.gallery.build_index import BuildIndexConfig
     from facerec.train.cli import sweep_input_kind
     from facerec.train.config import SweepConfig, TrainConfig, data_prepared_later
     from facerec.train.presets import PRESETS, build_sweep
@@ -85,9 +85,9 @@ def plan_run(work: str | Path = "out/run", data: str | None = None, preset: str 
     if pre.input_kind != kind:
         raise ConfigError("preprocess.input_kind", pre.input_kind, f"{kind}, the input kind of {sweep.backbones}")
     pending = {b: PENDING for b in sweep.backbones}
-    gallery_cfg = GalleryBuildConfig(**{"crops_dir": str(crops), "out_dir": str(gallery_dir), "checkpoints": pending,
+    gallery_cfg = BuildIndexConfig(**{"crops_dir": str(crops), "out_dir": str(gallery_dir), "checkpoints": pending,
                                         "split": "test", "kinds": ["kdtree", "exact"], "overwrite": True,
-                                        **_fields(GalleryBuildConfig, gallery, "gallery")})
+                                        **_fields(BuildIndexConfig, gallery, "gallery")})
     tables_cfg = TablesConfig(**{"crops_dir": str(crops), "out_dir": str(results), "backbones": list(sweep.backbones),
                                  "checkpoints": pending, **_fields(TablesConfig, tables, "tables")})
     return RunPlan(source=data, work=work, preset=preset, preprocess=pre, crops=crops, sweep=sweep,
@@ -114,8 +114,8 @@ def preprocess_line(summary: dict) -> str:
 def run_plan(plan: RunPlan) -> dict[str, Any]:
     """Run the stages of ``plan`` in order; returns {crops, run, gallery, results, trials}."""
     from facerec.data.preprocess import preprocess
-    from facerec.eval.gallery_index import build_gallery_index
     from facerec.eval.tables import best_checkpoints, evaluate_tables, fine_tuning_verdicts
+    from facerec.gallery.build_index import build_gallery_index
     from facerec.train.presets import build_sweep
     from facerec.train.report import read_trials
     from facerec.train.sweep import run_sweep

@@ -5,7 +5,7 @@
     python pipelines/build_index.py --crops CROPS --checkpoint r18=RUN/a/best --checkpoint mnv2=RUN/b/best --split test --out G
 
 The output is a served gallery (``python pipelines/serve.py --gallery G`` serves it); layout in
-facerec.eval.gallery_index. ``--split test`` keeps only the identities held out of training
+facerec.gallery.build_index. ``--split test`` keeps only the identities held out of training
 (the split recorded in the checkpoint; the checkpoint's data_version must match the crops).
 """
 
@@ -19,7 +19,7 @@ from facerec.errors import ConfigError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from facerec.eval.gallery_index import SPLIT_CHOICES
+    from facerec.gallery.build_index import SPLIT_CHOICES
     from facerec.index import INDEXES
     from facerec.models import BACKBONES
 
@@ -50,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 @reports_errors("facerec build-index")
 def main(argv=None) -> int:
-    from facerec.eval.gallery_index import GalleryBuildConfig, build_gallery_index
+    from facerec.gallery.build_index import BuildIndexConfig, build_gallery_index
 
     args = parse_args(argv)
     if args.backbone and not args.initial:
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     checkpoints = parse_checkpoints(args.checkpoint)
     # A split is identity-disjoint: an unlabelled folder's crops have no identities to split by.
     check_crops(args.crops, labelled_for=f"--split {args.split}" if args.split != "all" else None)
-    cfg = GalleryBuildConfig(
+    cfg = BuildIndexConfig(
         crops_dir=args.crops, out_dir=args.out, checkpoints=checkpoints,
         initial=list(args.backbone), split=args.split, kinds=args.kinds,
         image_size=args.image_size, embedding_dim=args.embedding_dim, seed=args.seed, batch_size=args.batch_size,

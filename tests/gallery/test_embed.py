@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from facerec.errors import ConfigError, DataNotFoundError
-from facerec.eval.embed import EmbedConfig, embed_crops, embed_crops_with_stats
+from facerec.gallery.embed import EmbedConfig, embed_crops, embed_crops_with_stats
 
 pytestmark = pytest.mark.slow
 
