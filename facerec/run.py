@@ -13,15 +13,12 @@ is written; :func:`run_plan` runs them.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from facerec.cli import check_source, reports_errors
 from facerec.errors import ConfigError
 
 PENDING = "(best trial of the sweep)"
@@ -61,10 +58,10 @@ def plan_run(work: str | Path = "out/run", data: str | None = None, preset: str 
     fields (losses, backbones, ...). A bad value is a
     ConfigError naming its field (a DataNotFoundError naming a missing folder)."""
     from facerec.data.preprocess import PreprocessConfig
+    from facerec.data.sources import check_source
     from facerec.eval.tables import TablesConfig
     from facerec.gallery.build_index import BuildIndexConfig
-    from facerec.train.cli import sweep_input_kind
-    from facerec.train.config import SweepConfig, TrainConfig, data_prepared_later
+    from facerec.train.config import SweepConfig, TrainConfig, data_prepared_later, sweep_input_kind
     from facerec.train.presets import PRESETS, build_sweep
 
     if data is not None:  # the run trains: its photos must name people
@@ -157,27 +154,3 @@ def run_plan(plan: RunPlan) -> dict[str, Any]:
           f"Serve it: facerec serve --gallery {gallery.out_dir}", flush=True)
     return {"crops": plan.crops, "run": run, "gallery": Path(gallery.out_dir), "results": Path(tables.out_dir),
             "trials": len(trials)}
-
-
-@reports_errors("facerec run")
-def main(argv=None) -> int:
-    from facerec.train.presets import PRESETS
-
-    ap = argparse.ArgumentParser(prog="facerec run", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", help="labelled photo folder: CelebA layout or one folder per person (default: the "
-                                   "embedded synthetic dataset)")
-    from facerec.data.cli import add_layout_argument
-
-    add_layout_argument(ap)
-    ap.add_argument("--work", default="out/run", help="folder for crops, gallery and results (default out/run)")
-    ap.add_argument("--preset", default="face-smoke", choices=PRESETS.names(),
-                    help="training preset (default face-smoke: dlib_resnet, minutes on 2 CPUs)")
-    args = ap.parse_args(argv)
-    run_plan(plan_run(args.work, args.data, args.preset,
-                      preprocess={"layout": args.layout} if args.layout else None))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
