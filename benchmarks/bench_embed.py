@@ -62,8 +62,8 @@ def main(argv=None) -> int:
 
     from facerec.data.schema import load_crops
     from facerec.gallery.embed import EmbedConfig, embed_crops_with_stats
-    from facerec.models.checkpoint import save_initial_checkpoint
     from facerec.io import atomic_write_text
+    from facerec.models.checkpoint import save_initial_checkpoint
     from facerec.ray_utils import init_ray
 
     df, meta = load_crops(args.crops)
