@@ -39,8 +39,8 @@ from benchmarks._common import SHARED_DATA, write_table  # noqa: E402
 def leave_one_out(emb: np.ndarray, labels: np.ndarray) -> tuple[float, float, int]:
     """(precision@1, MAP@R, queries) of leave-one-out L2 retrieval among the embeddings as the model
     gives them: each photo queries all the others; photos whose identity has no other photo are
-    no query (``facerec.eval.metrics.leave_one_out_metrics``, the validation metric of training)."""
-    from facerec.eval.metrics import leave_one_out_metrics
+    no query (``facerec.metrics.retrieval.leave_one_out_metrics``, the validation metric of training)."""
+    from facerec.metrics.retrieval import leave_one_out_metrics
 
     x = np.asarray(emb, dtype=np.float64)
     labels = np.asarray(labels)
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     from facerec.data.inputs import kind_of
     from facerec.data.preprocess import PreprocessConfig, preprocess
     from facerec.data.schema import load_crops
-    from facerec.eval.embed import embed_crops
+    from facerec.gallery.embed import embed_crops
     from facerec.models import read_checkpoint_metadata
     from facerec.models.pretrained import resolve_checkpoint
 

@@ -53,7 +53,7 @@ def celeba(work: Path, ckpt: str, meta: dict, detector: dict):
     from facerec.data.preprocess import PreprocessConfig
     from facerec.data.schema import load_crops
     from facerec.detect import DetectorConfig
-    from facerec.eval.embed import embed_crops
+    from facerec.gallery.embed import embed_crops
     from facerec.io import read_parquet_metadata
 
     crops = preprocessed(SHARED_DATA / "celeba-sample", PreprocessConfig(
@@ -67,7 +67,7 @@ def celeba(work: Path, ckpt: str, meta: dict, detector: dict):
 
 def lfw(work: Path, ckpt: str, meta: dict, detector: dict):
     from facerec.data.inputs import kind_of
-    from facerec.eval.embed import embed_crops
+    from facerec.gallery.embed import embed_crops
     from facerec.eval.lfw import LFWCropConfig, crop_lfw_images, default_crop_dir, read_lfw_pairs
 
     root = SHARED_DATA / "lfw-sample"

@@ -1,4 +1,4 @@
-"""Embedding throughput: the Ray Data actor pool of ``facerec.eval.embed`` vs a bare in-process
+"""Embedding throughput: the Ray Data actor pool of ``facerec.gallery.embed`` vs a bare in-process
 loop over the same crops, model, batch size and torch thread count.
 
 Reported per configuration: wall seconds and images/s of the whole call (actor start-up and
@@ -61,9 +61,9 @@ def main(argv=None) -> int:
     import ray
 
     from facerec.data.schema import load_crops
-    from facerec.eval.embed import EmbedConfig, embed_crops_with_stats
-    from facerec.eval.gallery_index import save_initial_checkpoint
+    from facerec.gallery.embed import EmbedConfig, embed_crops_with_stats
     from facerec.io import atomic_write_text
+    from facerec.models.checkpoint import save_initial_checkpoint
     from facerec.ray_utils import init_ray
 
     df, meta = load_crops(args.crops)

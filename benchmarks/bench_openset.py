@@ -101,8 +101,8 @@ def main(argv=None) -> int:
     from facerec.data.schema import load_crops
     from facerec.detect import DetectorConfig, check_same_detector, crops_detector
     from facerec.eval.calibration import identity_folds
-    from facerec.eval.embed import embed_crops
     from facerec.eval.openset_cv import cross_validated_open_set, rows
+    from facerec.gallery.embed import embed_crops
     from facerec.gallery.openset import check_target, exact_search, gallery_threshold
     from facerec.io import read_parquet_metadata
     from facerec.models import read_checkpoint_metadata

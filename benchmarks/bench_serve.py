@@ -211,9 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
+    from facerec.models.pretrained import parse_checkpoints
     from facerec.ray_utils import init_ray
     from facerec.serve.app import ServeConfig, build_app, check_fits
-    from facerec.serve.local import parse_checkpoints, prepare_gallery
+    from facerec.serve.local import prepare_gallery
     from facerec.serve.runtime import apply_serve_env, run_app
 
     serve_env = apply_serve_env()  # as pipelines/serve.py runs it

@@ -6,22 +6,19 @@ synthetic photos (or --data) -> preprocess (into the preset's input kind) -> tra
 -> build-index (best checkpoint per backbone, test identities) -> evaluate (tables 3.1/3.2 + grids).
 
 :func:`plan_run` builds every stage's config (:class:`~facerec.data.preprocess.PreprocessConfig`,
-:class:`~facerec.train.config.SweepConfig`, :class:`~facerec.eval.gallery_index.GalleryBuildConfig`,
+:class:`~facerec.train.config.SweepConfig`, :class:`~facerec.gallery.build_index.BuildIndexConfig`,
 :class:`~facerec.eval.tables.TablesConfig`) and so validates all of them before anything starts or
 is written; :func:`run_plan` runs them.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from facerec.cli import check_source, reports_errors
 from facerec.errors import ConfigError
 
 PENDING = "(best trial of the sweep)"
@@ -40,7 +37,7 @@ class RunPlan:
     sweep: Any                  # SweepConfig (validated without the crops, which do not exist yet)
     train_overrides: dict = field(default_factory=dict)
     sweep_overrides: dict = field(default_factory=dict)
-    gallery: Any = None         # GalleryBuildConfig
+    gallery: Any = None         # BuildIndexConfig
     tables: Any = None          # TablesConfig
 
 
@@ -56,15 +53,15 @@ def plan_run(work: str | Path = "out/run", data: str | None = None, preset: str 
              gallery: dict | None = None, tables: dict | None = None) -> RunPlan:
     """Build and validate the configs of every stage; starts nothing and writes nothing.
 
-    ``preprocess``/``gallery``/``tables``: overrides of the PreprocessConfig, GalleryBuildConfig and
+    ``preprocess``/``gallery``/``tables``: overrides of the PreprocessConfig, BuildIndexConfig and
     TablesConfig fields; ``train``/``sweep``: overrides of the preset's TrainConfig and SweepConfig
     fields (losses, backbones, ...). A bad value is a
     ConfigError naming its field (a DataNotFoundError naming a missing folder)."""
     from facerec.data.preprocess import PreprocessConfig
-    from facerec.eval.gallery_index import GalleryBuildConfig
+    from facerec.data.sources import check_source
     from facerec.eval.tables import TablesConfig
-    from facerec.train.cli import sweep_input_kind
-    from facerec.train.config import SweepConfig, TrainConfig, data_prepared_later
+    from facerec.gallery.build_index import BuildIndexConfig
+    from facerec.train.config import SweepConfig, TrainConfig, data_prepared_later, sweep_input_kind
     from facerec.train.presets import PRESETS, build_sweep
 
     if data is not None:  # the run trains: its photos must name people
@@ -89,9 +86,9 @@ def plan_run(work: str | Path = "out/run", data: str | None = None, preset: str 
                           "'largest' or 'drop': training, the gallery and the tables need one face per photo (a "
                           "photo's label names one person); every face of a photo is for `facerec cluster`")
     pending = {b: PENDING for b in sweep.backbones}
-    gallery_cfg = GalleryBuildConfig(**{"crops_dir": str(crops), "out_dir": str(gallery_dir), "checkpoints": pending,
+    gallery_cfg = BuildIndexConfig(**{"crops_dir": str(crops), "out_dir": str(gallery_dir), "checkpoints": pending,
                                         "split": "test", "kinds": ["kdtree", "exact"], "overwrite": True,
-                                        **_fields(GalleryBuildConfig, gallery, "gallery")})
+                                        **_fields(BuildIndexConfig, gallery, "gallery")})
     tables_cfg = TablesConfig(**{"crops_dir": str(crops), "out_dir": str(results), "backbones": list(sweep.backbones),
                                  "checkpoints": pending, **_fields(TablesConfig, tables, "tables")})
     return RunPlan(source=data, work=work, preset=preset, preprocess=pre, crops=crops, sweep=sweep,
@@ -118,8 +115,8 @@ def preprocess_line(summary: dict) -> str:
 def run_plan(plan: RunPlan) -> dict[str, Any]:
     """Run the stages of ``plan`` in order; returns {crops, run, gallery, results, trials}."""
     from facerec.data.preprocess import preprocess
-    from facerec.eval.gallery_index import build_gallery_index
     from facerec.eval.tables import best_checkpoints, evaluate_tables, fine_tuning_verdicts
+    from facerec.gallery.build_index import build_gallery_index
     from facerec.train.presets import build_sweep
     from facerec.train.report import read_trials
     from facerec.train.sweep import run_sweep
@@ -161,27 +158,3 @@ def run_plan(plan: RunPlan) -> dict[str, Any]:
           f"Serve it: facerec serve --gallery {gallery.out_dir}", flush=True)
     return {"crops": plan.crops, "run": run, "gallery": Path(gallery.out_dir), "results": Path(tables.out_dir),
             "trials": len(trials)}
-
-
-@reports_errors("facerec run")
-def main(argv=None) -> int:
-    from facerec.train.presets import PRESETS
-
-    ap = argparse.ArgumentParser(prog="facerec run", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", help="labelled photo folder: CelebA layout or one folder per person (default: the "
-                                   "embedded synthetic dataset)")
-    from facerec.data.cli import add_layout_argument
-
-    add_layout_argument(ap)
-    ap.add_argument("--work", default="out/run", help="folder for crops, gallery and results (default out/run)")
-    ap.add_argument("--preset", default="face-smoke", choices=PRESETS.names(),
-                    help="training preset (default face-smoke: dlib_resnet, minutes on 2 CPUs)")
-    args = ap.parse_args(argv)
-    run_plan(plan_run(args.work, args.data, args.preset,
-                      preprocess={"layout": args.layout} if args.layout else None))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,11 +1,11 @@
-"""`facerec build-index` as a script (for `ray job submit`); the options and examples are in facerec.eval.build_index_cli (--help)."""
+"""`facerec build-index` as a script (for `ray job submit`); the options and examples are in facerec.cli.build_index (--help)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from facerec.eval.build_index_cli import main  # noqa: E402
+from facerec.cli.build_index import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,11 +1,11 @@
-"""`facerec cluster` as a script (for `ray job submit`); the options and examples are in facerec.cluster.cli (--help)."""
+"""`facerec cluster` as a script (for `ray job submit`); the options and examples are in facerec.cli.cluster (--help)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from facerec.cluster.cli import main  # noqa: E402
+from facerec.cli.cluster import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

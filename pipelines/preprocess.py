@@ -1,11 +1,11 @@
-"""`facerec preprocess` as a script (for `ray job submit`); the options and examples are in facerec.data.cli (--help)."""
+"""`facerec preprocess` as a script (for `ray job submit`); the options and examples are in facerec.cli.preprocess (--help)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from facerec.data.cli import preprocess_main as main  # noqa: E402
+from facerec.cli.preprocess import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -37,15 +37,15 @@ def test_a_bad_setting_of_any_stage_is_refused_before_the_first_stage(overrides,
 
 def test_the_plan_holds_each_stages_config(tmp_path):
     from facerec.data.preprocess import PreprocessConfig
-    from facerec.eval.gallery_index import GalleryBuildConfig
     from facerec.eval.tables import TablesConfig
+    from facerec.gallery.build_index import BuildIndexConfig
     from facerec.train.config import SweepConfig
 
     plan = plan_run(tmp_path / "w", preset="face-smoke", tables={"ks": [5, 10]})
     assert isinstance(plan.preprocess, PreprocessConfig) and plan.preprocess.input_kind == "aligned_chip_5pt"
     assert isinstance(plan.sweep, SweepConfig) and plan.sweep.backbones == ["dlib_resnet"]
     assert plan.sweep.train.data_dir == str(tmp_path / "w" / "crops")
-    assert isinstance(plan.gallery, GalleryBuildConfig) and plan.gallery.split == "test"
+    assert isinstance(plan.gallery, BuildIndexConfig) and plan.gallery.split == "test"
     assert plan.gallery.kinds == ["kdtree", "exact"] and plan.gallery.checkpoints == {"dlib_resnet": PENDING}
     assert isinstance(plan.tables, TablesConfig) and plan.tables.ks == [5, 10]
     assert plan.tables.out_dir == str(tmp_path / "w" / "results")

@@ -104,7 +104,7 @@ def _crops(cfg: ClusterRunConfig, pre_cfg, out: Path) -> Path:
 def _embeddings(faces: pd.DataFrame, crops: Path, ckpt: str, model_id: str, out: Path, cfg: ClusterRunConfig
                 ) -> tuple[np.ndarray, int]:
     """Embeddings of ``faces`` (row order), embedding only the crops OUT/cache lacks; (x, embedded now)."""
-    from facerec.eval.embed import embed_crops
+    from facerec.gallery.embed import embed_crops
     from facerec.io import atomic_path, atomic_write_parquet, read_parquet_metadata
 
     cache = out / CACHE

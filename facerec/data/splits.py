@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from facerec.errors import ConfigError
+from facerec.errors import ArtifactMismatchError, ConfigError
 
 SPLITS = ("train", "val", "test")
 _OFFICIAL = {0: "train", 1: "val", 2: "test"}
@@ -83,3 +83,36 @@ def query_gallery(df: pd.DataFrame, seed: int = 0, distractors: pd.DataFrame | N
                               "images of identities that are not queried")
         gallery = pd.concat([gallery, distractors], ignore_index=True)
     return query, gallery.reset_index(drop=True)
+
+
+def resolve_split_args(metas: list[dict], split_args: dict | None) -> dict:
+    """The ``assign_splits`` arguments: explicit ones, else those recorded by training in the
+    checkpoints (all must agree), else the defaults (random 70/10/20, seed 0)."""
+    if split_args is not None:
+        return dict(split_args)
+    recorded = [m.get("split") for m in metas if m.get("split")]
+    if not recorded:
+        return {"mode": "random", "val_fraction": 0.1, "test_fraction": 0.2, "seed": 0}
+    first = recorded[0]
+    for other in recorded[1:]:
+        if other != first:
+            raise ArtifactMismatchError(
+                f"the checkpoints were trained on different splits ({first} vs {other}); their test identities "
+                f"differ, so one gallery/table cannot hold out both -- pass split_args explicitly or use checkpoints "
+                f"of one sweep"
+            )
+    return dict(first)
+
+
+def check_data_version(meta: dict, crops_meta: dict, what: str) -> None:
+    """A checkpoint evaluated on its held-out split must come from these crops (a pretrained
+    model never saw them: any split of them is held out from it)."""
+    if meta.get("pretrained"):
+        return
+    want, have = meta.get("data_version"), crops_meta.get("data_version")
+    if want is not None and have is not None and want != have:
+        raise ArtifactMismatchError(
+            f"{what} was trained on crops with data_version {want} but the crops folder has data_version {have}: "
+            f"its test split would not be the identities held out in training. Use the crops folder the model "
+            f"was trained on (see model.json 'train_config.data_dir')."
+        )

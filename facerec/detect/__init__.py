@@ -11,13 +11,9 @@
 
 from __future__ import annotations
 
-from facerec.registry import Registry
-
-DETECTORS: Registry = Registry("detector")
-
-from facerec.detect.base import DLIB, BoxMap, DetectorConfig, FaceDetector, Faces, Found  # noqa: E402
-from facerec.detect import haar as _haar  # noqa: E402,F401  (registers "haar")
-from facerec.detect import mtcnn as _mtcnn  # noqa: E402,F401  (registers "mtcnn")
+from facerec.detect import haar as _haar  # noqa: F401  (registers "haar")
+from facerec.detect import mtcnn as _mtcnn  # noqa: F401  (registers "mtcnn")
+from facerec.detect.base import DETECTORS, DLIB, BoxMap, DetectorConfig, FaceDetector, Faces, Found
 
 # What artifacts made before detectors were registered used: the study's Haar cascade at its defaults.
 LEGACY_HAAR = {"detector": "haar", "detector_version": 1, "min_confidence": 0.0, "min_face": 24, "scale_step": 1.1,

@@ -1,7 +1,8 @@
 """What every face detector shares: its settings, its raw boxes, the face gate, and the map of its
 boxes into the convention a later step expects.
 
-A detector (registry :data:`facerec.detect.DETECTORS`) turns a batch of RGB photos into
+A detector (registry :data:`DETECTORS`, defined here so the detectors register into it without
+importing their package; ``facerec.detect`` imports them all) turns a batch of RGB photos into
 :class:`Faces` -- every box it found, in *its own* box convention (what a Haar window encloses is
 not what an MTCNN box encloses), with a confidence. :meth:`FaceDetector.find` then applies the
 *face gate* of :class:`DetectorConfig` (minimum confidence, minimum face size): a box that fails it
@@ -22,6 +23,9 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from facerec.errors import ConfigError
+from facerec.registry import Registry
+
+DETECTORS: Registry = Registry("detector")
 
 REJECT_REASONS = ("too_small", "low_confidence")
 """Why the gate rejects a box, in the order a photo's drop reason is chosen when every box of it
@@ -86,8 +90,6 @@ class DetectorConfig:
     detect_max_side: int = 640
 
     def __post_init__(self):
-        from facerec.detect import DETECTORS
-
         cls = DETECTORS.get(self.name)  # ConfigError listing the detectors
         if self.min_confidence is not None and not (_is_num(self.min_confidence) and 0.0 <= self.min_confidence <= 1.0):
             raise ConfigError("min_confidence", self.min_confidence, "a detector score in [0, 1], or None for the "
@@ -105,8 +107,6 @@ class DetectorConfig:
 
     def resolved(self) -> "DetectorConfig":
         """The same config with every ``None`` replaced by the detector's default."""
-        from facerec.detect import DETECTORS
-
         d = DETECTORS.get(self.name).defaults
         return DetectorConfig(self.name, _or(self.min_confidence, d["min_confidence"]), _or(self.min_face, d["min_face"]),
                               _or(self.scale_step, d["scale_step"]), self.min_neighbors, self.detect_max_side)
@@ -115,8 +115,6 @@ class DetectorConfig:
         """Everything that decides which boxes come out (resolved): what crops, galleries and
         measurements record, and what a cache key hashes. ``detector_version`` moves when the
         detector's code or weights change what it finds."""
-        from facerec.detect import DETECTORS
-
         r = self.resolved()
         out = {"detector": r.name, "detector_version": DETECTORS.get(r.name).version,
                "min_confidence": float(r.min_confidence), "min_face": int(r.min_face),
@@ -144,8 +142,6 @@ class DetectorConfig:
         return {f: getattr(self, "name" if f == "detector" else f) for f in self.FIELDS}
 
     def build(self) -> "FaceDetector":
-        from facerec.detect import DETECTORS
-
         return DETECTORS.get(self.name)(self.resolved())
 
     @classmethod

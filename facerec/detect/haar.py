@@ -8,8 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from facerec.detect import DETECTORS
-from facerec.detect.base import DLIB, BoxMap, FaceDetector, Faces
+from facerec.detect.base import DETECTORS, DLIB, BoxMap, FaceDetector, Faces
 
 
 @DETECTORS.register("haar")

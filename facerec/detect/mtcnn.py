@@ -31,8 +31,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from facerec.detect import DETECTORS
-from facerec.detect.base import DLIB, BoxMap, FaceDetector, Faces
+from facerec.detect.base import DETECTORS, DLIB, BoxMap, FaceDetector, Faces
 from facerec.errors import ArtifactMismatchError, DataNotFoundError
 from facerec.io import atomic_path, atomic_write_json, sha256_file
 from facerec.models.onnx_runtime import MAX_ABS_DIFF, ONNX_OPSET, onnx_cache_dir, ort_threads_default

@@ -35,13 +35,14 @@ from facerec.errors import ConfigError, DataNotFoundError
 from facerec.eval.calibration import (DEFAULT_FAR, DEFAULT_FARS, MIN_FALSE_ACCEPTS, FoldedDistances, cross_validate,
                                       identity_folds, pair_distances, pairs_within_folds, roc_curve)
 from facerec.eval.openset_cv import DEFAULT_FPIRS
+from facerec.gallery.embed import EmbeddingOptions
 from facerec.gallery.openset import check_target
 
 SOURCES = ("lfw", "crops")
 
 
 @dataclass
-class CalibrateConfig:
+class CalibrateConfig(EmbeddingOptions):
     """Validated settings of a calibration (checked before Ray or any data is touched)."""
 
     fars: tuple[float, ...] = DEFAULT_FARS
@@ -51,13 +52,11 @@ class CalibrateConfig:
     max_pairs_per_fold: int | None = 2_000_000
     seed: int = 0
     split_args: dict | None = None      # crops only: assign_splits arguments (default: the checkpoint's)
-    batch_size: int = 64
-    num_actors: int | None = None
-    use_gpu: bool | None = None
     detector: dict | None = None        # lfw only: DetectorConfig settings (None: the default detector)
     open_set_fpirs: tuple[float, ...] = DEFAULT_FPIRS  # the open-set report's FPIR targets
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the embedding options: batch_size, num_actors, use_gpu
         self.fars = tuple(float(f) for f in self.fars)
         if not self.fars or any(not 0 < f < 1 for f in self.fars):
             raise ConfigError("fars", self.fars, "false accept rates in (0, 1), e.g. 0.1,0.01,0.001")
@@ -70,7 +69,7 @@ class CalibrateConfig:
             raise ConfigError("open_set_fpirs", self.open_set_fpirs, "one or more distinct FPIR targets in (0, 1)")
         if float(self.default_far) not in self.fars:
             raise ConfigError("default_far", self.default_far, f"one of fars {list(self.fars)}")
-        for name, low in (("min_false_accepts", 1), ("folds", 2), ("batch_size", 1)):
+        for name, low in (("min_false_accepts", 1), ("folds", 2)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
                 raise ConfigError(name, v, f"an integer >= {low}")
@@ -181,8 +180,8 @@ def crops_distances(crops_dir: str | os.PathLike, model: str | os.PathLike, conf
     """Validation-split genuine/impostor distances by identity fold (see module docstring)."""
     from facerec.data.schema import CROPS_TABLE, load_crops
     from facerec.data.splits import assign_splits
-    from facerec.eval.embed import EmbedConfig, embed_crops_with_stats
-    from facerec.eval.gallery_index import check_data_version, resolve_split_args
+    from facerec.data.splits import check_data_version, resolve_split_args
+    from facerec.gallery.embed import embed_crops_with_stats
     from facerec.eval.verification import kfold_verification_accuracy
     from facerec.io import read_parquet_metadata
 
@@ -198,9 +197,7 @@ def crops_distances(crops_dir: str | os.PathLike, model: str | os.PathLike, conf
         raise ConfigError("split", split_args, f"a validation split of at least {config.folds} identities (it has "
                           f"{val['identity'].nunique()} of {len(val)} images); pass more data or fewer folds")
     fold = identity_folds(val["identity"].to_numpy(), config.folds, config.seed)
-    emb, stats = embed_crops_with_stats(val, root, folder, EmbedConfig(batch_size=config.batch_size,
-                                                                        num_actors=config.num_actors,
-                                                                        use_gpu=config.use_gpu))
+    emb, stats = embed_crops_with_stats(val, root, folder, config.embed_config())
     g_pairs, g_fold, i_pairs, i_fold = pairs_within_folds(val["identity"].to_numpy(), fold, config.max_pairs_per_fold,
                                                           config.seed)
     genuine, impostor = pair_distances(emb, g_pairs), pair_distances(emb, i_pairs)

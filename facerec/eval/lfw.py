@@ -205,13 +205,13 @@ def lfw_embeddings(lfw_root: str | os.PathLike, model: Any, pairs: pd.DataFrame,
                    batch_size: int = 64, num_actors: int | None = None, use_gpu: bool | None = None
                    ) -> tuple[pd.DataFrame, np.ndarray, dict[str, Any]]:
     """Every image the pairs name, cropped as ``model`` needs (:func:`crop_lfw_images`) and
-    embedded (:func:`facerec.eval.embed.embed_crops_with_stats`): (crops table with its ``image``
+    embedded (:func:`facerec.gallery.embed.embed_crops_with_stats`): (crops table with its ``image``
     column, embeddings row i = crops row i, embedding stats)."""
-    from facerec.eval.embed import EmbedConfig, embed_crops_with_stats
+    from facerec.gallery.embed import EmbedConfig, embed_crops_with_stats
 
     root = Path(lfw_root)
     if crop_config is None:
-        from facerec.eval.embed import resolve_model_source
+        from facerec.gallery.embed import resolve_model_source
 
         source = resolve_model_source(model)  # the model decides its input kind and size
         crop_config = LFWCropConfig(input_kind=source.input_kind,

@@ -8,11 +8,11 @@ Protocol (the study's, made explicit):
    trained on; the checkpoint's ``data_version`` must be the crops folder's);
 2. on the test split, :func:`facerec.data.splits.query_gallery`: one seeded query per identity,
    the rest of the test images are the gallery;
-3. embed gallery and queries (:mod:`facerec.eval.embed`, a Ray Data actor pool), build the
+3. embed gallery and queries (:mod:`facerec.gallery.embed`, a Ray Data actor pool), build the
    KD-tree index (the study's method; any kind of :data:`facerec.index.INDEXES`) over the gallery
    and search the top max(k) (clipped to the gallery size);
 4. for k = 10, 20, 50, 100, 1000 and their mean: top-k attribute accuracy and mean attribute
-   distance (:mod:`facerec.eval.metrics`), and the mean wall time of one single-query top-k
+   distance (:mod:`facerec.metrics.retrieval`), and the mean wall time of one single-query top-k
    search through the index; beside them the same attribute figures for a seeded random
    ranking (the chance level); per model also the gallery embedding time, precision@1 and
    MAP@R (Musgrave et al. 2020) of identity retrieval;
@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from facerec.errors import ConfigError
+from facerec.gallery.embed import EmbeddingOptions
 from facerec.io import atomic_write_json, atomic_write_text
 
 TABLES = {"before": "3.1", "after": "3.2"}
@@ -46,7 +47,7 @@ DEFAULT_KS = (10, 20, 50, 100, 1000)
 
 
 @dataclass
-class TablesConfig:
+class TablesConfig(EmbeddingOptions):
     """Validated settings of :func:`evaluate_tables` (checked before any worker starts).
 
     ``backbones``: table columns, in order. ``checkpoints``: backbone -> trained checkpoint
@@ -71,15 +72,13 @@ class TablesConfig:
     grid_query: int = 0
     initial_image_size: int | None = None
     initial_embedding_dim: int = 128
-    batch_size: int = 64
-    num_actors: int | None = None
-    use_gpu: bool | None = None
     lfw_root: str | None = None
     lfw_pairs: str | None = None
     lfw_crop_dir: str | None = None
     lfw_max_pairs_per_fold: int | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the embedding options: batch_size, num_actors, use_gpu
         from facerec.index import INDEXES
         from facerec.models import BACKBONES
 
@@ -170,13 +169,13 @@ def evaluate_model(cfg: TablesConfig, stage: str, backbone: str, checkpoint: str
                    gallery: pd.DataFrame, qa: np.ndarray, ga: np.ndarray) -> dict[str, Any]:
     """Embed, index, search and score one model; returns its rows (one per k), its summary
     and the raw retrieval (``ids``: gallery row positions best first, ``distances``)."""
-    from facerec.eval.embed import EmbedConfig, embed_crops_with_stats
-    from facerec.eval.metrics import attribute_metrics, map_at_r, precision_at_k, relevant_counts
+    from facerec.gallery.embed import embed_crops_with_stats
     from facerec.index import build_index
+    from facerec.metrics.retrieval import attribute_metrics, map_at_r, precision_at_k, relevant_counts
     from facerec.models import read_checkpoint_metadata
 
     meta = read_checkpoint_metadata(checkpoint)
-    ecfg = EmbedConfig(batch_size=cfg.batch_size, num_actors=cfg.num_actors, use_gpu=cfg.use_gpu)
+    ecfg = cfg.embed_config()
     # One pipeline (one actor start-up) for gallery and queries; the gallery's time is the
     # actors' compute time on its rows, divided over the pool.
     both = pd.concat([gallery[["crop_path"]], query[["crop_path"]]], ignore_index=True)
@@ -299,10 +298,10 @@ def evaluate_tables(cfg: TablesConfig) -> dict[str, Any]:
     Returns {"long", "summary", "random", "protocol", "retrieval", "files"}.
     """
     from facerec.data.schema import attributes_matrix, load_crops
-    from facerec.data.splits import assign_splits, query_gallery
-    from facerec.eval.gallery_index import check_data_version, resolve_split_args, save_initial_checkpoint
-    from facerec.eval.metrics import random_ranking_baseline
+    from facerec.data.splits import assign_splits, check_data_version, query_gallery, resolve_split_args
+    from facerec.metrics.retrieval import random_ranking_baseline
     from facerec.models import read_checkpoint_metadata
+    from facerec.models.checkpoint import save_initial_checkpoint
 
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)

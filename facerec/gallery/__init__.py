@@ -1,6 +1,8 @@
 """The gallery a query is matched against, as its own package below ``eval`` and ``serve``:
 the folder format and manifest (:mod:`~facerec.gallery.format`), one builder
-(:mod:`~facerec.gallery.build`), add / delete / display names / merge and move / compaction
+(:mod:`~facerec.gallery.build`) with its embedding engines, ``local`` and ``ray`` (the Ray Data
+pipeline of :mod:`~facerec.gallery.embed`), the build-index stage (:mod:`~facerec.gallery.build_index`:
+a test split, initial-weight models), add / delete / display names / merge and move / compaction
 (:mod:`~facerec.gallery.edit`), and the in-memory snapshot a Retriever searches
 (:mod:`~facerec.gallery.snapshot`).
 """

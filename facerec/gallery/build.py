@@ -1,9 +1,9 @@
 """The one gallery builder: a crops folder (``crops.parquet`` + ``crops/``) and one or more
 checkpoints -> a gallery folder (:mod:`facerec.gallery.format`) with one base segment.
 
-Embedding runs on an engine from :data:`EMBED_ENGINES`: ``local`` (in this process, batch by
-batch through :mod:`facerec.models.inference`) is built in; ``ray`` (a Ray Data actor pool) is
-registered by :mod:`facerec.eval.gallery_index`, which owns that pipeline. Every row gets a
+Embedding runs on an engine from :data:`EMBED_ENGINES`, both registered here: ``local`` (in this
+process, batch by batch through :mod:`facerec.models.inference`) and ``ray`` (a Ray Data actor
+pool, :mod:`facerec.gallery.embed`, imported when a build uses it). Every row gets a
 random image id (its crops-folder name is kept as ``source_id``), so galleries built from
 ``000001.jpg``-style datasets serve ids that cannot be enumerated.
 """
@@ -23,6 +23,7 @@ import pandas as pd
 from facerec.data.schema import ATTRIBUTE_NAMES
 from facerec.errors import ConfigError, DataNotFoundError
 from facerec.gallery.edit import make_rows, write_segment
+from facerec.gallery.embed import EmbeddingOptions
 from facerec.gallery.format import CROPS, GALLERY_FORMAT, MANIFEST, commit_manifest, crop_rel, new_image_id
 from facerec.registry import Registry
 
@@ -44,8 +45,16 @@ def embed_local(df: pd.DataFrame, crops_dir: Path, checkpoint: str, name: str, c
     return emb, {"image_size": image_size, "seconds": time.perf_counter() - t0}
 
 
+@EMBED_ENGINES.register("ray")
+def embed_ray(df: pd.DataFrame, crops_dir: Path, checkpoint: str, name: str, config: "GalleryBuildConfig"):
+    """A Ray Data actor pool (:func:`facerec.gallery.embed.embed_crops_with_stats`): large galleries, build-index."""
+    from facerec.gallery.embed import embed_crops_with_stats
+
+    return embed_crops_with_stats(df, crops_dir, checkpoint, config.embed_config())
+
+
 @dataclass
-class GalleryBuildConfig:
+class GalleryBuildConfig(EmbeddingOptions):
     """Validated settings of :func:`build_gallery` (checked before any model loads).
 
     ``checkpoints``: served model name -> checkpoint folder. ``kinds``: index kinds saved per
@@ -62,22 +71,18 @@ class GalleryBuildConfig:
     kinds: list[str] = field(default_factory=lambda: ["kdtree"])
     index_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     engine: str = "local"
-    batch_size: int = 64
-    num_actors: int | None = None
-    use_gpu: bool | None = None
     link_crops: bool = False
     overwrite: bool = False
     erasure_list: str | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the embedding options: batch_size, num_actors, use_gpu
         from facerec.index import check_kinds
 
         if not self.checkpoints:
             raise ConfigError("checkpoints", self.checkpoints, "at least one NAME=CHECKPOINT_DIR")
         check_kinds(self.kinds, self.index_params)
         EMBED_ENGINES.get(self.engine)
-        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
-            raise ConfigError("batch_size", self.batch_size, "an integer >= 1")
         for n in self.checkpoints:
             if not n or "/" in n or n.startswith(".") or not n.replace("_", "").replace("-", "").replace(".", "").isalnum():
                 raise ConfigError("model name", n, "a plain name such as resnet18 (letters, digits, '_', '-', '.')")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
@@ -23,44 +22,10 @@ import torchvision
 from torch import nn
 
 from facerec.errors import ArtifactMismatchError, DataNotFoundError
+from facerec.models.spec import BACKBONES, BackboneSpec
 from facerec.registry import Registry
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """One registry entry.
-
-    ``build`` returns the full torchvision classifier (so that torchvision's own ImageNet state
-    dicts load into it unchanged); ``trunk`` cuts the convolutional part out of it, whose output
-    is ``N x channels x h x w``. ``seed_trainable`` lists the trunk submodules (dotted names,
-    relative to the trunk) that train under ``freeze="seed"``; everything else in the trunk is
-    frozen. ``classifier_prefixes`` are the keys of the ImageNet classifier, which a weights file
-    may omit.
-    """
-
-    name: str
-    channels: int
-    build: Callable[[], nn.Module]
-    trunk: Callable[[nn.Module], nn.Module]
-    weights_enum: type | None
-    seed_trainable: tuple[str, ...]
-    classifier_prefixes: tuple[str, ...]
-    # The input the network was (pre)trained on: a facerec.data.inputs.INPUT_KINDS name and size.
-    input_kind: str = "haar_crop"
-    default_image_size: int = 218
-    # None: the trunk's feature map goes through EmbeddingHead (pool + projection + L2). Otherwise
-    # a function(embedding_dim) -> head for networks that end in their own embedding layer.
-    make_head: Callable[[int], nn.Module] | None = None
-    # function(full model, weights path or None) -> init label; None: torchvision ImageNet weights.
-    load_weights: Callable[[nn.Module, "str | os.PathLike | None"], str] | None = None
-    # Embedding dimensions the network can give (None: any, through EmbeddingHead).
-    fixed_embedding_dim: int | None = None
-    describe_weights: str = "ImageNet (torchvision)"
-
-
-BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 
 
 def _resnet_trunk(model: nn.Module) -> nn.Module:
@@ -237,7 +202,7 @@ def load_pretrained(model: nn.Module, name: str, weights: str | os.PathLike | No
     return "random"
 
 
-# dlib_resnet registers itself in BACKBONES when imported. Imported last (it needs BACKBONES and
-# BackboneSpec above), so that every reader of the registry sees the default model however this
-# module was reached: ``facerec.models`` no longer imports its submodules eagerly.
-from facerec.models import dlib_resnet as _dlib_resnet  # noqa: E402,F401
+# dlib_resnet registers itself in BACKBONES (facerec.models.spec) when imported; imported here so
+# that every reader of the registry through this module sees the default model however it was
+# reached: ``facerec.models`` no longer imports its submodules eagerly.
+import facerec.models.dlib_resnet  # noqa: E402,F401  (registers "dlib_resnet")

@@ -101,3 +101,16 @@ def load_embedder(directory: str | os.PathLike, map_location: str | torch.device
     model.metadata["init"] = meta.get("init", model.metadata["init"])
     model.to(map_location)
     return model.eval(), meta
+
+
+def save_initial_checkpoint(backbone: str, out_dir: str | os.PathLike, image_size: int, embedding_dim: int = 128,
+                            seed: int = 0, data_version: str | None = None) -> dict:
+    """The initial weights of ``backbone`` (ImageNet from the hub cache, else seeded random)
+    saved as a checkpoint folder, so every actor loads the very same weights and the
+    embeddings get a model_id. Returns the checkpoint metadata (``init`` says which)."""
+    torch.manual_seed(seed)
+    model = build_embedder(backbone, embedding_dim, freeze="none")
+    return save_checkpoint(out_dir, model.eval(), {
+        "image_size": int(image_size), "data_version": data_version, "loss": "none", "epoch": 0,
+        "note": "initial weights (before fine-tuning)",
+    })

@@ -22,7 +22,7 @@ import os
 from torch import nn
 
 from facerec.data.inputs import ALIGNED_CHIP_5PT
-from facerec.models.backbones import BACKBONES, BackboneSpec
+from facerec.models.spec import BACKBONES, BackboneSpec
 
 NAME = "dlib_resnet"
 EMBEDDING_DIM = 128

@@ -1,7 +1,7 @@
 """Stored model inputs -> embeddings: the one loop every stage runs.
 
 Training validation (:mod:`facerec.train.loop`), the Ray Data embedding actors
-(:mod:`facerec.eval.embed`), the gallery builder and the Serve Embedder
+(:mod:`facerec.gallery.embed`), the gallery builder and the Serve Embedder
 (:mod:`facerec.serve.embedder`) all turn stored inputs (the PNG crops or chips the input kind of
 :mod:`facerec.data.inputs` made) into embeddings through these functions, so a gallery row, a
 validation image and a query of the same pixels get the same numbers.

@@ -112,6 +112,30 @@ def check_checkpoint(spec: str | os.PathLike, flag: str = "--checkpoint") -> Non
     read_checkpoint_metadata(spec)
 
 
+def parse_checkpoints(items: list[str], flag: str = "--checkpoint") -> dict[str, str]:
+    """``["NAME=DIR", "DIR", "dlib_resnet", ...]`` -> {name: dir}, each checked to be a checkpoint
+    folder or pretrained model name (:func:`check_checkpoint`); a bare DIR is named after its
+    backbone, a bare pretrained model name (:data:`PRETRAINED`) after itself. The NAME=DIR
+    convention of every command that takes several models (build-index, serve)."""
+    from facerec.errors import ConfigError
+    from facerec.models.metadata import read_checkpoint_metadata
+
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep and item in PRETRAINED:
+            name, path = item, item
+        elif not sep:
+            path, name = item, read_checkpoint_metadata(item)["backbone"]
+        if not name or not path:
+            raise ConfigError(flag, item, "NAME=CHECKPOINT_DIR (or just CHECKPOINT_DIR)")
+        if name in out:
+            raise ConfigError(flag, item, f"each model name once ({name!r} appears twice)")
+        check_checkpoint(path, flag)
+        out[name] = path
+    return out
+
+
 def is_untrained(meta: dict[str, Any]) -> bool:
     """True for a checkpoint whose weights never saw faces: a random or ImageNet backbone that was
     not fine-tuned (epoch 0) and is not a registered pretrained face model."""

@@ -28,6 +28,12 @@ _HOST = re.compile(rf"^(\*|(\*\.)?{_LABEL}(\.{_LABEL})*|\[[0-9a-f:.]+\])$")
 _RAY_OWN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 
 
+def allowed_hosts(bind: str, extra: list[str]) -> list[str]:
+    """The Host names a server bound to ``bind`` answers for: its loopback names, the bind address
+    (an IPv6 one in brackets, as a Host header writes it) and ``extra``."""
+    return [*DEFAULT_ALLOWED_HOSTS, f"[{bind}]" if ":" in bind else bind, *extra]
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 

@@ -15,7 +15,6 @@ import os
 import time
 from pathlib import Path
 
-from facerec.cli import parse_checkpoints  # noqa: F401  (re-exported: the NAME=DIR convention of every CLI)
 from facerec.errors import ConfigError
 
 DEFAULT_MODELS = ("dlib_resnet",)

@@ -153,3 +153,17 @@ def run_app(app, name: str, route_prefix: str | None = "/"):
         raise DeploymentStartError(
             f"Serve application {name!r} failed to start: " + "; ".join(failed)
             + f" (full tracebacks: {serve_logs_dir()})") from None
+
+
+def serve_started(ray) -> bool:
+    """Whether this driver's Ray runs a Serve controller (nothing to shut down otherwise)."""
+    if not ray.is_initialized():
+        return False
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return False
+    return True
+

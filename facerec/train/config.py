@@ -369,3 +369,14 @@ class SweepConfig:
         d = asdict(self)
         d["train"] = self.train.to_dict()
         return json.loads(json.dumps(d))
+
+
+def sweep_input_kind(backbones: list[str]) -> str:
+    """The one input kind the sweep's backbones take (one crops folder feeds every trial)."""
+    from facerec.models import BACKBONES
+
+    kinds = {b: BACKBONES.get(b).input_kind for b in backbones}
+    if len(set(kinds.values())) > 1:
+        raise ConfigError("--backbones", ",".join(backbones),
+                          f"backbones of one input kind per sweep (they take {kinds}); run one sweep per kind")
+    return next(iter(kinds.values()))

@@ -5,7 +5,7 @@ Each worker: reads its rows from the ``train``/``val`` dataset shards, decodes i
 one module (so a single DDP wrapper synchronises the classifier weights of the softmax-family
 losses too), trains with Adam, and every epoch reports loss, seconds, images/s and validation
 precision@1 / mAP@R (leave-one-out retrieval among held-out validation identities,
-``facerec.eval.metrics.leave_one_out_metrics``; embeddings by ``facerec.models.inference``).
+``facerec.metrics.retrieval.leave_one_out_metrics``; embeddings by ``facerec.models.inference``).
 Rank 0 writes the checkpoint (model.pt + model.json via ``facerec.models.save_checkpoint``, plus the
 optimizer/loss/epoch state); a restarted worker group resumes from ``ray.train.get_checkpoint()``.
 """
@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from facerec.eval.metrics import leave_one_out_metrics
+from facerec.metrics.retrieval import leave_one_out_metrics
 from facerec.train.batches import BATCH_PLANS, ImageCache, mix_seed
 from facerec.train.config import TrainConfig
 

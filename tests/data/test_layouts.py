@@ -157,7 +157,7 @@ def test_labelled_stages_refuse_an_unlabelled_folder(tmp_path):
 
 
 def test_train_sweep_cli_refuses_an_unlabelled_folder(tmp_path, capsys):
-    from facerec.train.cli import main
+    from facerec.cli.train_sweep import main
 
     _touch(tmp_path / "photos" / "a.jpg")
     _touch(tmp_path / "photos" / "2019" / "01" / "b.jpg")
@@ -268,7 +268,7 @@ def test_preprocess_unlabelled_folder_keeps_every_face_as_nobody(people_photos, 
     assert kept["image_id"].tolist() == ["2019/camera/only.jpg"] and kept["identity"].tolist() == [-1]
     assert meta["labelled"] is False and meta["display_names"] == {}
     # the stages that measure identities refuse these crops, naming why
-    from facerec.cli import check_crops
+    from facerec.data.sources import check_crops
 
     with pytest.raises(ConfigError, match=r"--crops=.* is invalid: expected crops of a labelled photo folder for "
                                           r"evaluate \(these were made from an unlabelled folder"):

@@ -176,7 +176,7 @@ def test_calibration_record_carries_the_impostor_curve_and_the_open_set_report(t
 
 def test_open_set_targets_are_validated():
     from facerec.eval.calibrate import CalibrateConfig
-    from facerec.eval.calibrate_cli import parse_args
+    from facerec.cli.calibrate import parse_args
 
     with pytest.raises(ConfigError, match=r"open_set_fpirs=1\.0 is invalid: expected a share of non-mated searches"):
         CalibrateConfig(open_set_fpirs=(0.1, 1.0))

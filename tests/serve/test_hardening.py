@@ -173,8 +173,7 @@ def test_allowed_hosts_setting_is_validated(hosts, match):
 
 
 def test_allowed_hosts_defaults_and_cli():
-    from facerec.serve.cli import allowed_hosts
-    from facerec.serve.config import ServeConfig
+    from facerec.serve.config import ServeConfig, allowed_hosts
 
     cfg = ServeConfig(gallery_dir="/g", models=[{"name": "a", "checkpoint": "/c"}])
     assert cfg.allowed_hosts == ["localhost", "127.0.0.1", "[::1]"]

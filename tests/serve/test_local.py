@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from facerec.errors import ConfigError
-from facerec.serve.local import parse_checkpoints, prepare_gallery
+from facerec.models.pretrained import parse_checkpoints
+from facerec.serve.local import prepare_gallery
 
 
 def test_parse_checkpoints(serve_artifacts):

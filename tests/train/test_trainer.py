@@ -26,7 +26,7 @@ def tiny_cfg(data_dir, **kw) -> TrainConfig:
 def recomputed_val_metrics(cfg: TrainConfig, checkpoint) -> dict:
     """Precision@1 and MAP@R of the exported model on the validation split, embedded here in
     process (one batch, no Ray) and scored by the library's metric, whose own tests check it
-    against pytorch-metric-learning (tests/eval/test_leave_one_out.py). pml is no reference here:
+    against pytorch-metric-learning (tests/metrics/test_leave_one_out.py). pml is no reference here:
     these tiny random-init models map every face within 1e-8 to 1e-4 of one point (history's
     ``val_embedding_spread``), so the ranking turns on float rounding, and another
     implementation's tie order or another batch split gives another figure (pml: MAP@R 0.597 vs
@@ -34,7 +34,7 @@ def recomputed_val_metrics(cfg: TrainConfig, checkpoint) -> dict:
     each, is not compared with this."""
     from facerec.data.images import read_image
     from facerec.data.transforms import test_transform
-    from facerec.eval.metrics import leave_one_out_metrics
+    from facerec.metrics.retrieval import leave_one_out_metrics
     from facerec.models import load_embedder
 
     model, _ = load_embedder(checkpoint)

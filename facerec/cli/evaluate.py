@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from facerec.cli import check_crops, comma_list, reports_errors
+from facerec.cli.common import add_embedding_arguments, comma_list, embedding_fields, reports_errors
+from facerec.data.sources import check_crops
 from facerec.errors import ConfigError
 
 # Relative to where the command runs, like the other stages' default folders.
@@ -57,11 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                           "FACEREC_CACHE defaulting to ~/.cache/facerec)")
     ap.add_argument("--lfw-max-pairs-per-fold", type=int, help="quick check: first n matched + n mismatched per fold")
     ap.add_argument("--initial-image-size", type=int, help="input size of initial models without a checkpoint")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--num-actors", type=int)
-    gpu = ap.add_mutually_exclusive_group()
-    gpu.add_argument("--gpu", dest="use_gpu", action="store_const", const=True)
-    gpu.add_argument("--no-gpu", dest="use_gpu", action="store_const", const=False)
+    add_embedding_arguments(ap)
     ap.add_argument("--seed", type=int, default=0, help="seed of the query choice, the random ranking and random-init heads")
     return ap.parse_args(argv)
 
@@ -109,9 +106,8 @@ def main(argv=None) -> int:
         backbones=backbones, checkpoints=checkpoints, initial=not args.no_before,
         ks=args.ks, index_kind=args.index_kind,
         query_seed=args.seed, random_seed=args.seed, seed=args.seed, initial_image_size=args.initial_image_size,
-        batch_size=args.batch_size, num_actors=args.num_actors, use_gpu=args.use_gpu,
         lfw_root=args.lfw, lfw_pairs=args.lfw_pairs, lfw_crop_dir=args.lfw_crops,
-        lfw_max_pairs_per_fold=args.lfw_max_pairs_per_fold,
+        lfw_max_pairs_per_fold=args.lfw_max_pairs_per_fold, **embedding_fields(args),
     )
     if args.crops is None:  # validated above; the synthetic set is preprocessed (on Ray) only now
         from facerec.train.data import resolve_data

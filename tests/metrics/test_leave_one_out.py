@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from facerec.errors import ConfigError
-from facerec.eval.metrics import leave_one_out_metrics, loo_block_rows, loo_row_bytes
+from facerec.metrics.retrieval import leave_one_out_metrics, loo_block_rows, loo_row_bytes
 
 
 def exact_reference(x: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -153,7 +153,7 @@ def test_query_gallery_metrics_match_pytorch_metric_learning():
     from pytorch_metric_learning.distances import LpDistance
     from pytorch_metric_learning.utils.inference import CustomKNN
 
-    from facerec.eval.metrics import map_at_r, precision_at_1
+    from facerec.metrics.retrieval import map_at_r, precision_at_1
 
     x, labels = clustered(6, identities=12, dim=8, scale=0.9, max_images=9)
     rng = np.random.default_rng(0)

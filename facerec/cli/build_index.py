@@ -5,7 +5,7 @@
     python pipelines/build_index.py --crops CROPS --checkpoint r18=RUN/a/best --checkpoint mnv2=RUN/b/best --split test --out G
 
 The output is a served gallery (``python pipelines/serve.py --gallery G`` serves it); layout in
-facerec.eval.gallery_index. ``--split test`` keeps only the identities held out of training
+facerec.gallery.build_index. ``--split test`` keeps only the identities held out of training
 (the split recorded in the checkpoint; the checkpoint's data_version must match the crops).
 """
 
@@ -14,12 +14,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from facerec.cli import check_crops, comma_list, parse_checkpoints, reports_errors
+from facerec.cli.common import add_embedding_arguments, comma_list, embedding_fields, reports_errors
+from facerec.data.sources import check_crops
 from facerec.errors import ConfigError
+from facerec.models.pretrained import parse_checkpoints
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from facerec.eval.gallery_index import SPLIT_CHOICES
+    from facerec.gallery.build_index import SPLIT_CHOICES
     from facerec.index import INDEXES
     from facerec.models import BACKBONES
 
@@ -38,11 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help=f"comma list of index kinds, the first served: {', '.join(INDEXES.names())} (default kdtree)")
     ap.add_argument("--image-size", type=int, help="input size of --initial models (default: the crop size)")
     ap.add_argument("--embedding-dim", type=int, default=128, help="embedding size of --initial models")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--num-actors", type=int)
-    gpu = ap.add_mutually_exclusive_group()
-    gpu.add_argument("--gpu", dest="use_gpu", action="store_const", const=True)
-    gpu.add_argument("--no-gpu", dest="use_gpu", action="store_const", const=False)
+    add_embedding_arguments(ap)
     ap.add_argument("--seed", type=int, default=0, help="seed of random-init --initial heads")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing gallery at --out")
     return ap.parse_args(argv)
@@ -50,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 @reports_errors("facerec build-index")
 def main(argv=None) -> int:
-    from facerec.eval.gallery_index import GalleryBuildConfig, build_gallery_index
+    from facerec.gallery.build_index import BuildIndexConfig, build_gallery_index
 
     args = parse_args(argv)
     if args.backbone and not args.initial:
@@ -60,11 +58,11 @@ def main(argv=None) -> int:
     checkpoints = parse_checkpoints(args.checkpoint)
     # A split is identity-disjoint: an unlabelled folder's crops have no identities to split by.
     check_crops(args.crops, labelled_for=f"--split {args.split}" if args.split != "all" else None)
-    cfg = GalleryBuildConfig(
+    cfg = BuildIndexConfig(
         crops_dir=args.crops, out_dir=args.out, checkpoints=checkpoints,
         initial=list(args.backbone), split=args.split, kinds=args.kinds,
-        image_size=args.image_size, embedding_dim=args.embedding_dim, seed=args.seed, batch_size=args.batch_size,
-        num_actors=args.num_actors, use_gpu=args.use_gpu, overwrite=args.overwrite,
+        image_size=args.image_size, embedding_dim=args.embedding_dim, seed=args.seed, overwrite=args.overwrite,
+        **embedding_fields(args),
     )
     build_gallery_index(cfg)
     return 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from facerec.errors import ConfigError
-from facerec.eval.metrics import (
+from facerec.metrics.retrieval import (
     attribute_metrics,
     attribute_topk_accuracy,
     map_at_r,

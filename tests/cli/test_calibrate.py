@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from facerec.errors import ArtifactMismatchError, ConfigError
-from facerec.eval.calibrate_cli import main
+from facerec.cli.calibrate import main
 from facerec.models.calibration import read_calibration, threshold_for
 from facerec.serve.verification import startup_line
 

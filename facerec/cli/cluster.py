@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from facerec.cli import reports_errors
+from facerec.cli.common import reports_errors
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -25,13 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-from facerec.cli import check_crops, check_source, reports_errors
-from facerec.data.cli import add_gate_arguments, gate_fields
+from facerec.cli.common import add_gate_arguments, add_layout_argument, gate_fields, reports_errors
+from facerec.data.sources import check_crops, check_source
 
 
 def _serve_config(args: argparse.Namespace, gallery: str, checkpoints: dict[str, str], model_cpus: float):
     from facerec.data.erasure import ErasureList
-    from facerec.serve.config import ServeConfig
+    from facerec.serve.config import ServeConfig, allowed_hosts
 
     return ServeConfig(
         gallery_dir=gallery,
@@ -50,18 +50,11 @@ def _serve_config(args: argparse.Namespace, gallery: str, checkpoints: dict[str,
     )
 
 
-def allowed_hosts(bind: str, extra: list[str]) -> list[str]:
-    """The Host names a server bound to ``bind`` answers for: its loopback names, the bind address
-    (an IPv6 one in brackets, as a Host header writes it) and ``extra``."""
-    from facerec.serve.config import DEFAULT_ALLOWED_HOSTS
-
-    return [*DEFAULT_ALLOWED_HOSTS, f"[{bind}]" if ":" in bind else bind, *extra]
-
-
 @reports_errors("facerec serve")
 def main(argv: list[str] | None = None) -> int:
     from facerec.index import INDEXES
-    from facerec.serve.local import DEFAULT_MODELS, UNTRAINED_BACKBONES, default_workdir, parse_checkpoints
+    from facerec.models.pretrained import parse_checkpoints
+    from facerec.serve.local import DEFAULT_MODELS, UNTRAINED_BACKBONES, default_workdir
 
     p = argparse.ArgumentParser(prog="facerec serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,8 +64,6 @@ def main(argv: list[str] | None = None) -> int:
                                   "(whose names the page shows), or unlabelled photos, whose faces are clustered into "
                                   "people (ids kept across restarts; name them with PUT /v1/gallery/identities/ID) "
                                   "(default: synthetic)")
-    from facerec.data.cli import add_layout_argument
-
     add_layout_argument(p)
     p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=DIR",
                    help="served model name and checkpoint folder (or a pretrained model name, e.g. dlib_resnet); "
@@ -128,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from facerec.ray_utils import init_ray, ray_prints_to_log
-    from facerec.serve.runtime import apply_serve_env
+    from facerec.serve.runtime import apply_serve_env, serve_started
 
     workdir = Path(args.workdir) if args.workdir else default_workdir()
     apply_serve_env()  # before a local Ray starts: its Serve processes inherit it
@@ -159,19 +150,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-def serve_started(ray) -> bool:
-    """Whether this driver's Ray runs a Serve controller (nothing to shut down otherwise)."""
-    if not ray.is_initialized():
-        return False
-    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-
-    try:
-        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-    except ValueError:
-        return False
-    return True
 
 
 def _serve(args: argparse.Namespace, workdir: Path, checkpoints: dict[str, str]) -> int:

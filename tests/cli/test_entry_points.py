@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FACEREC = [sys.executable, "-m", "facerec.cli"]
 
 
@@ -151,7 +151,7 @@ def serve_stops_at_ray(monkeypatch):
 
 def test_empty_gallery_token_means_unset(monkeypatch, serve_stops_at_ray):
     """FACEREC_GALLERY_TOKEN= (empty) passes validation as "writes disabled", up to starting Ray."""
-    import facerec.serve.cli as serve_cli
+    import facerec.cli.serve as serve_cli
 
     seen = []
     build = serve_cli._serve_config
@@ -167,7 +167,7 @@ def test_empty_gallery_token_means_unset(monkeypatch, serve_stops_at_ray):
 def test_empty_read_token_means_unset_and_a_short_one_is_refused(monkeypatch, capsys, serve_stops_at_ray):
     """FACEREC_READ_TOKEN= (empty) or --read-token "" leaves reads open; a short one is refused
     with the field named, before Ray."""
-    import facerec.serve.cli as serve_cli
+    import facerec.cli.serve as serve_cli
 
     seen = []
     build = serve_cli._serve_config
@@ -187,7 +187,7 @@ def test_valid_sweep_is_checked_before_its_photos_are_preprocessed(preset, tmp_p
     """A photo folder is preprocessed only once Ray is up: the config check before must pass
     without the crops folder it will train on."""
     import facerec.ray_utils
-    from facerec.train.cli import main
+    from facerec.cli.train_sweep import main
 
     class ReachedRay(Exception):
         pass

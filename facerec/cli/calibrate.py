@@ -23,7 +23,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from facerec.cli import check_crops, comma_list, reports_errors
+from facerec.cli.common import add_embedding_arguments, add_gate_arguments, comma_list, embedding_fields, reports_errors
+from facerec.data.sources import check_crops
 from facerec.errors import DataNotFoundError
 
 
@@ -56,14 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-pairs-per-fold", type=int, default=2_000_000,
                     help="larger folds use a seeded sample of this many pairs (default 2000000)")
     ap.add_argument("--seed", type=int, default=0)
-    from facerec.data.cli import add_gate_arguments
-
     add_gate_arguments(ap)  # --lfw: the faces are found with these (--crops: the crops' own)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--num-actors", type=int)
-    gpu = ap.add_mutually_exclusive_group()
-    gpu.add_argument("--gpu", dest="use_gpu", action="store_const", const=True)
-    gpu.add_argument("--no-gpu", dest="use_gpu", action="store_const", const=False)
+    add_embedding_arguments(ap)
     return ap.parse_args(argv)
 
 
@@ -77,8 +72,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = CalibrateConfig(fars=tuple(args.fars), default_far=args.default_far, min_false_accepts=args.min_false_accepts,
                           folds=args.folds, max_pairs_per_fold=args.max_pairs_per_fold, seed=args.seed,
-                          batch_size=args.batch_size, num_actors=args.num_actors, use_gpu=args.use_gpu,
-                          detector=DetectorConfig.of(args).settings(), open_set_fpirs=tuple(args.open_set_fpirs))
+                          detector=DetectorConfig.of(args).settings(), open_set_fpirs=tuple(args.open_set_fpirs),
+                          **embedding_fields(args))
     check_checkpoint(args.model, "--model")
     if not args.store and not args.out:
         raise ConfigError("--no-store", True, "--out FOLDER as well (otherwise the calibration goes nowhere)")

@@ -1,4 +1,6 @@
-"""Embedding face crops at scale: a Ray Data ``map_batches`` pipeline over an actor pool.
+"""Embedding face crops at scale: a Ray Data ``map_batches`` pipeline over an actor pool, the
+gallery builder's ``ray`` engine (:data:`facerec.gallery.build.EMBED_ENGINES`) and what evaluation,
+calibration and clustering embed their crops with.
 
 Each actor loads the model once (from a checkpoint folder, or from a state dict shipped
 through the object store for an in-memory model), makes the input kind's deterministic inputs
@@ -33,8 +35,38 @@ from facerec.errors import ConfigError, DataNotFoundError
 MAX_BLOCKS = 2000  # more blocks only add scheduling overhead; larger inputs get multi-batch blocks
 
 
-@dataclass
-class EmbedConfig:
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+@dataclass(kw_only=True)
+class EmbeddingOptions:
+    """How a stage embeds its crops: ``batch_size`` crops per forward pass, ``num_actors`` (None:
+    from the cluster), ``use_gpu`` (None: GPUs when the cluster has them). One validated set of
+    fields shared by every config that embeds (the gallery builds, the tables, calibration, and
+    :class:`EmbedConfig` itself), behind one option group of the commands
+    (``--batch-size/--num-actors/--gpu``, :func:`facerec.cli.common.add_embedding_arguments`).
+    Keyword-only, so a config's own required fields keep their places."""
+
+    batch_size: int = 64
+    num_actors: int | None = None
+    use_gpu: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise ConfigError("batch_size", self.batch_size, "an integer >= 1, e.g. 64")
+        if self.num_actors is not None and (not _is_int(self.num_actors) or self.num_actors < 1):
+            raise ConfigError("num_actors", self.num_actors, "None (from the cluster) or an integer >= 1")
+        if self.use_gpu is not None and not isinstance(self.use_gpu, bool):
+            raise ConfigError("use_gpu", self.use_gpu, "None (automatic), True or False")
+
+    def embed_config(self, **more: Any) -> "EmbedConfig":
+        """These options as the :class:`EmbedConfig` of one :func:`embed_crops_with_stats` call."""
+        return EmbedConfig(batch_size=self.batch_size, num_actors=self.num_actors, use_gpu=self.use_gpu, **more)
+
+
+@dataclass(kw_only=True)
+class EmbedConfig(EmbeddingOptions):
     """How :func:`embed_crops` runs; validated before any actor starts.
 
     ``num_actors``: actor pool size (None: one per GPU, or CPUs // ``threads_per_actor``).
@@ -46,27 +78,16 @@ class EmbedConfig:
     on GPU).
     """
 
-    batch_size: int = 64
-    num_actors: int | None = None
     threads_per_actor: int | None = None
-    use_gpu: bool | None = None
     separate_decode: bool | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
-        def is_int(v) -> bool:
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-        if not is_int(self.batch_size) or self.batch_size < 1:
-            raise ConfigError("batch_size", self.batch_size, "an integer >= 1, e.g. 64")
-        if self.num_actors is not None and (not is_int(self.num_actors) or self.num_actors < 1):
-            raise ConfigError("num_actors", self.num_actors, "None (from the cluster) or an integer >= 1")
-        if self.threads_per_actor is not None and (not is_int(self.threads_per_actor) or self.threads_per_actor < 1):
+        super().__post_init__()
+        if self.threads_per_actor is not None and (not _is_int(self.threads_per_actor) or self.threads_per_actor < 1):
             raise ConfigError("threads_per_actor", self.threads_per_actor, "None or an integer >= 1")
-        for name in ("use_gpu", "separate_decode"):
-            v = getattr(self, name)
-            if v is not None and not isinstance(v, bool):
-                raise ConfigError(name, v, "None (automatic), True or False")
+        if self.separate_decode is not None and not isinstance(self.separate_decode, bool):
+            raise ConfigError("separate_decode", self.separate_decode, "None (automatic), True or False")
 
 
 @dataclass

@@ -17,22 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from facerec.cli import check_source, comma_list, reports_errors
-from facerec.train.config import SAMPLINGS, SPLIT_MODES, data_prepared_later
+from facerec.cli.common import add_layout_argument, comma_list, reports_errors
+from facerec.data.sources import check_source
+from facerec.train.config import SAMPLINGS, SPLIT_MODES, data_prepared_later, sweep_input_kind
 from facerec.train.data import resolve_data
 from facerec.train.presets import PRESETS, build_sweep
-
-
-def sweep_input_kind(backbones: list[str]) -> str:
-    """The one input kind the sweep's backbones take (one crops folder feeds every trial)."""
-    from facerec.errors import ConfigError
-    from facerec.models import BACKBONES
-
-    kinds = {b: BACKBONES.get(b).input_kind for b in backbones}
-    if len(set(kinds.values())) > 1:
-        raise ConfigError("--backbones", ",".join(backbones),
-                          f"backbones of one input kind per sweep (they take {kinds}); run one sweep per kind")
-    return next(iter(kinds.values()))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,8 +34,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--data", help="preprocessed folder, or a labelled photo folder: CelebA layout or one folder per "
                                    "person (default: synthetic data)")
     ap.add_argument("--crops", help="where to preprocess --data photos (default: ~/.cache/facerec/crops/...)")
-    from facerec.data.cli import add_layout_argument
-
     add_layout_argument(ap)
     ap.add_argument("--out", help="run folder (default: runs/<preset>-<time>); with `ray job submit` give an absolute "
                     "path (a relative one lands in the job's unpacked working dir), shared by all nodes on a cluster")

@@ -1,5 +1,6 @@
 """embed_crops on a real local Ray cluster gives, row for row, what the model computes in this
-process one image at a time."""
+process one image at a time; the embedding options are one validated set shared by every config
+that embeds."""
 
 from __future__ import annotations
 
@@ -7,9 +8,7 @@ import numpy as np
 import pytest
 
 from facerec.errors import ConfigError, DataNotFoundError
-from facerec.eval.embed import EmbedConfig, embed_crops, embed_crops_with_stats
-
-pytestmark = pytest.mark.slow
+from facerec.gallery.embed import EmbedConfig, EmbeddingOptions, embed_crops, embed_crops_with_stats
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +25,7 @@ def reference(table, tiny_crops, tiny_checkpoint, helpers):
     return helpers.reference_embeddings(tiny_checkpoint, [tiny_crops / p for p in table["crop_path"]])
 
 
+@pytest.mark.slow
 def test_checkpoint_on_actor_pool_matches_in_process_forward(ray_local, table, tiny_crops, tiny_checkpoint, reference):
     # batch 5 over 32 rows: 7 batches, the last one short; two 1-CPU actors share them.
     emb = embed_crops(table, tiny_crops, tiny_checkpoint, batch_size=5, num_actors=2, progress=False)
@@ -36,6 +36,7 @@ def test_checkpoint_on_actor_pool_matches_in_process_forward(ray_local, table, t
     assert np.abs(reference[0] - reference[1:]).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_in_memory_model_and_separate_decode_stage(ray_local, table, tiny_crops, tiny_checkpoint, reference):
     from facerec.models import load_embedder
 
@@ -47,6 +48,7 @@ def test_in_memory_model_and_separate_decode_stage(ray_local, table, tiny_crops,
     assert stats["images_per_second"] > 0
 
 
+@pytest.mark.slow
 def test_missing_crop_file_is_reported_before_any_work(table, tiny_crops, tiny_checkpoint):
     bad = table.copy()
     bad.loc[3, "crop_path"] = "crops/not_there.jpg"
@@ -54,6 +56,7 @@ def test_missing_crop_file_is_reported_before_any_work(table, tiny_crops, tiny_c
         embed_crops(bad, tiny_crops, tiny_checkpoint)
 
 
+@pytest.mark.slow
 def test_bad_inputs_name_the_field(table, tiny_crops, tmp_path):
     with pytest.raises(ConfigError, match="batch_size=0"):
         EmbedConfig(batch_size=0)
@@ -63,3 +66,31 @@ def test_bad_inputs_name_the_field(table, tiny_crops, tmp_path):
         embed_crops(table.drop(columns="crop_path"), tiny_crops, tmp_path)
     with pytest.raises(DataNotFoundError, match="not a checkpoint folder"):
         embed_crops(table, tiny_crops, tmp_path)
+
+
+def test_the_embedding_options_are_one_validated_set(tmp_path):
+    """batch_size, num_actors and use_gpu: the same fields, defaults and checks in every config that
+    embeds crops (each a subclass of EmbeddingOptions), refused before anything starts."""
+    from facerec.eval.calibrate import CalibrateConfig
+    from facerec.eval.tables import TablesConfig
+    from facerec.gallery.build import GalleryBuildConfig
+    from facerec.gallery.build_index import BuildIndexConfig
+
+    base = {"crops_dir": str(tmp_path), "out_dir": str(tmp_path / "out")}
+    make = {
+        EmbedConfig: dict,
+        GalleryBuildConfig: lambda **kw: {**base, "checkpoints": {"m": "dlib_resnet"}, **kw},
+        BuildIndexConfig: lambda **kw: {**base, "checkpoints": {"m": "dlib_resnet"}, **kw},
+        TablesConfig: lambda **kw: {**base, "backbones": ["resnet18"], **kw},
+        CalibrateConfig: dict,
+    }
+    for cls, fields in make.items():
+        assert issubclass(cls, EmbeddingOptions)
+        cfg = cls(**fields())
+        assert (cfg.batch_size, cfg.num_actors, cfg.use_gpu) == (64, None, None)
+        assert cls(**fields(batch_size=8, num_actors=2, use_gpu=False)).embed_config() == \
+            EmbedConfig(batch_size=8, num_actors=2, use_gpu=False)
+        for field, bad in (("batch_size", 0), ("num_actors", 0), ("use_gpu", "yes")):
+            with pytest.raises(ConfigError, match=f"{field}={bad!r}"):
+                cls(**fields(**{field: bad}))
+

@@ -1,6 +1,6 @@
 """The successful path of the entry points that are cheap to run whole, as a user runs them (a fresh
 interpreter, ``python -m facerec.cli`` or ``python pipelines/*.py``) on a tiny folder of generated
-photos. The others run elsewhere: ``pipelines/build_index.py`` (tests/eval/test_gallery_index.py),
+photos. The others run elsewhere: ``pipelines/build_index.py`` (tests/gallery/test_build_index.py),
 ``pipelines/train_sweep.py`` through ``ray job submit`` (tests/train/test_job_submit.py),
 ``facerec evaluate`` (tests/eval/test_tables.py), ``facerec serve --smoke``
 (tests/serve/test_serve_smoke.py), ``facerec run``'s chain (tests/test_run.py)."""
@@ -21,7 +21,7 @@ import pytest
 
 from facerec.cli import COMMANDS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FACEREC = [sys.executable, "-m", "facerec.cli"]
 
 
