@@ -18,7 +18,9 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
+
+from facerec.errors import ArtifactMismatchError, DataNotFoundError
 
 
 @contextmanager
@@ -194,6 +196,27 @@ def read_parquet_metadata(path: str | os.PathLike) -> dict[str, Any]:
     meta = pq.read_schema(path).metadata or {}
     raw = meta.get(b"facerec")
     return json.loads(raw) if raw else {}
+
+
+def read_json_object(path: str | os.PathLike, fix: str, keys: Sequence[str] = (),
+                     not_found: str | None = None) -> dict[str, Any]:
+    """The JSON object of an artifact file (``model.json``, a gallery's or an index's manifest, an
+    export's sidecar), or an error naming the file: DataNotFoundError when it is absent
+    (``not_found``, default "PATH not found; FIX"), ArtifactMismatchError when it is not valid JSON,
+    not a JSON object, or lacks one of ``keys``; each message ends with ``fix``, how to remake it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(not_found or f"{path} not found; {fix}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError and UnicodeDecodeError
+        raise ArtifactMismatchError(f"{path} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(data, dict):
+        raise ArtifactMismatchError(f"{path}: expected a JSON object, found {type(data).__name__}; {fix}")
+    absent = [k for k in keys if k not in data]
+    if absent:
+        raise ArtifactMismatchError(f"{path} lacks the keys {absent}; {fix}")
+    return data
 
 
 def cache_root() -> Path:

@@ -15,13 +15,13 @@ calibration read carries ``origin``: ``"local"`` or ``"shipped"``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
 from facerec.errors import ArtifactMismatchError, ConfigError
+from facerec.io import read_json_object
 
 KEY = "calibration"
 FOLDER = "calibration"  # the ROC PNG and the tables, beside model.json
@@ -52,12 +52,7 @@ def read_calibration(checkpoint_dir: str | os.PathLike, meta: dict[str, Any] | N
     from facerec.models.pretrained import MEASURED_FILE
 
     path = Path(checkpoint_dir) / MEASURED_FILE
-    cal = None
-    if path.is_file():
-        try:
-            cal = json.loads(path.read_text()).get(KEY)
-        except (OSError, ValueError, AttributeError) as exc:
-            raise ArtifactMismatchError(f"{path} is damaged ({exc}); delete it and re-run `facerec calibrate`") from None
+    cal = read_json_object(path, fix="delete it and re-run `facerec calibrate`").get(KEY) if path.is_file() else None
     meta = meta if meta is not None else read_checkpoint_metadata(checkpoint_dir)
     if not cal:
         return shipped_calibration(meta, detector)
@@ -100,10 +95,7 @@ def shipped_calibration(meta: dict[str, Any], detector: dict[str, Any] | None = 
     path = shipped_path(meta)
     if path is None:
         return None
-    try:
-        cal = json.loads(path.read_text()).get(KEY)
-    except (OSError, ValueError, AttributeError) as exc:
-        raise ArtifactMismatchError(f"{path} (package data) is damaged ({exc}); reinstall facerec") from None
+    cal = read_json_object(path, fix="the package data is damaged: reinstall facerec").get(KEY)
     if not cal or cal.get("model_id") != meta.get("model_id") or cal.get("input_kind") != kind_of(meta).name:
         return None
     if detector is not None:
