@@ -48,15 +48,15 @@ def pytest_collection_modifyitems(config, items):
 def synthetic_faces(tmp_path_factory) -> dict:
     """Photos the tests draw themselves (facerec.data.synth: 8 people x 4 photos, seed 0) in the
     official CelebA layout, for the stages the real-data tests also check: ``root`` and
-    ``one_face``, the photos in which OpenCV's cascade, called directly at the preprocess
-    defaults (scale 1.1, 5 neighbours, 24 px), finds exactly one face, in file order."""
+    ``one_face``, the photos in which OpenCV's cascade at the preprocess defaults (scale 1.1,
+    5 neighbours, 24 px; the first pass of the registry's ``haar``) finds exactly one face, in file order."""
     import cv2
 
-    from facerec.data.synth import count_faces, generate_synthetic
+    from facerec.data.synth import SynthConfig, count_faces, generate_synthetic, screening_detector
 
     root = generate_synthetic(tmp_path_factory.mktemp("synthetic") / "faces", 8, 4, seed=0, progress=False)
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    haar = screening_detector(SynthConfig(8, 4, seed=0))
     one_face = [p for p in sorted((root / "img_celeba").glob("*.jpg"))
-                if count_faces(cascade, cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)) == 1]
+                if count_faces(haar, cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)) == 1]
     assert len(one_face) >= 24, f"only {len(one_face)} of 32 synthetic photos have one face for the cascade"
     return {"root": root, "one_face": one_face}

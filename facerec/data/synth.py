@@ -744,22 +744,20 @@ def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
 # Dataset
 # --------------------------------------------------------------------------------------------
 
-_HAAR_FILE = "haarcascade_frontalface_default.xml"
 _SCREEN_ATTEMPTS = 25
 
 
-def _cascade() -> cv2.CascadeClassifier:
-    path = os.path.join(cv2.data.haarcascades, _HAAR_FILE)
-    cascade = cv2.CascadeClassifier(path)
-    if cascade.empty():  # pragma: no cover - a broken OpenCV install
-        raise FileNotFoundError(f"OpenCV's Haar cascade {path} could not be loaded; reinstall opencv-python-headless.")
-    return cascade
+def screening_detector(cfg: SynthConfig):
+    """The detector registry's ``haar`` at the preprocess stage's settings (scan step 1.1,
+    5 neighbours, 24 px: ``DetectorConfig("haar")``), scanning photos of ``cfg.image_size`` whole."""
+    from facerec.detect import DetectorConfig
+
+    return DetectorConfig("haar", detect_max_side=max(640, *cfg.image_size)).build()
 
 
-def count_faces(cascade: cv2.CascadeClassifier, rgb: np.ndarray) -> int:
-    """Faces the pipeline's Haar settings (scale 1.1, 5 neighbours, 24 px minimum) find in ``rgb``."""
-    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    return len(cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24)))
+def count_faces(detector, rgb: np.ndarray) -> int:
+    """Faces the first pass of a ``haar`` detector (:func:`screening_detector`) finds in ``rgb``."""
+    return int(detector.detect_many([rgb])[0].info["faces_pass1"])
 
 
 def _passport_shot(person: Identity) -> Shot:
@@ -774,16 +772,16 @@ def _passport_shot(person: Identity) -> Shot:
     )
 
 
-def draw_identity(cfg: SynthConfig, index: int, label: int, cascade: cv2.CascadeClassifier) -> tuple[Identity, int]:
-    """Sample person ``index`` and redraw them (fresh random stream) while the cascade misses
-    their neutral passport photo: a handful of trait combinations read as no face to Haar,
-    and a person the cropper can never find would only be dropped downstream. Returns the
-    person and how many draws were rejected."""
+def draw_identity(cfg: SynthConfig, index: int, label: int, detector) -> tuple[Identity, int]:
+    """Sample person ``index`` and redraw them (fresh random stream) while the cascade
+    (``detector``: :func:`screening_detector`) misses their neutral passport photo: a handful of
+    trait combinations read as no face to Haar, and a person the cropper can never find would
+    only be dropped downstream. Returns the person and how many draws were rejected."""
     person = None
     for attempt in range(_SCREEN_ATTEMPTS):
         person = sample_identity(np.random.default_rng([cfg.seed, index, 0, attempt]), label)
         rng = np.random.default_rng([cfg.seed, index, 0, attempt, 1])
-        if count_faces(cascade, render(person, _passport_shot(person), cfg.image_size, rng)) == 1:
+        if count_faces(detector, render(person, _passport_shot(person), cfg.image_size, rng)) == 1:
             return person, attempt
     return person, _SCREEN_ATTEMPTS  # pragma: no cover - never seen; keep the last draw
 
@@ -911,10 +909,10 @@ def _generate(root: Path, cfg: SynthConfig, progress: bool) -> Path:
     partition[order[n_train:n_train + n_val]] = 1
     partition[order[n_train + n_val:]] = 2
 
-    cascade = _cascade()
+    detector = screening_detector(cfg)
     people, rejected = [], 0
     for i in range(n):
-        person, r = draw_identity(cfg, i, int(labels[i]), cascade)
+        person, r = draw_identity(cfg, i, int(labels[i]), detector)
         people.append(person)
         rejected += r
 
