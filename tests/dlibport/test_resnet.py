@@ -93,7 +93,7 @@ def write_reference() -> None:  # pragma: no cover - run by hand with dlib-bin i
     from facerec.data import synth
 
     person = synth.sample_identity(np.random.default_rng([7, 1]), 0)
-    img = synth.render(person, synth._passport_shot(person), (300, 300), np.random.default_rng([7, 2]))
+    img = synth.render(person, synth.passport_shot(person), (300, 300), np.random.default_rng([7, 2]))
     faces = dlib.get_frontal_face_detector()(img, 1)
     assert len(faces) == 1, faces
     shape = dlib.shape_predictor(str(files.locate(files.SHAPE_5)))(img, faces[0])
