@@ -23,6 +23,27 @@ def shared_dataset(name: str) -> Path:
     return path
 
 
+# Tests whose tiny forward/backward passes run in the test process (folders, or one module).
+ONE_TORCH_THREAD = ("losses/", "models/", "eval/", "dlibport/test_resnet.py")
+
+
+@pytest.fixture(autouse=True)
+def single_torch_thread(request):
+    """One intra-op thread for the tests of :data:`ONE_TORCH_THREAD`: on a small shared CPU,
+    torch's spinning worker threads make these tiny forward/backward passes 10-50x slower under
+    contention, not faster. Other tests are left alone (and need not import torch)."""
+    where = request.path.relative_to(Path(__file__).parent).as_posix()
+    if not where.startswith(ONE_TORCH_THREAD):
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def celeba_sample() -> Path:
     """../shared/data/celeba-sample (skips when absent); tests using it carry @pytest.mark.shared."""

@@ -42,15 +42,6 @@ def _model_path() -> Path:
         pytest.skip(f"dlib's model file is not available: {e}")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: this machine's few cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model_path() -> Path:
     return _model_path()

@@ -92,17 +92,6 @@ def reference_embeddings(checkpoint: Path, paths: list[Path]) -> np.ndarray:
         return np.concatenate([model(tf(read_image(p))[None]).numpy() for p in paths]).astype(np.float32)
 
 
-@pytest.fixture(autouse=True)
-def single_torch_thread():
-    """One intra-op thread in the test process: the machine is small and shared."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def tiny_crops(tmp_path_factory) -> Path:
     return write_crops(tmp_path_factory.mktemp("tinycrops"))
