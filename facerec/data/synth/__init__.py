@@ -1,17 +1,9 @@
 """Synthetic CelebA: procedurally drawn faces in the official CelebA folder layout.
 
 The real pipeline (Haar cropping -> metric learning -> retrieval) needs photos of many people,
-several photos each, with identity and attribute labels. This module draws such a set with
-numpy + OpenCV so the whole system runs on a fresh machine with no download:
-
-```
-ROOT/
-  img_celeba/000001.jpg ...     JPEG, image_size (default 178 x 218, the CelebA aligned size)
-  identity_CelebA.txt           "000001.jpg 17"                       (LF, like the official file)
-  list_attr_celeba.txt          count, the 40 names, "000001.jpg -1  1 ..." (CRLF, like the official file)
-  list_eval_partition.txt       "000001.jpg 0"  0 train / 1 val / 2 test, identity-disjoint ~80/10/10
-  SYNTHETIC.json                generator version and parameters; "complete": true once all is written
-```
+several photos each, with identity and attribute labels. This package draws such a set with
+numpy + OpenCV so the whole system runs on a fresh machine with no download (its folder: see
+:mod:`~facerec.data.synth.writer`).
 
 Every identity has its own geometry (face shape and width, jaw, eye spacing and size, brow
 thickness and arch, nose length and width, mouth width and lips, skin tone, hair colour and
