@@ -51,19 +51,20 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes, fsync: bool = Tru
         tmp.write_bytes(data)
 
 
-def _load_syncfs():
+def _libc_function(name: str, argtypes: list, restype):
+    """A Linux libc function by ``name``, or None (another system, or a libc without it)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.syncfs
+        fn = getattr(libc, name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+    fn.argtypes, fn.restype = argtypes, restype
     return fn
 
 
-_SYNCFS = _load_syncfs()
+_SYNCFS = _libc_function("syncfs", [ctypes.c_int], ctypes.c_int)
 
 
 def sync_filesystem(path: str | os.PathLike) -> None:
@@ -86,20 +87,8 @@ _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
-def _load_renameat2():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_RENAMEAT2 = _load_renameat2()
+_RENAMEAT2 = _libc_function("renameat2", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint],
+                            ctypes.c_int)
 
 
 def _exchange(a: Path, b: Path) -> bool:
