@@ -18,7 +18,9 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
+
+from facerec.errors import ArtifactMismatchError, DataNotFoundError
 
 
 @contextmanager
@@ -49,19 +51,20 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes, fsync: bool = Tru
         tmp.write_bytes(data)
 
 
-def _load_syncfs():
+def _libc_function(name: str, argtypes: list, restype):
+    """A Linux libc function by ``name``, or None (another system, or a libc without it)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.syncfs
+        fn = getattr(libc, name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+    fn.argtypes, fn.restype = argtypes, restype
     return fn
 
 
-_SYNCFS = _load_syncfs()
+_SYNCFS = _libc_function("syncfs", [ctypes.c_int], ctypes.c_int)
 
 
 def sync_filesystem(path: str | os.PathLike) -> None:
@@ -84,20 +87,8 @@ _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
-def _load_renameat2():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_RENAMEAT2 = _load_renameat2()
+_RENAMEAT2 = _libc_function("renameat2", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint],
+                            ctypes.c_int)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -194,6 +185,27 @@ def read_parquet_metadata(path: str | os.PathLike) -> dict[str, Any]:
     meta = pq.read_schema(path).metadata or {}
     raw = meta.get(b"facerec")
     return json.loads(raw) if raw else {}
+
+
+def read_json_object(path: str | os.PathLike, fix: str, keys: Sequence[str] = (),
+                     not_found: str | None = None) -> dict[str, Any]:
+    """The JSON object of an artifact file (``model.json``, a gallery's or an index's manifest, an
+    export's sidecar), or an error naming the file: DataNotFoundError when it is absent
+    (``not_found``, default "PATH not found; FIX"), ArtifactMismatchError when it is not valid JSON,
+    not a JSON object, or lacks one of ``keys``; each message ends with ``fix``, how to remake it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(not_found or f"{path} not found; {fix}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError and UnicodeDecodeError
+        raise ArtifactMismatchError(f"{path} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(data, dict):
+        raise ArtifactMismatchError(f"{path}: expected a JSON object, found {type(data).__name__}; {fix}")
+    absent = [k for k in keys if k not in data]
+    if absent:
+        raise ArtifactMismatchError(f"{path} lacks the keys {absent}; {fix}")
+    return data
 
 
 def cache_root() -> Path:

@@ -25,6 +25,28 @@ def shared_dataset(name: str) -> Path:
     return path
 
 
+# Tests whose tiny forward/backward passes run in the test process (folders, or one module).
+ONE_TORCH_THREAD = ("losses/", "models/", "eval/", "metrics/", "dlibport/test_resnet.py", "gallery/test_embed.py",
+                    "gallery/test_build_index.py", "cli/test_calibrate.py")
+
+
+@pytest.fixture(autouse=True)
+def single_torch_thread(request):
+    """One intra-op thread for the tests of :data:`ONE_TORCH_THREAD`: on a small shared CPU,
+    torch's spinning worker threads make these tiny forward/backward passes 10-50x slower under
+    contention, not faster. Other tests are left alone (and need not import torch)."""
+    where = request.path.relative_to(Path(__file__).parent).as_posix()
+    if not where.startswith(ONE_TORCH_THREAD):
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def celeba_sample() -> Path:
     """../shared/data/celeba-sample (skips when absent); tests using it carry @pytest.mark.shared."""
@@ -50,16 +72,16 @@ def pytest_collection_modifyitems(config, items):
 def synthetic_faces(tmp_path_factory) -> dict:
     """Photos the tests draw themselves (facerec.data.synth: 8 people x 4 photos, seed 0) in the
     official CelebA layout, for the stages the real-data tests also check: ``root`` and
-    ``one_face``, the photos in which OpenCV's cascade, called directly at the preprocess
-    defaults (scale 1.1, 5 neighbours, 24 px), finds exactly one face, in file order."""
+    ``one_face``, the photos in which OpenCV's cascade at the preprocess defaults (scale 1.1,
+    5 neighbours, 24 px; the first pass of the registry's ``haar``) finds exactly one face, in file order."""
     import cv2
 
-    from facerec.data.synth import count_faces, generate_synthetic
+    from facerec.data.synth import SynthConfig, count_faces, generate_synthetic, screening_detector
 
     root = generate_synthetic(tmp_path_factory.mktemp("synthetic") / "faces", 8, 4, seed=0, progress=False)
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    haar = screening_detector(SynthConfig(8, 4, seed=0))
     one_face = [p for p in sorted((root / "img_celeba").glob("*.jpg"))
-                if count_faces(cascade, cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)) == 1]
+                if count_faces(haar, cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)) == 1]
     assert len(one_face) >= 24, f"only {len(one_face)} of 32 synthetic photos have one face for the cascade"
     return {"root": root, "one_face": one_face}
 

@@ -36,3 +36,21 @@ def test_sync_filesystem_uses_syncfs_on_linux(tmp_path):
 def test_sync_filesystem_names_a_missing_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
         io.sync_filesystem(tmp_path / "nope")
+
+
+def test_read_json_object_names_the_file_and_the_fix(tmp_path):
+    from facerec.errors import ArtifactMismatchError, DataNotFoundError
+
+    path = tmp_path / "a.json"
+    with pytest.raises(DataNotFoundError, match=r"a\.json not found; remake it"):
+        io.read_json_object(path, fix="remake it")
+    with pytest.raises(DataNotFoundError, match=r"^why$"):
+        io.read_json_object(path, fix="remake it", not_found="why")
+    for text, message in [("{not json", r"a\.json is not valid JSON \(.*\); remake it"),
+                          ("[1]", r"a\.json: expected a JSON object, found list; remake it"),
+                          ('{"x": 1}', r"a\.json lacks the keys \['y'\]; remake it")]:
+        path.write_text(text)
+        with pytest.raises(ArtifactMismatchError, match=message):
+            io.read_json_object(path, fix="remake it", keys=("x", "y"))
+    path.write_text('{"x": 1, "y": 2}')
+    assert io.read_json_object(path, fix="remake it", keys=("x", "y")) == {"x": 1, "y": 2}

@@ -33,8 +33,9 @@ def add_preprocess_arguments(ap: argparse.ArgumentParser) -> None:
                                  "or aligned_chip_5pt (dlib's aligned 150 px chip, for dlib_resnet) (default %(default)s)")
         elif f.name == "several_faces":
             ap.add_argument(flag, choices=list(SEVERAL_FACES_RULES), default=default,
-                            help="photos with several accepted faces: keep the largest face, or drop them (the study's "
-                                 "rule) (default %(default)s)")
+                            help="photos with several accepted faces: keep the largest face, drop them (the study's "
+                                 "rule), or keep all of them, each its own row and crop (for `facerec cluster`; the "
+                                 "labelled stages refuse such crops) (default %(default)s)")
         elif f.name == "layout":
             add_layout_argument(ap)
         elif f.name == "crop_size":

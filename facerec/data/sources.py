@@ -31,19 +31,23 @@ def check_source(data: str | os.PathLike, flag: str = "--data", layout: str | No
 
 
 def check_crops(crops: str | os.PathLike, flag: str = "--crops", labelled_for: str | None = None) -> None:
-    """``crops`` is a preprocessed folder (``facerec preprocess`` output); made from a labelled
-    photo folder when ``labelled_for`` names a stage that needs people."""
+    """``crops`` is a preprocessed folder (``facerec preprocess`` output) of one face per photo
+    (every stage that takes ``--crops`` reads one; ``facerec cluster`` makes its own); made from
+    a labelled photo folder when ``labelled_for`` names a stage that needs people."""
+    from facerec.data.schema import require_one_face_per_photo
     from facerec.io import read_parquet_metadata
 
     if not (Path(crops) / CROPS_TABLE).is_file():
         raise DataNotFoundError(f"{flag} {crops}: not a preprocessed folder (no {CROPS_TABLE}); "
                                 f"run `facerec preprocess --data PHOTOS --out {crops}` first")
-    if not labelled_for:
-        return
     try:
-        labelled = read_parquet_metadata(Path(crops) / CROPS_TABLE).get("labelled")
+        meta = read_parquet_metadata(Path(crops) / CROPS_TABLE)
     except Exception:  # a damaged table: the stage's own reading reports it, naming the file
         return
+    require_one_face_per_photo(meta, f"{flag} {crops}")
+    if not labelled_for:
+        return
+    labelled = meta.get("labelled")
     if labelled is False:
         raise ConfigError(flag, str(crops), f"crops of a labelled photo folder for {labelled_for} (these were made from "
                                             "an unlabelled folder, whose photos name nobody)")

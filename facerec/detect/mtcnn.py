@@ -22,7 +22,6 @@ by ~0.3); ``tests/detect/test_mtcnn.py`` states the measured agreement.
 
 from __future__ import annotations
 
-import json
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 
 from facerec.detect.base import DETECTORS, DLIB, BoxMap, FaceDetector, Faces
 from facerec.errors import ArtifactMismatchError, DataNotFoundError
-from facerec.io import atomic_path, atomic_write_json, sha256_file
+from facerec.io import atomic_path, atomic_write_json, read_json_object, sha256_file
 from facerec.models.onnx_runtime import MAX_ABS_DIFF, ONNX_OPSET, onnx_cache_dir, ort_threads_default
 
 FACENET_PYTORCH = "2.5.3"
@@ -87,15 +86,8 @@ def read_mtcnn_sidecar(folder: str | Path) -> dict[str, Any]:
     if missing:
         raise DataNotFoundError(f"{missing[0]} not found; export MTCNN with "
                                 f"facerec.detect.mtcnn.ensure_mtcnn_onnx() (needs torch and facenet-pytorch=={FACENET_PYTORCH})")
-    try:
-        meta = json.loads(side.read_text())
-    except (OSError, ValueError) as exc:
-        raise ArtifactMismatchError(f"{side} is not valid JSON ({exc}); delete {folder} and export again") from exc
-    needed = ("opset", "export_version", "max_abs_diff_vs_torch", "sha256", "facenet_pytorch")
-    absent = [k for k in needed if not isinstance(meta, dict) or k not in meta]
-    if absent:
-        raise ArtifactMismatchError(f"{side} lacks the keys {absent}; it was not written by ensure_mtcnn_onnx, "
-                                    f"delete {folder} and export again")
+    meta = read_json_object(side, keys=("opset", "export_version", "max_abs_diff_vs_torch", "sha256", "facenet_pytorch"),
+                            fix=f"delete {folder} and export again with ensure_mtcnn_onnx()")
     for n in NETS:
         path = folder / f"{n}.onnx"
         digest = sha256_file(path)

@@ -35,7 +35,6 @@ in place (``redact``) instead of rewriting the segment: see :mod:`facerec.galler
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import secrets
@@ -47,6 +46,7 @@ import numpy as np
 
 from facerec.data.schema import ATTRIBUTE_NAMES
 from facerec.errors import ArtifactMismatchError, DataNotFoundError
+from facerec.io import read_json_object
 
 GALLERY_FORMAT = "facerec-gallery/2"
 MANIFEST = "gallery.json"
@@ -117,18 +117,13 @@ def index_rel(sid: str, name: str, kind: str) -> str:
 def read_manifest(gallery_dir: str | os.PathLike) -> dict[str, Any]:
     """``gallery.json`` with a clear error if the folder is not a gallery of this format."""
     path = Path(gallery_dir) / MANIFEST
-    if not path.is_file():
-        raise DataNotFoundError(
-            f"{path} not found: {gallery_dir} is not a served gallery. Build one with "
-            f"`python pipelines/serve.py --crops CROPS_DIR --checkpoint NAME=CKPT ...` or "
-            f"`python pipelines/build_index.py --crops CROPS_DIR --checkpoint CKPT --out {gallery_dir}` "
-            f"(facerec.gallery.build_gallery)."
-        )
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactMismatchError(f"{path} is not valid JSON ({exc}); rebuild the gallery") from exc
-    fmt = manifest.get("format") if isinstance(manifest, dict) else None
+    manifest = read_json_object(
+        path, fix="rebuild the gallery",
+        not_found=f"{path} not found: {gallery_dir} is not a served gallery. Build one with "
+                  f"`python pipelines/serve.py --crops CROPS_DIR --checkpoint NAME=CKPT ...` or "
+                  f"`python pipelines/build_index.py --crops CROPS_DIR --checkpoint CKPT --out {gallery_dir}` "
+                  f"(facerec.gallery.build_gallery).")
+    fmt = manifest.get("format")
     if fmt == "facerec-gallery/1":
         raise ArtifactMismatchError(
             f"{path} has format 'facerec-gallery/1' (full-copy versions, enumerable image ids); this version "

@@ -40,6 +40,7 @@ from typing import Any, Callable
 import numpy as np
 
 from facerec.errors import ConfigError
+from facerec.models.calibration import thresholds
 
 # A quantile at rate r from n searches rests on about r * n events; fewer than this many and the
 # gallery's own measurement is too noisy to choose with (the fallback decides instead).
@@ -315,8 +316,7 @@ def impostors_of(calibration: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     if calibration.get("impostors"):
         return calibration["impostors"]
-    points = sorted((float(p["far"]), float(p["threshold"])) for p in calibration.get("operating_points", [])
-                    if p.get("resolvable") and p.get("threshold") is not None)
+    points = sorted(thresholds(calibration).items())
     if not points:
         return None
     return {"pairs": None, "far": [f for f, _ in points], "distance": [t for _, t in points], "from": "operating_points"}

@@ -18,12 +18,11 @@ import numpy as np
 from facerec.data.schema import ATTRIBUTE_NAMES
 from facerec.errors import ArtifactMismatchError, DataNotFoundError
 from facerec.gallery.format import CROPS, MANIFEST, crop_rel, new_image_id, write_lock
+from facerec.io import read_json_object
 
 
 def upgrade_gallery(gallery_dir: str | os.PathLike) -> dict[str, Any]:
     """Upgrade ``gallery_dir`` from ``facerec-gallery/1``; returns the new manifest."""
-    import json
-
     import pandas as pd
 
     from facerec.gallery.build import write_gallery
@@ -34,7 +33,7 @@ def upgrade_gallery(gallery_dir: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise DataNotFoundError(f"{path} not found: {gallery} is not a gallery")
     with write_lock(gallery):
-        old = json.loads(path.read_text())
+        old = read_json_object(path, fix="rebuild the gallery")
         if old.get("format") != "facerec-gallery/1":
             raise ArtifactMismatchError(f"{path} has format {old.get('format')!r}; only 'facerec-gallery/1' is upgraded")
         table = pd.read_parquet(gallery / "gallery.parquet").iloc[: int(old["rows"])]

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from facerec.errors import ArtifactMismatchError, ConfigError, DataNotFoundError
-from facerec.io import atomic_write_json, publish_folder, sha256_file
+from facerec.io import atomic_write_json, publish_folder, read_json_object, sha256_file
 from facerec.registry import Registry
 
 FORMAT_VERSION = 1
@@ -308,19 +308,9 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     path = folder / MANIFEST
     if not folder.is_dir():
         raise DataNotFoundError(f"index folder {folder} not found; {REBUILD_HINT} --out {folder}")
-    if not path.is_file():
-        raise DataNotFoundError(
-            f"{path} not found: {folder} is not a saved index (or its save was interrupted); {REBUILD_HINT}"
-        )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ArtifactMismatchError(f"{path} is not valid JSON ({e}): the manifest is damaged; {REBUILD_HINT}") from None
-    if not isinstance(manifest, dict):
-        raise ArtifactMismatchError(f"{path}: expected a JSON object, found {type(manifest).__name__}; {REBUILD_HINT}")
-    missing = [k for k in _REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise ArtifactMismatchError(f"{path}: missing field(s) {missing}: the manifest is damaged; {REBUILD_HINT}")
+    manifest = read_json_object(
+        path, keys=_REQUIRED_KEYS, fix=f"the manifest is damaged; {REBUILD_HINT}",
+        not_found=f"{path} not found: {folder} is not a saved index (or its save was interrupted); {REBUILD_HINT}")
     if manifest["format_version"] != FORMAT_VERSION:
         raise ArtifactMismatchError(
             f"{path}: format_version={manifest['format_version']!r} but this facerec reads "

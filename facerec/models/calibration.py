@@ -15,17 +15,20 @@ calibration read carries ``origin``: ``"local"`` or ``"shipped"``.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 from facerec.errors import ArtifactMismatchError, ConfigError
+from facerec.io import read_json_object
 
 KEY = "calibration"
 FOLDER = "calibration"  # the ROC PNG and the tables, beside model.json
 FORMAT_VERSION = 1
 SHIPPED = Path(__file__).resolve().parent / "calibrations"  # package data: <pretrained name>.json
+DEFAULT_FAR = 1e-3  # what a calibration without a default_far decides at
+FAR_RTOL = 1e-9  # a requested FAR matches a calibrated one within this relative tolerance
 
 
 def store_calibration(checkpoint_dir: str | os.PathLike, calibration: dict[str, Any]) -> list[str]:
@@ -49,12 +52,7 @@ def read_calibration(checkpoint_dir: str | os.PathLike, meta: dict[str, Any] | N
     from facerec.models.pretrained import MEASURED_FILE
 
     path = Path(checkpoint_dir) / MEASURED_FILE
-    cal = None
-    if path.is_file():
-        try:
-            cal = json.loads(path.read_text()).get(KEY)
-        except (OSError, ValueError, AttributeError) as exc:
-            raise ArtifactMismatchError(f"{path} is damaged ({exc}); delete it and re-run `facerec calibrate`") from None
+    cal = read_json_object(path, fix="delete it and re-run `facerec calibrate`").get(KEY) if path.is_file() else None
     meta = meta if meta is not None else read_checkpoint_metadata(checkpoint_dir)
     if not cal:
         return shipped_calibration(meta, detector)
@@ -97,10 +95,7 @@ def shipped_calibration(meta: dict[str, Any], detector: dict[str, Any] | None = 
     path = shipped_path(meta)
     if path is None:
         return None
-    try:
-        cal = json.loads(path.read_text()).get(KEY)
-    except (OSError, ValueError, AttributeError) as exc:
-        raise ArtifactMismatchError(f"{path} (package data) is damaged ({exc}); reinstall facerec") from None
+    cal = read_json_object(path, fix="the package data is damaged: reinstall facerec").get(KEY)
     if not cal or cal.get("model_id") != meta.get("model_id") or cal.get("input_kind") != kind_of(meta).name:
         return None
     if detector is not None:
@@ -113,21 +108,41 @@ def shipped_calibration(meta: dict[str, Any], detector: dict[str, Any] | None = 
     return {**cal, "origin": "shipped"}
 
 
-def thresholds(calibration: dict[str, Any]) -> dict[float, float]:
-    """{far: distance threshold} of the resolvable operating points ("same" iff distance <= it)."""
-    return {float(p["far"]): float(p["threshold"]) for p in calibration.get("operating_points", [])
-            if p.get("resolvable") and p.get("threshold") is not None}
+def _resolvable(calibration: dict[str, Any] | None) -> list[dict[str, Any]]:
+    return [p for p in (calibration or {}).get("operating_points", [])
+            if p.get("resolvable") and p.get("threshold") is not None]
 
 
-def threshold_for(calibration: dict[str, Any], far: float | None = None) -> tuple[float, float]:
-    """(far, threshold) for ``far`` (default: the calibration's default FAR); ConfigError naming
-    the calibrated FARs for any other value."""
-    table = thresholds(calibration)
-    far = float(calibration.get("default_far", 1e-3)) if far is None else far
-    for f, t in table.items():
-        if abs(f - far) <= 1e-12 * max(1.0, f):
-            return f, t
-    raise ConfigError("far", far, f"one of the calibrated false accept rates {sorted(table, reverse=True)}")
+def thresholds(calibration: dict[str, Any] | None) -> dict[float, float]:
+    """{far: distance threshold} of the resolvable operating points ("same" iff distance <= it);
+    {} for an uncalibrated model (None)."""
+    return {float(p["far"]): float(p["threshold"]) for p in _resolvable(calibration)}
+
+
+def default_far(calibration: dict[str, Any] | None) -> float:
+    """The FAR a model decides at when none is asked for."""
+    return float((calibration or {}).get("default_far") or DEFAULT_FAR)
+
+
+def operating_point(calibration: dict[str, Any] | None, far: float | None = None) -> dict[str, Any]:
+    """The resolvable operating point at ``far`` (default: the calibration's default FAR), a
+    stored calibration's or its :func:`summary`'s; ConfigError naming the calibrated FARs for any
+    other value (none for an uncalibrated model)."""
+    far = default_far(calibration) if far is None else float(far)
+    points = _resolvable(calibration)
+    for p in points:
+        # Relative: FARs are spaced by decades, and a FAR that went through JSON or a form field
+        # must still find its point.
+        if math.isclose(float(p["far"]), far, rel_tol=FAR_RTOL):
+            return p
+    raise ConfigError("far", far, f"one of the calibrated false accept rates "
+                                  f"{sorted((float(p['far']) for p in points), reverse=True)}")
+
+
+def threshold_for(calibration: dict[str, Any] | None, far: float | None = None) -> tuple[float, float]:
+    """(far, threshold) of :func:`operating_point`."""
+    p = operating_point(calibration, far)
+    return float(p["far"]), float(p["threshold"])
 
 
 def summary(calibration: dict[str, Any] | None) -> dict[str, Any] | None:

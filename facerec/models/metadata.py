@@ -9,12 +9,12 @@ working.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from facerec.errors import ArtifactMismatchError, DataNotFoundError
+from facerec.errors import DataNotFoundError
+from facerec.io import read_json_object
 
 MODEL_FILE = "model.pt"
 META_FILE = "model.json"
@@ -29,17 +29,8 @@ def read_checkpoint_metadata(directory: str | os.PathLike) -> dict[str, Any]:
             f"checkpoint folder {directory} not found; pass a folder written by save_checkpoint, "
             f"such as RUN/<trial_name>/best of a training run"
         )
-    if not meta_path.is_file():
-        raise DataNotFoundError(
-            f"{meta_path} not found; {directory} is not a checkpoint folder (it needs {MODEL_FILE} and "
-            f"{META_FILE}, as written by save_checkpoint into RUN/<trial_name>/best)"
-        )
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactMismatchError(f"{meta_path} is not valid JSON ({exc}); re-export the checkpoint") from exc
-    needed = ("backbone", "embedding_dim", "freeze", "model_id")
-    absent = [k for k in needed if not isinstance(meta, dict) or k not in meta]
-    if absent:
-        raise ArtifactMismatchError(f"{meta_path} lacks the keys {absent}; it was not written by save_checkpoint")
-    return meta
+    return read_json_object(
+        meta_path, keys=("backbone", "embedding_dim", "freeze", "model_id"),
+        fix="re-export the checkpoint with save_checkpoint",
+        not_found=f"{meta_path} not found; {directory} is not a checkpoint folder (it needs {MODEL_FILE} and "
+                  f"{META_FILE}, as written by save_checkpoint into RUN/<trial_name>/best)")

@@ -20,7 +20,6 @@ at batch 32). A CPU Serve replica of a model whose input kind needs no torch
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import warnings
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from facerec.errors import ArtifactMismatchError, ConfigError, DataNotFoundError
-from facerec.io import atomic_path, atomic_write_bytes, atomic_write_json, sha256_file
+from facerec.io import atomic_path, atomic_write_bytes, atomic_write_json, read_json_object, sha256_file
 from facerec.models.metadata import read_checkpoint_metadata
 
 ONNX_OPSET = 17
@@ -94,14 +93,8 @@ def read_sidecar(onnx_path: str | os.PathLike) -> dict[str, Any]:
             f"{onnx_path if not onnx_path.is_file() else side} not found; export the checkpoint with "
             f"facerec.models.onnx_runtime.ensure_onnx(CHECKPOINT) (facerec serve does it before starting replicas)"
         )
-    try:
-        meta = json.loads(side.read_text())
-    except (OSError, ValueError) as exc:
-        raise ArtifactMismatchError(f"{side} is not valid JSON ({exc}); delete it and {onnx_path}, and export again") from exc
-    needed = ("model_id", "opset", "max_abs_diff_vs_torch", "inputs", "sha256")
-    absent = [k for k in needed if not isinstance(meta, dict) or k not in meta]
-    if absent:
-        raise ArtifactMismatchError(f"{side} lacks the keys {absent}; it was not written by ensure_onnx, delete it and export again")
+    meta = read_json_object(side, keys=("model_id", "opset", "max_abs_diff_vs_torch", "inputs", "sha256"),
+                            fix=f"delete it and {onnx_path}, and export again with ensure_onnx")
     digest = sha256_file(onnx_path)
     if digest != meta["sha256"]:
         raise ArtifactMismatchError(

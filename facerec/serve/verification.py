@@ -15,6 +15,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from facerec.errors import ConfigError
+from facerec.models.calibration import default_far, operating_point, read_calibration, threshold_for, thresholds
+
 
 class VerifyJSON(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -69,36 +72,18 @@ def decision_of(open_set: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: open_set.get(k) for k in Decision.model_fields}
 
 
-def thresholds(info: dict[str, Any] | None) -> dict[float, float]:
-    """{far: threshold} of a served model (its Embedder's info); {} when uncalibrated."""
-    cal = (info or {}).get("calibration")
-    if not cal:
-        return {}
-    return {float(p["far"]): float(p["threshold"]) for p in cal.get("operating_points", [])
-            if p.get("resolvable") and p.get("threshold") is not None}
-
-
-def default_decision(info: dict[str, Any] | None) -> tuple[float, float] | None:
-    """(far, threshold) at the model's default FAR, or None (uncalibrated)."""
-    table = thresholds(info)
-    if not table:
-        return None
-    far = float(info["calibration"].get("default_far") or 1e-3)
-    return (far, table[far]) if far in table else None
-
-
 def pick(info: dict[str, Any] | None, far: float | None) -> tuple[float, float] | str:
-    """(far, threshold) for a requested FAR (None: the default), or why not (a message)."""
-    table = thresholds(info)
-    if not table:
-        return "uncalibrated"
-    if far is None:
-        found = default_decision(info)
-        return found if found is not None else "uncalibrated"
-    for f, t in table.items():
-        if abs(f - far) <= 1e-9 * f:
-            return f, t
-    return f"far={far!r} is not a calibrated false accept rate of this model: choose one of {sorted(table, reverse=True)}"
+    """(far, threshold) of a served model (its Embedder's info) for a requested FAR (None: the
+    default), or why not: ``"uncalibrated"`` (no calibration, or none at its default FAR) or a
+    message naming the calibrated FARs."""
+    cal = (info or {}).get("calibration")
+    try:
+        return threshold_for(cal, far)
+    except ConfigError:
+        table = thresholds(cal)
+        if far is None or not table:
+            return "uncalibrated"
+        return f"far={far!r} is not a calibrated false accept rate of this model: choose one of {sorted(table, reverse=True)}"
 
 
 def mark_hits(faces: list[dict[str, Any]], threshold: float | None) -> None:
@@ -124,7 +109,6 @@ def startup_line(name: str, checkpoint: str, detector: dict | None = None) -> st
     """One line for the server's console: the threshold a served model decides with, or how to
     calibrate it. A calibration of other weights, another input kind or (``detector``: the served
     detector's settings) another detector raises ArtifactMismatchError (before any replica starts)."""
-    from facerec.models.calibration import read_calibration
     from facerec.models.metadata import read_checkpoint_metadata
 
     meta = read_checkpoint_metadata(checkpoint)
@@ -134,13 +118,14 @@ def startup_line(name: str, checkpoint: str, detector: dict | None = None) -> st
                 f"the gallery can measure its own threshold (labelled, >= 1,000 faces at the default target); "
                 f"`facerec calibrate --model {meta.get('pretrained') or checkpoint} --lfw LFW_DIR` (or --crops), "
                 f"then restart")
-    far = float(cal.get("default_far") or 1e-3)
-    point = next((p for p in cal["operating_points"] if p.get("resolvable") and float(p["far"]) == far), None)
     data = cal.get("data") or {}
-    if point is None:
-        return f"serve: {name} has a calibration without its default FAR {far:g}; /v1/verify needs an explicit far"
+    try:
+        point = operating_point(cal)
+    except ConfigError:
+        return f"serve: {name} has a calibration without its default FAR {default_far(cal):g}; /v1/verify needs an explicit far"
+    far = float(point["far"])
     return (f"serve: {name} says same person iff distance <= {float(point['threshold']):.4f} (FAR {far:g}; held-out TAR "
             f"{float(point.get('tar_mean') or float('nan')):.3f}; calibrated on {data.get('name')} ({data.get('source')}) "
             f"{cal.get('date')}{', shipped with facerec' if cal.get('origin') == 'shipped' else ''}) in /v1/verify (FARs "
-            f"{sorted(thresholds({'calibration': cal}), reverse=True)}); search uses the gallery's open-set threshold "
+            f"{sorted(thresholds(cal), reverse=True)}); search uses the gallery's open-set threshold "
             f"(GET /v1/models: open_set)")

@@ -94,11 +94,11 @@ def test_boxes_in_maps_into_known_conventions_only():
 
 def test_haar_entry_is_the_studys_two_pass_cascade():
     from facerec.data.haar import HaarDetector
-    from facerec.data.synth import _passport_shot, render, sample_identity
+    from facerec.data.synth import passport_shot, render, sample_identity
 
     rng = np.random.default_rng(0)
     person = sample_identity(np.random.default_rng([0, 1]), 1)
-    rgb = render(person, _passport_shot(person), (178, 218), rng)
+    rgb = render(person, passport_shot(person), (178, 218), rng)
     want = HaarDetector().detect(rgb)
     got = DetectorConfig("haar").build().detect_many([rgb])[0]
     np.testing.assert_array_equal(got.boxes, want.boxes)

@@ -42,15 +42,6 @@ def _model_path() -> Path:
         pytest.skip(f"dlib's model file is not available: {e}")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: this machine's few cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model_path() -> Path:
     return _model_path()
@@ -93,7 +84,7 @@ def write_reference() -> None:  # pragma: no cover - run by hand with dlib-bin i
     from facerec.data import synth
 
     person = synth.sample_identity(np.random.default_rng([7, 1]), 0)
-    img = synth.render(person, synth._passport_shot(person), (300, 300), np.random.default_rng([7, 2]))
+    img = synth.render(person, synth.passport_shot(person), (300, 300), np.random.default_rng([7, 2]))
     faces = dlib.get_frontal_face_detector()(img, 1)
     assert len(faces) == 1, faces
     shape = dlib.shape_predictor(str(files.locate(files.SHAPE_5)))(img, faces[0])
