@@ -1,9 +1,11 @@
 """The k-nearest-neighbour graph of a set of embeddings, from one of the gallery's index kinds.
 
-The index is built once on the driver and put in Ray's object store; blocks of queries are Ray
-tasks that each search it on one core (``exact`` below :data:`EXACT_UP_TO` rows, where its BLAS pass
-beats a graph; ``hnsw`` above, whose build is n log n). The same code path for 1,000 faces and for a
-million embeddings.
+The index is built once on the driver and put in Ray's object store; a pool of searcher actors,
+one per core, each loads it once and searches blocks of queries on one core (``exact`` below
+:data:`EXACT_UP_TO` rows, where its BLAS pass beats a graph; ``hnsw`` above, whose build is
+n log n). An actor rather than a task per block: an index is not zero-copy, so a task per block
+would copy the whole index once per block -- n / block copies of an n-row index, which grows as
+n squared. The same code path for 1,000 faces and for a million embeddings.
 """
 
 from __future__ import annotations
@@ -28,12 +30,30 @@ def choose_kind(kind: str, n: int) -> str:
     return kind
 
 
-def _search_block(index, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    from threadpoolctl import threadpool_limits
+class _Searcher:
+    """One core's share of the queries, against its own copy of the index."""
 
-    index.set_num_threads(1)  # one task per core: the tasks are the parallelism
-    with threadpool_limits(1):
-        return index.search(q, k)
+    def __init__(self, index):
+        from threadpoolctl import threadpool_limits
+
+        self.index = index
+        self.index.set_num_threads(1)  # one actor per core: the actors are the parallelism
+        self._limits = threadpool_limits(1)
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search(q, k)
+
+
+def _searchers(index, n_blocks: int) -> list:
+    import ray
+
+    from facerec.ray_utils import init_ray
+
+    init_ray()
+    cores = max(1, int(ray.available_resources().get("CPU", 1)))
+    ref = ray.put(index)
+    actor = ray.remote(num_cpus=1)(_Searcher)
+    return [actor.remote(ref) for _ in range(min(cores, n_blocks))]
 
 
 def knn_graph(x: np.ndarray, k: int, kind: str = "auto", use_ray: bool = True,
@@ -61,19 +81,24 @@ def knn_graph(x: np.ndarray, k: int, kind: str = "auto", use_ray: bool = True,
     if use_ray and n_blocks > 1:
         import ray
 
-        from facerec.ray_utils import init_ray
-
-        init_ray()
-        ref = ray.put(index)
-        task = ray.remote(num_cpus=1)(_search_block)
-        pending = {task.remote(ref, x[a:b], kk + 1): (a, b) for a, b in bounds}
+        pool = _searchers(index, n_blocks)
+        todo = list(bounds)
+        pending = {}
+        for actor in pool:  # one block in flight per actor; the next goes to whichever finishes
+            a, b = todo.pop(0)
+            pending[actor.search.remote(x[a:b], kk + 1)] = (a, b, actor)
         parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
-            a, b = pending.pop(done[0])
+            a, b, actor = pending.pop(done[0])
             parts[a] = ray.get(done[0])
+            if todo:
+                c, e = todo.pop(0)
+                pending[actor.search.remote(x[c:e], kk + 1)] = (c, e, actor)
             if progress:
                 progress(b - a)
+        for actor in pool:
+            ray.kill(actor)
         results = [parts[a] for a, _ in bounds]
     else:
         results = []
