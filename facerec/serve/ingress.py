@@ -449,6 +449,7 @@ class Ingress:
                     for n in sorted(infos)],
             gallery_rows=gallery["rows"],
             gallery_version=gallery["version"],
+            gallery_labelled=gallery.get("labelled", True),
             attribute_names=list(ATTRIBUTE_NAMES),
         )
 

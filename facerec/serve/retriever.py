@@ -109,6 +109,7 @@ class RetrieverCore:
             "version": s.version,
             "rows": s.rows,
             "identities": int(len(s.identity_counts()[0])),
+            "labelled": s.manifest.get("labelled", True) is not False,
             "models": {n: {"model_id": m.model_id, "embedding_dim": m.embedding_dim, "index_kind": m.index_kind,
                            "open_set": self.thresholds.get(n)}
                        for n, m in s.models.items()},

@@ -215,6 +215,9 @@ class ModelsResponse(BaseModel):
     models: list[ModelInfo]
     gallery_rows: int
     gallery_version: int
+    gallery_labelled: bool = Field(
+        True, description="false: the gallery was made from an unlabelled folder, and its people are the server's "
+                          "clustering of the faces (named with PUT /v1/gallery/identities/ID), not labels a person gave")
     attribute_names: list[str]
 
 

@@ -115,7 +115,9 @@ def test_search_json_raw_and_query_params(client, live_app, photos):
 def test_k_bounds(client, photos, serve_artifacts):
     data = photos[0][1]
     assert len(_search(client, data, k=1).json()["faces"][0]["results"]) == 1
-    rows = client.get("/v1/models").json()["gallery_rows"]
+    models = client.get("/v1/models").json()
+    rows = models["gallery_rows"]
+    assert models["gallery_labelled"] is True  # a CelebA-layout gallery: its identities are the folder's labels
     all_hits = _search(client, data, k=1000).json()["faces"][0]["results"]
     assert len(all_hits) == rows and len({h["image_id"] for h in all_hits}) == rows
 

@@ -182,6 +182,8 @@ def test_merge_move_and_name_people_over_http(app, photos):
     table = read_table(g)
     by_source = dict(zip(table["source_id"], table["identity"].astype(int)))
     before = _listing(c)
+    # the page words a hit "same person by the clustering", not "by the gallery's label", on this flag
+    assert c.get("/v1/models").json()["gallery_labelled"] is False
     assert sum(before.values()) == len(table) and all(it is None for it in
                                                       [x["display_name"] for x in c.get("/v1/gallery/identities").json()["identities"]])
     name, data = next((n, d) for n, d in photos if n in by_source)

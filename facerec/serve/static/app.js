@@ -70,6 +70,7 @@
       showCard();
       $("gallery-info").textContent = `gallery: ${info.gallery_rows.toLocaleString("en")} faces`;
       $("gallery-info").title = `gallery version ${info.gallery_version}`;
+      state.labelled = info.gallery_labelled !== false;
     } catch (e) {
       setStatus("Could not load the model list: " + e, true);
     }
@@ -162,7 +163,8 @@
     if (showNoMatch(face) || !face) return;
     const tpl = $("result-tpl");
     // A face too far to pass by itself, but labelled as the person another hit matched: the
-    // gallery's label says who it is, so the page says that (not the distance).
+    // gallery's label says who it is, so the page says that (not the distance). An unlabelled
+    // folder's people are the server's clustering, not a label anyone gave: the page says so.
     const matched = new Set(face.results.filter((h) => h.same_person === true).map((h) => h.identity));
     for (const h of face.results.slice(0, 9)) {
       const li = tpl.content.firstElementChild.cloneNode(true);
@@ -187,7 +189,8 @@
       const sameLabel = h.same_person === false && matched.has(h.identity);
       li.classList.toggle("same-label", sameLabel);
       li.querySelector(".verdict").textContent = h.same_person === true ? "likely the same person"
-        : sameLabel ? "same person by the gallery's label" : "";
+        : sameLabel ? (state.labelled === false ? "same person by the clustering" : "same person by the gallery's label")
+        : "";
       const agree = li.querySelector(".agreement");
       if (h.attribute_agreement !== null && h.rank > 1) {
         agree.textContent = `${(100 * h.attribute_agreement).toFixed(0)} % of traits as #1`;
