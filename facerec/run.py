@@ -107,9 +107,11 @@ def _stage(name: str, what: str, fn: Callable[[], Any], seconds: dict[str, float
 
 def preprocess_line(summary: dict) -> str:
     """The one-line summary of a preprocess run (the full one is the folder's summary.json)."""
+    from facerec.data.preprocess import who_was_kept
+
     dropped = ", ".join(f"{r} {n}" for r, n in summary["dropped"].items()) or "none"
     return (f"preprocess: kept {summary['kept']} of {summary['listed']} images (dropped: {dropped}), "
-            f"{summary['identities']} identities, {summary['seconds']:.1f} s -> {summary['out']}")
+            f"{who_was_kept(summary)}, {summary['seconds']:.1f} s -> {summary['out']}")
 
 
 def run_plan(plan: RunPlan) -> dict[str, Any]:

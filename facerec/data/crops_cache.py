@@ -79,7 +79,7 @@ def preprocessed(source: str | os.PathLike, config: PreprocessConfig | None = No
     from filelock import FileLock
 
     from facerec.data.erasure import ErasureList, scrub_crops_folder
-    from facerec.data.preprocess import preprocess
+    from facerec.data.preprocess import preprocess, who_was_kept
     from facerec.data.schema import CROPS_TABLE
 
     config = config or PreprocessConfig()
@@ -94,7 +94,7 @@ def preprocessed(source: str | os.PathLike, config: PreprocessConfig | None = No
                   f"{config.detector_config().describe()})", flush=True)
             summary = preprocess(source, target, config, progress=progress)
             print(f"preprocess: kept {summary['kept']} of {summary['listed']} images, "
-                  f"{summary['identities']} identities, {summary['seconds']} s", flush=True)
+                  f"{who_was_kept(summary)}, {summary['seconds']} s", flush=True)
         # read again under the lock: a delete recorded meanwhile is applied before anyone reads the folder
         scrub_crops_folder(target, erasures.of(source))
     return target

@@ -165,6 +165,14 @@ def small_identity_detail(n: int, minimum: int) -> str:
     return f"identity has {n} usable image(s), fewer than {minimum}"
 
 
+def who_was_kept(summary: dict) -> str:
+    """The people part of a preprocess summary line: identities of a labelled folder; faces of an
+    unlabelled one, whose photos name nobody ("0 identities" would read as nobody found)."""
+    if summary.get("labelled", True):
+        return f"{summary['identities']} identities"
+    return f"{summary.get('faces', summary['kept'])} faces, unlabelled"
+
+
 def drop_small_identities(kept: pd.DataFrame, minimum: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A kept table split into the rows of identities with at least ``minimum`` images and the
     drop-manifest rows (reason ``identity_too_small``, one per photo) of the others: what

@@ -57,6 +57,7 @@ def test_photos_to_people_then_incremental(tmp_path, capsys, lfw_sample):
     rc, printed = run(["--data", str(photos), "--out", str(out), "--layout", "unlabelled", *largest], capsys)
     assert rc == 0, printed.err
     assert "16 faces in 16 photos" in printed.out
+    assert "preprocess: kept 16 of 16 images, 16 faces, unlabelled" in printed.out  # not "0 identities"
     people = pd.read_parquet(out / "people.parquet")
     truth = people["photo"].str.rsplit("_", n=1).str[0]
     score = bcubed(people["cluster"], truth)
