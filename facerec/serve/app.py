@@ -142,7 +142,7 @@ def build_app(config: ServeConfig, models: "dict[str, ModelRef] | None" = None):
     """The bound application (``serve.run(build_app(cfg))``). ``models``: the served models'
     references when the caller resolved them (``facerec serve``); else each ``checkpoint`` is
     resolved here, once (:func:`resolve_models`)."""
-    from facerec.serve.embedder import Embedder
+    from facerec.serve.embedder import EmbedderDeployment
     from facerec.serve.ingress import Ingress
     from facerec.serve.retriever import Retriever
 
@@ -173,7 +173,7 @@ def build_app(config: ServeConfig, models: "dict[str, ModelRef] | None" = None):
         # These paths are in the driver's cache, which a replica on another node does not see:
         # the files travel with the deployment (facerec.serve.shipped).
         model["shipped"] = ship_model(refs[m.name], model["onnx_path"], detector_files)
-        embedders[m.name] = Embedder.options(user_config=m.batching(), **m.deployment_options()).bind(model, crop)
+        embedders[m.name] = EmbedderDeployment.options(user_config=m.batching(), **m.deployment_options()).bind(model, crop)
     open_set = {}
     for m in config.models:
         from facerec.gallery.openset import impostors_of

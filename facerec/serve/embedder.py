@@ -1,4 +1,4 @@
-"""The ``Embedder`` deployment: photo bytes -> detected faces -> one embedding per face.
+"""The ``Embedder`` deployment (:class:`EmbedderDeployment`): photo bytes -> detected faces -> one embedding per face.
 
 Per batch of requests: decode each (``decode_image_reduced``, pixel-limited; a large JPEG at a
 reduced size, boxes answered in the photo's pixels), detect every face of all of
@@ -313,8 +313,11 @@ class FaceEmbedderCore:
         return results
 
 
+# The Python class is EmbedderDeployment, apart from the network (facerec.models.Embedder); the
+# deployment keeps its Serve name, Embedder (Embedder_<model> per model, ModelConfig.deployment_options):
+# Serve's status, handles, replica names and logs show it to users.
 @serve.deployment(name="Embedder", health_check_period_s=10)
-class Embedder:
+class EmbedderDeployment:
     """One replica holds one model (loaded once in ``__init__``); ``embed`` is batched.
 
     ``model``: a ModelConfig as a dict (plus ``onnx_path`` when the driver exported the model for
