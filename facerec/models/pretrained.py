@@ -1,9 +1,11 @@
 """Ready-made checkpoints that need no training (registry :data:`PRETRAINED`).
 
 Wherever a checkpoint folder is accepted (``--checkpoint``, ``build-index``, ``evaluate``,
-``serve``), a registered name is accepted too: :func:`resolve_checkpoint` turns ``dlib_resnet``
-into a checkpoint folder, written once into the cache from the model file that a package ships
-(nothing is downloaded) and reused; its ``model_id`` is the hash of its weights like any other.
+``serve``), a registered name is accepted too: :func:`facerec.models.reference.resolve_model`
+turns ``dlib_resnet`` into the reference of a checkpoint folder (:func:`pretrained_checkpoint`),
+written once into the cache from the model file that a package ships (nothing is downloaded) and
+reused; its ``model_id`` is the hash of its weights like any other. The facts of ``dlib_resnet``
+(its file, input, card) come from :mod:`facerec.dlibport.facts`.
 """
 
 from __future__ import annotations
@@ -89,7 +91,9 @@ def pretrained_checkpoint(name: str) -> Path:
 
 
 def resolve_checkpoint(spec: str | os.PathLike) -> str:
-    """A checkpoint folder for ``spec``: a registered pretrained name, or the folder itself."""
+    """A checkpoint folder for ``spec``: a registered pretrained name, or the folder itself (its
+    model.json unread). The library resolves with :func:`facerec.models.reference.resolve_model`,
+    which reads it once and passes the reference down; kept for callers that need the path only."""
     if isinstance(spec, str) and spec in PRETRAINED:
         return str(pretrained_checkpoint(spec))
     return str(spec)
