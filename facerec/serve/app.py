@@ -29,26 +29,34 @@ def resolve_models(config: ServeConfig, models: "dict[str, ModelRef] | None" = N
     """The :class:`facerec.models.reference.ModelRef` of each served model: ``models[name]`` when
     the caller resolved it already (``facerec serve`` did, in :func:`facerec.serve.local.prepare_gallery`),
     else its ``checkpoint`` resolved here, once. Each model's ``checkpoint`` becomes its folder."""
+    return {m.name: _resolve(m, models) for m in config.models}
+
+
+def _resolve(m: ModelConfig, models: "dict[str, ModelRef] | None") -> "ModelRef":
     from facerec.models.reference import resolve_model
 
-    refs = {}
-    for m in config.models:
-        given = (models or {}).get(m.name)
-        refs[m.name] = resolve_model(given if given is not None and str(given) == str(m.checkpoint) else m.checkpoint)
-        m.checkpoint = str(refs[m.name])
-    return refs
+    given = (models or {}).get(m.name)
+    ref = resolve_model(given if given is not None and str(given) == str(m.checkpoint) else m.checkpoint)
+    m.checkpoint = str(ref)
+    return ref
 
 
 def check_artifacts(config: ServeConfig, models: "dict[str, ModelRef] | None" = None) -> dict[str, Any]:
     """Read the gallery manifest and every checkpoint's model.json (no weights; ``models``: the
     references already resolved, :func:`resolve_models`); raise before any replica starts if a
     served model has no index in the gallery or another model built it. Returns the manifest."""
+    return _checked(config, models)[0]
+
+
+def _checked(config: ServeConfig, models: "dict[str, ModelRef] | None") -> "tuple[dict[str, Any], dict[str, ModelRef]]":
+    """:func:`check_artifacts`: the manifest, and the references it resolved (each model in turn)."""
     from facerec.models.pretrained import is_untrained
     from facerec.gallery import read_manifest
 
     manifest = read_manifest(config.gallery_dir)
-    refs = resolve_models(config, models)
+    refs = {}
     for m in config.models:
+        refs[m.name] = _resolve(m, models)
         meta = refs[m.name].metadata
         if is_untrained(meta) and not config.allow_untrained:
             raise ConfigError(
@@ -78,7 +86,7 @@ def check_artifacts(config: ServeConfig, models: "dict[str, ModelRef] | None" = 
                         f"--detector {made['detector']} --min-confidence {made['min_confidence']} --min-face "
                         f"{made['min_face']} --scale-step {made['scale_step']}), or rebuild it with this one "
                         f"(facerec serve --data PHOTOS --rebuild)")
-    return manifest
+    return manifest, refs
 
 
 def resolve_runtime(m: ModelConfig, meta: "ModelRef | dict[str, Any]") -> str:
@@ -146,8 +154,7 @@ def build_app(config: ServeConfig, models: "dict[str, ModelRef] | None" = None):
     from facerec.serve.ingress import Ingress
     from facerec.serve.retriever import Retriever
 
-    refs = resolve_models(config, models)
-    manifest = check_artifacts(config, refs)
+    manifest, refs = _checked(config, models)
     crop = {
         "crop_size": int(manifest.get("crop_size", 218)),
         "margin": float(manifest.get("margin", 0.2)),
