@@ -25,7 +25,7 @@ from facerec.models.metadata import read_checkpoint_metadata_bytes
 if TYPE_CHECKING:  # pragma: no cover
     from facerec.data.inputs import InputKind
 
-__all__ = ["ModelRef", "model_input_kind", "resolve_model"]
+__all__ = ["ModelRef", "model_input_kind", "resolve_model", "shipped_model"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,6 +108,18 @@ def resolve_model(model: str | os.PathLike | ModelRef) -> ModelRef:
         return ModelRef(name=model, location=str(folder), metadata=meta, metadata_bytes=raw, pretrained=model)
     meta, raw = read_checkpoint_metadata_bytes(model)
     return ModelRef(name=os.fspath(model), location=os.fspath(model), metadata=meta, metadata_bytes=raw,
+                    pretrained=meta.get("pretrained") if isinstance(meta.get("pretrained"), str) else None)
+
+
+def shipped_model(location: str | os.PathLike, metadata_bytes: bytes, name: str | None = None) -> ModelRef:
+    """The reference of a checkpoint folder whose ``model.json`` bytes arrived with it (a Serve
+    replica gets them in its init args, :mod:`facerec.serve.shipped`, and has checked that
+    ``location`` holds them byte for byte): parsed, not read from the folder again."""
+    import json
+
+    meta = json.loads(metadata_bytes)
+    return ModelRef(name=name or os.fspath(location), location=os.fspath(location), metadata=meta,
+                    metadata_bytes=bytes(metadata_bytes),
                     pretrained=meta.get("pretrained") if isinstance(meta.get("pretrained"), str) else None)
 
 

@@ -337,7 +337,7 @@ class EmbedderDeployment:
         shipped = model.get("shipped") or {}
         land_detector(crop.get("detector"), shipped.get("detector"))
         where = land_model(model["checkpoint"], model.get("onnx_path"), shipped)
-        self.core = FaceEmbedderCore(where.checkpoint, torch_threads=model.get("torch_threads"),
+        self.core = FaceEmbedderCore(where.model or where.checkpoint, torch_threads=model.get("torch_threads"),
                                      prepare_threads=model.get("prepare_threads") or 1,
                                      runtime=model.get("runtime") or "auto", onnx_path=where.onnx_path,
                                      weights=where.weights, **crop)

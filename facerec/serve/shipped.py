@@ -112,6 +112,7 @@ class Landed:
     onnx_path: str | None           # the export to run, None on the torch runtime
     weights: str | None = None      # a folder with model.pt, for the torch runtime
     written: list[str] = field(default_factory=list)  # files this call wrote on this node
+    model: Any = None               # the ModelRef of ``checkpoint`` made from the shipped model.json (None: unshipped)
 
 
 def _holds(folder: Path, files: dict[str, bytes]) -> bool:
@@ -210,7 +211,11 @@ def land_model(checkpoint: str, onnx_path: str | None, shipped: dict[str, Any] |
     weights = None
     if onnx is None or not onnx_available():
         weights = _land_weights(Path(checkpoint), meta)
-    landed = Landed(str(folder), onnx, weights, [str(p) for p in written])
+    from facerec.models.reference import shipped_model
+
+    # The folder holds the shipped model.json byte for byte (checked or written above): the replica's
+    # reference is made from those bytes, not by reading the file again.
+    landed = Landed(str(folder), onnx, weights, [str(p) for p in written], shipped_model(folder, files["model.json"]))
     if landed.written:
         logger.info("wrote the driver's files for model_id %s on %s: %s", meta["model_id"], node_description(),
                     ", ".join(landed.written))
