@@ -62,7 +62,7 @@ def read_calibration(checkpoint_dir: "str | os.PathLike | ModelRef", meta: dict[
         ref = resolve_model(checkpoint_dir)
         meta = ref.metadata if meta is None else meta
         if isinstance(checkpoint_dir, ModelRef) or ref.pretrained == checkpoint_dir:  # a pretrained name: its folder
-            checkpoint_dir = ref.folder
+            checkpoint_dir = ref.location
     path = Path(checkpoint_dir) / MEASURED_FILE
     cal = read_json_object(path, fix="delete it and re-run `facerec calibrate`").get(KEY) if path.is_file() else None
     if not cal:

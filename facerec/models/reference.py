@@ -43,7 +43,8 @@ class ModelRef:
     metadata_bytes: bytes = field(repr=False)
     """``model.json``'s bytes as read (what the Serve driver ships to replicas on other nodes)."""
     pretrained: str | None = None
-    """The registered pretrained model it was resolved from, else None."""
+    """The pretrained model whose weights it holds (resolved from that name, or a folder whose
+    model.json names it, such as the cached folder), else None."""
 
     def __fspath__(self) -> str:
         return self.location
@@ -86,7 +87,7 @@ class ModelRef:
         ``facerec calibrate`` may write it while a model is served."""
         from facerec.models.calibration import read_calibration
 
-        return read_calibration(self.folder, self.metadata, detector)
+        return read_calibration(self.location, self.metadata, detector)
 
 
 def resolve_model(model: str | os.PathLike | ModelRef) -> ModelRef:
