@@ -193,11 +193,20 @@ def read_json_object(path: str | os.PathLike, fix: str, keys: Sequence[str] = ()
     export's sidecar), or an error naming the file: DataNotFoundError when it is absent
     (``not_found``, default "PATH not found; FIX"), ArtifactMismatchError when it is not valid JSON,
     not a JSON object, or lacks one of ``keys``; each message ends with ``fix``, how to remake it."""
+    return read_json_object_bytes(path, fix, keys, not_found)[0]
+
+
+def read_json_object_bytes(path: str | os.PathLike, fix: str, keys: Sequence[str] = (),
+                           not_found: str | None = None) -> tuple[dict[str, Any], bytes]:
+    """:func:`read_json_object`, and the file's bytes as read: a reader that also passes the file
+    on (a checkpoint's ``model.json`` shipped to Serve replicas) reads it once."""
     path = Path(path)
     if not path.is_file():
         raise DataNotFoundError(not_found or f"{path} not found; {fix}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        # newlines translated as a text read would, so an error names the same position
+        data = json.loads(raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n"))
     except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError and UnicodeDecodeError
         raise ArtifactMismatchError(f"{path} is not valid JSON ({exc}); {fix}") from None
     if not isinstance(data, dict):
@@ -205,7 +214,7 @@ def read_json_object(path: str | os.PathLike, fix: str, keys: Sequence[str] = ()
     absent = [k for k in keys if k not in data]
     if absent:
         raise ArtifactMismatchError(f"{path} lacks the keys {absent}; {fix}")
-    return data
+    return data, raw
 
 
 def cache_root() -> Path:

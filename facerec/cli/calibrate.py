@@ -74,7 +74,7 @@ def main(argv=None) -> int:
                           folds=args.folds, max_pairs_per_fold=args.max_pairs_per_fold, seed=args.seed,
                           detector=DetectorConfig.of(args).settings(), open_set_fpirs=tuple(args.open_set_fpirs),
                           **embedding_fields(args))
-    check_checkpoint(args.model, "--model")
+    model = check_checkpoint(args.model, "--model")  # a folder: its reference, read once
     if not args.store and not args.out:
         raise ConfigError("--no-store", True, "--out FOLDER as well (otherwise the calibration goes nowhere)")
     if args.lfw is not None:
@@ -88,12 +88,12 @@ def main(argv=None) -> int:
         if args.lfw_pairs or args.lfw_crops:
             raise ConfigError("--lfw-pairs/--lfw-crops", args.lfw_pairs or args.lfw_crops, "only with --lfw")
         check_crops(args.crops, labelled_for="calibrate")
-        check_crops_source(args.crops, args.model)  # another input kind than the model's: one line, now
+        check_crops_source(args.crops, model)  # another input kind than the model's: one line, now
         source, path = "crops", args.crops
     import shlex
 
     command = "facerec calibrate " + shlex.join(sys.argv[1:] if argv is None else list(argv))
-    result = calibrate(args.model, source, path, cfg, out_dir=args.out, store=args.store, pairs_path=args.lfw_pairs,
+    result = calibrate(model, source, path, cfg, out_dir=args.out, store=args.store, pairs_path=args.lfw_pairs,
                        crop_dir=args.lfw_crops, command=command)
     for where in result["stored_in"]:
         print(f"calibrate: stored beside {where}")

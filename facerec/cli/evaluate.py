@@ -66,8 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 @reports_errors("facerec evaluate")
 def main(argv=None) -> int:
     from facerec.eval.tables import TablesConfig, best_checkpoints, evaluate_tables
-    from facerec.models import read_checkpoint_metadata
-    from facerec.models.pretrained import check_checkpoint, resolve_checkpoint
+    from facerec.models.pretrained import check_checkpoint
+    from facerec.models.reference import resolve_model
 
     args = parse_args(argv)
     if args.run and args.checkpoint:
@@ -81,18 +81,17 @@ def main(argv=None) -> int:
     if args.crops is None and run is None and not args.checkpoint:
         found = latest_smoke_run()
         run = str(found) if found else None
-    for item in args.checkpoint:
-        check_checkpoint(item)
+    models = [check_checkpoint(item) for item in args.checkpoint]  # folders resolved here, once
     checkpoints: dict[str, str] = {}
     if not args.before_only:
         if run:
             checkpoints = best_checkpoints(run, backbones)
-        for item in args.checkpoint:
-            item = resolve_checkpoint(item)  # a pretrained model's name (dlib_resnet) works too
-            b = read_checkpoint_metadata(item)["backbone"]
+        for item in models:
+            ref = resolve_model(item)  # a pretrained model's name (dlib_resnet) works too
+            b = ref.backbone
             if b in checkpoints:
-                raise ConfigError("--checkpoint", item, f"one checkpoint per backbone ({b} given twice)")
-            checkpoints[b] = item
+                raise ConfigError("--checkpoint", str(ref), f"one checkpoint per backbone ({b} given twice)")
+            checkpoints[b] = str(ref)
     if backbones is None:
         if checkpoints:
             backbones = list(checkpoints)

@@ -53,7 +53,7 @@ def _serve_config(args: argparse.Namespace, gallery: str, checkpoints: dict[str,
 @reports_errors("facerec serve")
 def main(argv: list[str] | None = None) -> int:
     from facerec.index import INDEXES
-    from facerec.models.pretrained import parse_checkpoints
+    from facerec.models.pretrained import parse_models
     from facerec.serve.local import DEFAULT_MODELS, UNTRAINED_BACKBONES, default_workdir
 
     p = argparse.ArgumentParser(prog="facerec serve", description=__doc__,
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         check_source(args.data, layout=args.layout)
     if args.crops is not None:
         check_crops(args.crops)
-    checkpoints = parse_checkpoints(args.checkpoint)
+    checkpoints = parse_models(args.checkpoint)  # folders resolved (model.json read once), names checked
     planned = checkpoints or {n: n for n in (UNTRAINED_BACKBONES if args.allow_untrained else DEFAULT_MODELS)}
     _serve_config(args, args.gallery or str(default_workdir()), planned, args.model_cpus or 1.0)  # fails before Ray
 
@@ -152,7 +152,7 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _serve(args: argparse.Namespace, workdir: Path, checkpoints: dict[str, str]) -> int:
+def _serve(args: argparse.Namespace, workdir: Path, checkpoints: dict) -> int:
     """Build or find the gallery, start the app, answer --smoke or serve until interrupted."""
     import ray
     from ray import serve
@@ -170,7 +170,7 @@ def _serve(args: argparse.Namespace, workdir: Path, checkpoints: dict[str, str])
     model_cpus = args.model_cpus if args.model_cpus is not None else max(0.1, (cpus - 0.5) / (len(checkpoints) * args.replicas))
     config = _serve_config(args, str(gallery), checkpoints, model_cpus)
     check_fits(config, ray.cluster_resources())
-    application = build_app(config)  # artifacts checked here, before any replica starts
+    application = build_app(config, checkpoints)  # artifacts checked here, before any replica starts
     from facerec.serve.verification import startup_line
 
     detector = config.detector_config().settings()

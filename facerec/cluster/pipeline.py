@@ -155,27 +155,24 @@ def run_cluster(cfg: ClusterRunConfig) -> dict[str, Any]:
     from facerec.cluster.incremental import assign_new
     from facerec.cluster.outputs import one_line, people_table, write_outputs
     from facerec.cluster.thresholds import model_thresholds
-    from facerec.data.inputs import kind_of
     from facerec.data.preprocess import PreprocessConfig
     from facerec.data.schema import load_crops
     from facerec.detect import DetectorConfig, crops_detector
-    from facerec.models import read_checkpoint_metadata
-    from facerec.models.calibration import read_calibration
-    from facerec.models.pretrained import check_checkpoint, resolve_checkpoint
+    from facerec.models.pretrained import check_checkpoint
+    from facerec.models.reference import resolve_model
     from facerec.progress import Progress
 
     t0 = time.perf_counter()
-    check_checkpoint(cfg.checkpoint)
-    ckpt = resolve_checkpoint(cfg.checkpoint)
-    meta = read_checkpoint_metadata(ckpt)
-    calibration = read_calibration(ckpt, meta)
+    ckpt = resolve_model(check_checkpoint(cfg.checkpoint))  # the one read of its model.json
+    meta = ckpt.metadata
+    calibration = ckpt.calibration()
     # Faces found and aligned as the calibration's were: its thresholds hold for those distances only.
     detector = crops_detector((calibration or {}).get("data") or {})
     th = model_thresholds(ckpt, cfg.link_far, cfg.merge_far, split_far=cfg.split_far)
     ccfg = ClusterConfig(link=th.link, merge=th.merge, k=cfg.k, snn=cfg.snn, split=th.split, index=cfg.index,
                          min_faces=cfg.min_faces)
     det_fields = DetectorConfig.from_settings(detector).as_fields() if detector else {}
-    pre_cfg = PreprocessConfig(input_kind=kind_of(meta).name, layout=cfg.layout, min_images_per_identity=1,
+    pre_cfg = PreprocessConfig(input_kind=ckpt.input_kind.name, layout=cfg.layout, min_images_per_identity=1,
                                several_faces=cfg.faces, **det_fields)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -66,7 +66,7 @@ def model_thresholds(checkpoint: str | os.PathLike, link_far: float = DEFAULT_LI
                      merge_far: float = DEFAULT_MERGE_FAR, detector: dict[str, Any] | None = None,
                      split_far: float = DEFAULT_SPLIT_FAR) -> Thresholds:
     """:func:`from_calibration` of the calibration stored beside ``checkpoint`` (or shipped with it)."""
-    from facerec.models.calibration import read_calibration
+    from facerec.models.reference import resolve_model
 
-    return from_calibration(read_calibration(checkpoint, detector=detector), link_far, merge_far, str(checkpoint),
+    return from_calibration(resolve_model(checkpoint).calibration(detector), link_far, merge_far, str(checkpoint),
                             split_far)

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from facerec.dlibport import facts as dlib_facts
 from facerec.errors import ArtifactMismatchError, ConfigError
 from facerec.registry import Registry
 
@@ -116,12 +117,11 @@ def _haar_test_transform(size: int):
     return test_transform(size)
 
 
-# dlib's face chip: fixed by the network it feeds (dlib's dnn_face_recognition_ex.cpp).
-CHIP_SIZE = 150
-CHIP_PADDING = 0.25
-# Mean colour of dlib's training images (stored in dlib_face_recognition_resnet_model_v1.dat):
-# erased regions take it, so they carry no signal into the first convolution after normalisation.
-CHIP_MEAN_RGB = (122.782, 117.001, 104.298)
+# dlib's face chip and the mean colour of its training images: facts of dlib_resnet
+# (facerec.dlibport.facts), under the names this module has always given them.
+CHIP_SIZE = dlib_facts.CHIP_SIZE
+CHIP_PADDING = dlib_facts.CHIP_PADDING
+CHIP_MEAN_RGB = dlib_facts.MEAN_RGB
 
 
 @functools.lru_cache(maxsize=1)
@@ -133,7 +133,7 @@ def shape_predictor():
 
 
 class AlignedChip5pt(InputKind):
-    name = "aligned_chip_5pt"
+    name = dlib_facts.INPUT_KIND
     default_size = CHIP_SIZE
     fixed_size = True
     describe = "dlib's 5-point aligned face chip, 150 x 150 px, padding 0.25"

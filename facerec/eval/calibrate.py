@@ -25,7 +25,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,9 @@ from facerec.eval.calibration import (DEFAULT_FAR, DEFAULT_FARS, MIN_FALSE_ACCEP
 from facerec.eval.openset_cv import DEFAULT_FPIRS
 from facerec.gallery.embed import EmbeddingOptions
 from facerec.gallery.openset import check_target
+
+if TYPE_CHECKING:  # pragma: no cover
+    from facerec.models.reference import ModelRef
 
 SOURCES = ("lfw", "crops")
 
@@ -83,28 +86,28 @@ class CalibrateConfig(EmbeddingOptions):
             raise ConfigError("detector", self.detector, "None or the settings of a facerec.detect.DetectorConfig")
 
 
-def _model_meta(model: str | os.PathLike) -> tuple[str, dict]:
-    from facerec.models.metadata import read_checkpoint_metadata
-    from facerec.models.pretrained import resolve_checkpoint
+def _model_meta(model: "str | os.PathLike | ModelRef") -> "tuple[ModelRef, dict]":
+    """The model's reference (resolved once; ``str()`` of it is its folder) and its metadata."""
+    from facerec.models.reference import resolve_model
 
-    folder = resolve_checkpoint(model)
-    return folder, read_checkpoint_metadata(folder)
+    ref = resolve_model(model)
+    return ref, ref.metadata
 
 
-def check_crops_source(crops_dir: str | os.PathLike, model: str | os.PathLike) -> None:
+def check_crops_source(crops_dir: str | os.PathLike, model: "str | os.PathLike | ModelRef") -> None:
     """Refuse crops of another input kind (or size) than the model's, before anything runs."""
     from facerec.data.inputs import check_inputs_match
     from facerec.data.schema import CROPS_TABLE
     from facerec.io import read_parquet_metadata
-    from facerec.models.metadata import read_checkpoint_metadata
     from facerec.models.pretrained import PRETRAINED
+    from facerec.models.reference import resolve_model
 
     table = Path(crops_dir) / CROPS_TABLE
-    if isinstance(model, str) and model in PRETRAINED:
+    if isinstance(model, str) and model in PRETRAINED:  # its registry entry: nothing built yet
         entry = PRETRAINED.get(model)
         meta = {"input_kind": entry.input_kind, "image_size": entry.image_size}
     else:
-        meta = read_checkpoint_metadata(model)
+        meta = resolve_model(model).metadata
     try:
         crops_meta = read_parquet_metadata(table)
     except Exception as exc:
@@ -126,7 +129,7 @@ def lfw_distances(lfw_root: str | os.PathLike, model: str | os.PathLike, config:
     pairs_file = Path(pairs_path) if pairs_path else root / "pairs.txt"
     pairs = read_lfw_pairs(root, pairs_file)
     folder, meta = _model_meta(model)
-    kind = kind_of(meta)
+    kind = folder.input_kind
     crop_cfg = LFWCropConfig(input_kind=kind.name, crop_size=int(meta.get("image_size")) if kind.fixed_size else None,
                              detector=config.detector)
     crops, emb, stats = lfw_embeddings(root, folder, pairs, crop_dir, crop_cfg, config.batch_size, config.num_actors,

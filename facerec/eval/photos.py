@@ -32,20 +32,18 @@ class PhotoSteps:
                  several_faces: str = "largest", runtime: str = "auto", detector: dict | None = None):
         import cv2
 
-        from facerec.data.inputs import kind_of
         from facerec.detect import DetectorConfig
         from facerec.models.inference import input_maker
-        from facerec.models.metadata import read_checkpoint_metadata
         from facerec.models.onnx_runtime import OnnxModel, cpu_export
-        from facerec.models.pretrained import resolve_checkpoint
+        from facerec.models.reference import resolve_model
 
         if runtime not in ("auto", "torch", "onnx"):
             raise ConfigError("runtime", runtime, "'auto', 'torch' or 'onnx'")
         if opencv_threads:
             cv2.setNumThreads(int(opencv_threads))
-        checkpoint = resolve_checkpoint(checkpoint)
-        self.meta = read_checkpoint_metadata(checkpoint)
-        self.kind = kind_of(self.meta)
+        checkpoint = resolve_model(checkpoint)
+        self.meta = dict(checkpoint.metadata)
+        self.kind = checkpoint.input_kind
         onnx = None if runtime == "torch" else cpu_export(checkpoint)
         if runtime == "onnx" and onnx is None:
             raise ConfigError("runtime", runtime, f"'auto' or 'torch': {checkpoint} cannot run on ONNX Runtime here")
@@ -121,8 +119,7 @@ def embed_photos(paths: list[str | os.PathLike], checkpoint: str, batch_size: in
 
     Returns ``(embeddings (n, d) with NaN rows where no face was usable, a frame of path and
     status per photo, stats)``, in input order."""
-    from facerec.models import read_checkpoint_metadata
-    from facerec.models.pretrained import resolve_checkpoint
+    from facerec.models.reference import resolve_model
     from facerec.progress import Progress
     from facerec.ray_utils import cluster_cpus, init_ray, ray_data
 
@@ -131,8 +128,8 @@ def embed_photos(paths: list[str | os.PathLike], checkpoint: str, batch_size: in
     paths = [str(p) for p in paths]
     if not paths:
         raise ConfigError("paths", "[]", "at least one photo")
-    checkpoint = resolve_checkpoint(checkpoint)
-    dim = int(read_checkpoint_metadata(checkpoint)["embedding_dim"])  # a bad checkpoint fails before Ray
+    checkpoint = resolve_model(checkpoint)
+    dim = checkpoint.embedding_dim  # a bad checkpoint fails before Ray
     from facerec.models.onnx_runtime import cpu_export
 
     cpu_export(checkpoint)  # exported once here, not by every actor at once

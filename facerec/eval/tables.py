@@ -31,7 +31,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,9 @@ import pandas as pd
 from facerec.errors import ConfigError
 from facerec.gallery.embed import EmbeddingOptions
 from facerec.io import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from facerec.models.reference import ModelRef
 
 TABLES = {"before": "3.1", "after": "3.2"}
 TABLE_TITLES = {"before": "Table 3.1: before fine-tuning (initial weights)",
@@ -165,16 +168,17 @@ def _grid(cfg: TablesConfig, stage: str, backbone: str, weights: str, query: pd.
     return str(target.relative_to(cfg.out_dir))
 
 
-def evaluate_model(cfg: TablesConfig, stage: str, backbone: str, checkpoint: str | os.PathLike, query: pd.DataFrame,
+def evaluate_model(cfg: TablesConfig, stage: str, backbone: str, checkpoint: "str | os.PathLike | ModelRef", query: pd.DataFrame,
                    gallery: pd.DataFrame, qa: np.ndarray, ga: np.ndarray) -> dict[str, Any]:
     """Embed, index, search and score one model; returns its rows (one per k), its summary
     and the raw retrieval (``ids``: gallery row positions best first, ``distances``)."""
     from facerec.gallery.embed import embed_crops_with_stats
     from facerec.index import build_index
     from facerec.metrics.retrieval import attribute_metrics, map_at_r, precision_at_k, relevant_counts
-    from facerec.models import read_checkpoint_metadata
+    from facerec.models.reference import resolve_model
 
-    meta = read_checkpoint_metadata(checkpoint)
+    checkpoint = resolve_model(checkpoint)  # a reference is not read again, here nor by the embedding
+    meta = checkpoint.metadata
     ecfg = cfg.embed_config()
     # One pipeline (one actor start-up) for gallery and queries; the gallery's time is the
     # actors' compute time on its rows, divided over the pool.
@@ -300,12 +304,13 @@ def evaluate_tables(cfg: TablesConfig) -> dict[str, Any]:
     from facerec.data.schema import attributes_matrix, load_crops
     from facerec.data.splits import assign_splits, check_data_version, query_gallery, resolve_split_args
     from facerec.metrics.retrieval import random_ranking_baseline
-    from facerec.models import read_checkpoint_metadata
     from facerec.models.checkpoint import save_initial_checkpoint
+    from facerec.models.reference import resolve_model
 
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)
-    ckpt_meta = {b: read_checkpoint_metadata(p) for b, p in cfg.checkpoints.items()}
+    refs = {b: resolve_model(p) for b, p in cfg.checkpoints.items()}  # model.json read here, once
+    ckpt_meta = {b: ref.metadata for b, ref in refs.items()}
     for b, m in ckpt_meta.items():
         if m["backbone"] != b:
             raise ConfigError(f"checkpoints[{b}]", cfg.checkpoints[b], f"a checkpoint of backbone {b} (it is {m['backbone']})")
@@ -331,7 +336,7 @@ def evaluate_tables(cfg: TablesConfig) -> dict[str, Any]:
     print(f"evaluate: test split {protocol['test_images']} images of {protocol['test_identities']} identities -> "
           f"{len(query)} queries, gallery {len(gallery)}; split {split_args}", flush=True)
 
-    models: list[tuple[str, str, str]] = []
+    models: list[tuple[str, str, Any]] = []
     if cfg.initial:
         for b in cfg.backbones:
             m = ckpt_meta.get(b, {})
@@ -343,7 +348,7 @@ def evaluate_tables(cfg: TablesConfig) -> dict[str, Any]:
             models.append(("before", b, str(folder)))
     for b in cfg.backbones:
         if b in cfg.checkpoints:
-            models.append(("after", b, str(cfg.checkpoints[b])))
+            models.append(("after", b, refs[b]))
 
     long_rows, summaries, retrieval = [], [], {}
     for stage, b, ckpt in models:

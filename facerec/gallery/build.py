@@ -25,6 +25,7 @@ from facerec.errors import ConfigError, DataNotFoundError
 from facerec.gallery.edit import make_rows, write_segment
 from facerec.gallery.embed import EmbeddingOptions
 from facerec.gallery.format import CROPS, GALLERY_FORMAT, MANIFEST, commit_manifest, crop_rel, new_image_id
+from facerec.models.reference import ModelRef, resolve_model
 from facerec.registry import Registry
 
 # engine name -> fn(df, crops_dir, checkpoint, name, config) -> ((n, d) float32, {"image_size", "seconds", ...})
@@ -32,7 +33,7 @@ EMBED_ENGINES: Registry[Callable[..., tuple[np.ndarray, dict[str, Any]]]] = Regi
 
 
 @EMBED_ENGINES.register("local")
-def embed_local(df: pd.DataFrame, crops_dir: Path, checkpoint: str, name: str, config: "GalleryBuildConfig"):
+def embed_local(df: pd.DataFrame, crops_dir: Path, checkpoint: "str | ModelRef", name: str, config: "GalleryBuildConfig"):
     """In this process, ``batch_size`` crops at a time (no Ray): small galleries, serving's cache."""
     from facerec.models import load_embedder
     from facerec.models.inference import embed_files
@@ -46,7 +47,7 @@ def embed_local(df: pd.DataFrame, crops_dir: Path, checkpoint: str, name: str, c
 
 
 @EMBED_ENGINES.register("ray")
-def embed_ray(df: pd.DataFrame, crops_dir: Path, checkpoint: str, name: str, config: "GalleryBuildConfig"):
+def embed_ray(df: pd.DataFrame, crops_dir: Path, checkpoint: "str | ModelRef", name: str, config: "GalleryBuildConfig"):
     """A Ray Data actor pool (:func:`facerec.gallery.embed.embed_crops_with_stats`): large galleries, build-index."""
     from facerec.gallery.embed import embed_crops_with_stats
 
@@ -57,7 +58,8 @@ def embed_ray(df: pd.DataFrame, crops_dir: Path, checkpoint: str, name: str, con
 class GalleryBuildConfig(EmbeddingOptions):
     """Validated settings of :func:`build_gallery` (checked before any model loads).
 
-    ``checkpoints``: served model name -> checkpoint folder. ``kinds``: index kinds saved per
+    ``checkpoints``: served model name -> checkpoint folder, pretrained model name or
+    :class:`facerec.models.reference.ModelRef`. ``kinds``: index kinds saved per
     model, the first is the one served. ``index_params``: kind -> parameters. ``engine``: a name
     of :data:`EMBED_ENGINES`. ``link_crops``: hard-link the crops instead of copying (same
     filesystem; a delete then removes the gallery's link, not the crops folder's file).
@@ -108,17 +110,15 @@ def build_gallery(config: GalleryBuildConfig, table: pd.DataFrame | None = None,
     from facerec.data.inputs import check_inputs_match
     from facerec.data.schema import load_crops
     from facerec.io import read_parquet_metadata
-    from facerec.models import read_checkpoint_metadata
-    from facerec.models.pretrained import resolve_checkpoint
-
     cfg = config
     t0 = time.perf_counter()
-    checkpoints = {name: resolve_checkpoint(ckpt) for name, ckpt in cfg.checkpoints.items()}
+    # missing/damaged checkpoint fails before embedding; a ModelRef is not read again
+    checkpoints = {name: resolve_model(ckpt) for name, ckpt in cfg.checkpoints.items()}
     crops_dir = Path(cfg.crops_dir)
     crops_table = crops_dir / "crops.parquet"
     metas = {}
     for name, ckpt in checkpoints.items():
-        metas[name] = read_checkpoint_metadata(ckpt)  # missing/damaged checkpoint fails before embedding
+        metas[name] = ckpt.metadata
         if crops_table.is_file():
             check_inputs_match(metas[name], read_parquet_metadata(crops_table), str(crops_table), f"{name} ({ckpt})")
     out = Path(cfg.out_dir)

@@ -78,13 +78,13 @@ def build_gallery_index(config: BuildIndexConfig) -> dict[str, Any]:
     (module docstring) through :func:`facerec.gallery.build_gallery`; returns its manifest."""
     from facerec.data.schema import load_crops
     from facerec.data.splits import assign_splits, check_data_version, resolve_split_args
-    from facerec.models import read_checkpoint_metadata
     from facerec.models.checkpoint import save_initial_checkpoint
-    from facerec.models.pretrained import resolve_checkpoint
+    from facerec.models.reference import resolve_model
 
     cfg = config
-    cfg.checkpoints = {name: resolve_checkpoint(path) for name, path in cfg.checkpoints.items()}
-    ckpt_meta = {name: read_checkpoint_metadata(path) for name, path in cfg.checkpoints.items()}
+    refs = {name: resolve_model(path) for name, path in cfg.checkpoints.items()}  # model.json read here, once
+    cfg.checkpoints = {name: str(ref) for name, ref in refs.items()}
+    ckpt_meta = {name: ref.metadata for name, ref in refs.items()}
     out = Path(cfg.out_dir)
     if (out / MANIFEST).exists() and not cfg.overwrite:
         raise ConfigError("out_dir", str(out), "a folder without a gallery, or overwrite=True (--overwrite)")
@@ -105,7 +105,7 @@ def build_gallery_index(config: BuildIndexConfig) -> dict[str, Any]:
     if out.exists() and cfg.overwrite:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    models = dict(cfg.checkpoints)
+    models: dict[str, Any] = dict(refs)
     model_extra: dict[str, dict[str, Any]] = {}
     crop_size = int(crops_meta.get("crop_size") or 218)
     for backbone in cfg.initial:

@@ -25,12 +25,15 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from facerec.errors import ConfigError, DataNotFoundError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from facerec.models.reference import ModelRef
 
 MAX_BLOCKS = 2000  # more blocks only add scheduling overhead; larger inputs get multi-batch blocks
 
@@ -100,6 +103,12 @@ class ModelSource:
     metadata: dict
     image_size: int
 
+    @classmethod
+    def of(cls, model: "ModelRef", image_size: int | None = None) -> "ModelSource":
+        """The source of a resolved model: its folder, its metadata as the reference read it."""
+        return cls(str(model.folder.resolve()), None, dict(model.metadata),
+                   int(image_size or model.metadata.get("image_size") or 218))
+
     @property
     def input_kind(self) -> str:
         from facerec.data.inputs import kind_of
@@ -120,15 +129,11 @@ def resolve_model_source(model: Any, image_size: int | None = None) -> ModelSour
     """
     from torch import nn
 
-    from facerec.models import read_checkpoint_metadata
+    if isinstance(model, (str, os.PathLike)):  # a ModelRef too (os.PathLike: its folder)
+        from facerec.models.reference import resolve_model
 
-    if isinstance(model, (str, os.PathLike)):
-        from facerec.models.pretrained import resolve_checkpoint
-
-        model = resolve_checkpoint(model)
-        meta = read_checkpoint_metadata(model)  # missing/damaged checkpoint fails before any actor starts
-        size = int(image_size or meta.get("image_size") or 218)
-        return ModelSource(str(Path(model).resolve()), None, meta, size)
+        # missing/damaged checkpoint fails before any actor starts
+        return ModelSource.of(resolve_model(model), image_size)
     if isinstance(model, nn.Module) and hasattr(model, "metadata"):
         import ray
 

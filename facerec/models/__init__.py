@@ -4,7 +4,9 @@ embedding head, checkpoints, and ready-made pretrained checkpoints.
 The names below are resolved on first use (PEP 562 module ``__getattr__``): ``import torch``
 alone holds ~540 MB of resident memory and torchvision ~170 MB more, and a Serve replica that runs
 a model through ONNX Runtime, or a driver that only reads ``model.json``, needs neither.
-``read_checkpoint_metadata`` comes from the torch-free :mod:`facerec.models.metadata`.
+``read_checkpoint_metadata`` comes from the torch-free :mod:`facerec.models.metadata`, and the model
+reference (``ModelRef``, ``resolve_model``: a name or folder resolved once and passed down) from the
+torch-free :mod:`facerec.models.reference`.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ __all__ = [
     "FREEZE_POLICIES",
     "BackboneSpec",
     "Embedder",
+    "ModelRef",
     "build_embedder",
     "hub_weight_paths",
     "load_embedder",
     "read_checkpoint_metadata",
+    "resolve_model",
     "save_checkpoint",
 ]
 
@@ -35,6 +39,8 @@ _LAZY = {
     "load_embedder": "checkpoint",
     "save_checkpoint": "checkpoint",
     "read_checkpoint_metadata": "metadata",
+    "ModelRef": "reference",
+    "resolve_model": "reference",
 }
 # Submodules that build models through the BACKBONES registry (they import torch).
 _TORCH_SUBMODULES = {"backbones", "embedder", "checkpoint"}
@@ -44,6 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from facerec.models.checkpoint import load_embedder, save_checkpoint
     from facerec.models.embedder import Embedder, build_embedder
     from facerec.models.metadata import read_checkpoint_metadata
+    from facerec.models.reference import ModelRef, resolve_model
 
 
 def __getattr__(name: str) -> Any:

@@ -18,10 +18,13 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facerec.errors import ArtifactMismatchError, ConfigError
 from facerec.io import read_json_object
+
+if TYPE_CHECKING:  # pragma: no cover
+    from facerec.models.reference import ModelRef
 
 KEY = "calibration"
 FOLDER = "calibration"  # the ROC PNG and the tables, beside model.json
@@ -39,21 +42,29 @@ def store_calibration(checkpoint_dir: str | os.PathLike, calibration: dict[str, 
     return record_for_same_weights(checkpoint_dir, KEY, calibration)
 
 
-def read_calibration(checkpoint_dir: str | os.PathLike, meta: dict[str, Any] | None = None,
+def read_calibration(checkpoint_dir: "str | os.PathLike | ModelRef", meta: dict[str, Any] | None = None,
                      detector: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The calibration stored beside ``checkpoint_dir``, or None for an uncalibrated model.
+
+    ``checkpoint_dir``: a :class:`facerec.models.reference.ModelRef` (``meta`` then defaults to
+    its metadata; :meth:`ModelRef.calibration` calls this), or a checkpoint folder whose
+    ``model.json`` is ``meta`` (read here when not given).
 
     A calibration measured on other weights (another ``model_id``), on another input kind than
     the checkpoint's, or -- when ``detector`` (settings of ``facerec.detect.DetectorConfig``) is
     given -- on faces of another detector raises :class:`ArtifactMismatchError`: its thresholds
     would be meaningless (a detector's boxes change the aligned faces, hence the distances)."""
     from facerec.data.inputs import kind_of
-    from facerec.models.metadata import read_checkpoint_metadata
     from facerec.models.pretrained import MEASURED_FILE
+    from facerec.models.reference import ModelRef, resolve_model
 
+    if meta is None or isinstance(checkpoint_dir, ModelRef):
+        ref = resolve_model(checkpoint_dir)
+        meta = ref.metadata if meta is None else meta
+        if isinstance(checkpoint_dir, ModelRef) or ref.pretrained == checkpoint_dir:  # a pretrained name: its folder
+            checkpoint_dir = ref.location
     path = Path(checkpoint_dir) / MEASURED_FILE
     cal = read_json_object(path, fix="delete it and re-run `facerec calibrate`").get(KEY) if path.is_file() else None
-    meta = meta if meta is not None else read_checkpoint_metadata(checkpoint_dir)
     if not cal:
         return shipped_calibration(meta, detector)
     fix = f"re-run `facerec calibrate --model {checkpoint_dir} ...` for these weights"

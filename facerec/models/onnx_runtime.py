@@ -29,7 +29,7 @@ import numpy as np
 
 from facerec.errors import ArtifactMismatchError, ConfigError, DataNotFoundError
 from facerec.io import atomic_path, atomic_write_bytes, atomic_write_json, read_json_object, sha256_file
-from facerec.models.metadata import read_checkpoint_metadata
+from facerec.models.reference import ModelRef, resolve_model
 
 ONNX_OPSET = 17
 # Bumped whenever what a checkpoint's model computes changes without its weights changing (the
@@ -67,16 +67,14 @@ def why_not_onnx(kind, gpu: bool) -> str | None:
     return None
 
 
-def cpu_export(checkpoint_dir: str | os.PathLike) -> Path | None:
-    """The ONNX export of a checkpoint that can run on ONNX Runtime on this machine's CPU
-    (:func:`why_not_onnx` says nothing against it), made once by :func:`ensure_onnx`; None
-    otherwise, and the checkpoint runs on torch."""
-    from facerec.data.inputs import kind_of
-    from facerec.models.metadata import read_checkpoint_metadata
-
-    if why_not_onnx(kind_of(read_checkpoint_metadata(checkpoint_dir)), gpu=False) is not None:
+def cpu_export(checkpoint_dir: "str | os.PathLike | ModelRef") -> Path | None:
+    """The ONNX export of a checkpoint (a folder or :class:`facerec.models.reference.ModelRef`)
+    that can run on ONNX Runtime on this machine's CPU (:func:`why_not_onnx` says nothing against
+    it), made once by :func:`ensure_onnx`; None otherwise, and the checkpoint runs on torch."""
+    ref = resolve_model(checkpoint_dir)
+    if why_not_onnx(ref.input_kind, gpu=False) is not None:
         return None
-    return ensure_onnx(checkpoint_dir)
+    return ensure_onnx(ref)
 
 
 def sidecar_path(onnx_path: str | os.PathLike) -> Path:
@@ -119,7 +117,7 @@ def parity_inputs(image_size: int) -> list[np.ndarray]:
     return [rng.integers(0, 256, (n, 3, image_size, image_size)).astype(np.float32) for n in PARITY_BATCHES]
 
 
-def ensure_onnx(checkpoint_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+def ensure_onnx(checkpoint_dir: "str | os.PathLike | ModelRef", cache_dir: str | os.PathLike | None = None) -> Path:
     """``<cache>/onnx/<model_id>.onnx`` of the checkpoint, exported and verified on first use.
 
     Reuses an existing file when its sidecar names the same ``model_id`` and opset, records a
@@ -130,7 +128,8 @@ def ensure_onnx(checkpoint_dir: str | os.PathLike, cache_dir: str | os.PathLike 
     """
     if not onnx_available():
         raise ConfigError("runtime", "onnx", "'torch' or 'auto', or install onnxruntime (pip install onnxruntime)")
-    meta = read_checkpoint_metadata(checkpoint_dir)
+    ref = resolve_model(checkpoint_dir)  # a ModelRef: its metadata, not read again
+    meta = ref.metadata
     model_id = str(meta["model_id"])
     folder = Path(cache_dir) if cache_dir is not None else onnx_cache_dir()
     onnx_path = folder / f"{model_id}.onnx"
@@ -142,7 +141,7 @@ def ensure_onnx(checkpoint_dir: str | os.PathLike, cache_dir: str | os.PathLike 
     from facerec.models.checkpoint import load_embedder
 
     # load_embedder verifies model.pt against model_id: the file is named after the weights it holds.
-    model, meta = load_embedder(checkpoint_dir, map_location="cpu")
+    model, meta = load_embedder(ref, map_location="cpu")
     model = model.float().eval()
     size = int(meta.get("image_size") or 150)
     dim = int(meta["embedding_dim"])

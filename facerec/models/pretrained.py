@@ -1,9 +1,11 @@
 """Ready-made checkpoints that need no training (registry :data:`PRETRAINED`).
 
 Wherever a checkpoint folder is accepted (``--checkpoint``, ``build-index``, ``evaluate``,
-``serve``), a registered name is accepted too: :func:`resolve_checkpoint` turns ``dlib_resnet``
-into a checkpoint folder, written once into the cache from the model file that a package ships
-(nothing is downloaded) and reused; its ``model_id`` is the hash of its weights like any other.
+``serve``), a registered name is accepted too: :func:`facerec.models.reference.resolve_model`
+turns ``dlib_resnet`` into the reference of a checkpoint folder (:func:`pretrained_checkpoint`),
+written once into the cache from the model file that a package ships (nothing is downloaded) and
+reused; its ``model_id`` is the hash of its weights like any other. The facts of ``dlib_resnet``
+(its file, input, card) come from :mod:`facerec.dlibport.facts`.
 """
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+from facerec.dlibport import facts as dlib_facts
 from facerec.registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from facerec.models.reference import ModelRef
 
 
 @dataclass(frozen=True)
@@ -38,20 +44,13 @@ def _dlib_sha() -> str:
     return RESNET.sha256
 
 
-PRETRAINED.register("dlib_resnet")(PretrainedModel(
-    name="dlib_resnet",
-    backbone="dlib_resnet",
-    input_kind="aligned_chip_5pt",
-    image_size=150,
+PRETRAINED.register(dlib_facts.NAME)(PretrainedModel(
+    name=dlib_facts.NAME,
+    backbone=dlib_facts.NAME,
+    input_kind=dlib_facts.INPUT_KIND,
+    image_size=dlib_facts.CHIP_SIZE,
     source_sha256=_dlib_sha,
-    card={
-        "weights": "dlib face recognition ResNet v1 (dlib_face_recognition_resnet_model_v1.dat, "
-                   "face-recognition-models package, CC0)",
-        "training_data": "about 3 million faces of about 7,485 identities (FaceScrub, VGG-Face and web "
-                         "images; Davis King, dlib, 2017), none from LFW",
-        "trained_by": "dlib (metric loss, pairwise hinge on Euclidean distance at 0.6)",
-        "input": "aligned_chip_5pt (dlib 5-point landmarks, 150 px chip, padding 0.25)",
-    },
+    card=dlib_facts.CARD,
 ))
 
 
@@ -92,48 +91,61 @@ def pretrained_checkpoint(name: str) -> Path:
 
 
 def resolve_checkpoint(spec: str | os.PathLike) -> str:
-    """A checkpoint folder for ``spec``: a registered pretrained name, or the folder itself."""
+    """A checkpoint folder for ``spec``: a registered pretrained name, or the folder itself (its
+    model.json unread). The library resolves with :func:`facerec.models.reference.resolve_model`,
+    which reads it once and passes the reference down; kept for callers that need the path only."""
     if isinstance(spec, str) and spec in PRETRAINED:
         return str(pretrained_checkpoint(spec))
     return str(spec)
 
 
-def check_checkpoint(spec: str | os.PathLike, flag: str = "--checkpoint") -> None:
+def check_checkpoint(spec: str | os.PathLike, flag: str = "--checkpoint") -> "str | ModelRef":
     """``spec`` names a registered pretrained model or a checkpoint folder with model.json;
-    DataNotFoundError / ArtifactMismatchError otherwise. Nothing is built or loaded."""
+    DataNotFoundError / ArtifactMismatchError otherwise. Returns ``spec`` for a pretrained model
+    (nothing is built or loaded: building it needs torch), else the folder's
+    :class:`facerec.models.reference.ModelRef` (its model.json read, once)."""
     from facerec.errors import DataNotFoundError
-    from facerec.models.metadata import read_checkpoint_metadata
+    from facerec.models.reference import resolve_model
 
     if isinstance(spec, str) and spec in PRETRAINED:
-        return
+        return spec
     if not Path(spec).is_dir():
         raise DataNotFoundError(f"{flag} {spec}: neither a checkpoint folder (RUN/<trial>/best) nor a pretrained "
                                 f"model ({', '.join(PRETRAINED.names())})")
-    read_checkpoint_metadata(spec)
+    return resolve_model(spec)
 
 
-def parse_checkpoints(items: list[str], flag: str = "--checkpoint") -> dict[str, str]:
-    """``["NAME=DIR", "DIR", "dlib_resnet", ...]`` -> {name: dir}, each checked to be a checkpoint
-    folder or pretrained model name (:func:`check_checkpoint`); a bare DIR is named after its
-    backbone, a bare pretrained model name (:data:`PRETRAINED`) after itself. The NAME=DIR
-    convention of every command that takes several models (build-index, serve)."""
+def parse_models(items: list[str], flag: str = "--checkpoint") -> "dict[str, str | ModelRef]":
+    """``["NAME=DIR", "DIR", "dlib_resnet", ...]`` -> {name: model}, each checked to be a
+    checkpoint folder or pretrained model name (:func:`check_checkpoint`); a bare DIR is named after
+    its backbone, a bare pretrained model name (:data:`PRETRAINED`) after itself. The NAME=DIR
+    convention of every command that takes several models (build-index, serve). A folder comes
+    back as its :class:`facerec.models.reference.ModelRef` (model.json read once, here), a
+    pretrained model as its name (resolved, hence built on first use, where it is used)."""
     from facerec.errors import ConfigError
-    from facerec.models.metadata import read_checkpoint_metadata
 
-    out: dict[str, str] = {}
+    out: dict[str, str | ModelRef] = {}
     for item in items:
         name, sep, path = item.partition("=")
+        ref = None
         if not sep and item in PRETRAINED:
             name, path = item, item
         elif not sep:
-            path, name = item, read_checkpoint_metadata(item)["backbone"]
+            from facerec.models.reference import resolve_model
+
+            ref = resolve_model(item)  # read once: named after its backbone, and checked
+            path, name = item, ref.backbone
         if not name or not path:
             raise ConfigError(flag, item, "NAME=CHECKPOINT_DIR (or just CHECKPOINT_DIR)")
         if name in out:
             raise ConfigError(flag, item, f"each model name once ({name!r} appears twice)")
-        check_checkpoint(path, flag)
-        out[name] = path
+        out[name] = ref if ref is not None else check_checkpoint(path, flag)
     return out
+
+
+def parse_checkpoints(items: list[str], flag: str = "--checkpoint") -> dict[str, str]:
+    """:func:`parse_models` as {name: the folder or pretrained name as given}."""
+    return {name: model.name if not isinstance(model, str) else model for name, model in parse_models(items, flag).items()}
 
 
 def is_untrained(meta: dict[str, Any]) -> bool:
@@ -179,10 +191,11 @@ def record_for_same_weights(checkpoint_dir: str | os.PathLike, key: str, value: 
     """:func:`record_measurement` beside ``checkpoint_dir`` and beside each cached pretrained
     checkpoint with the same weights (same ``model_id``). Returns the folders written."""
     from facerec.models.metadata import read_checkpoint_metadata
+    from facerec.models.reference import resolve_model
 
     record_measurement(checkpoint_dir, key, value)
     written = [str(checkpoint_dir)]
-    model_id = read_checkpoint_metadata(checkpoint_dir)["model_id"]
+    model_id = resolve_model(checkpoint_dir).model_id  # a ModelRef: not read again
     for name in PRETRAINED.names():
         folder = cached_folder(name)
         try:

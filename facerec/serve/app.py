@@ -13,27 +13,51 @@ gallery index built by the served checkpoint) and only then binds the deployment
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facerec.errors import ArtifactMismatchError, ConfigError
 from facerec.serve.config import ModelConfig, ServeConfig
 
+if TYPE_CHECKING:  # pragma: no cover
+    from facerec.models.reference import ModelRef
+
 __all__ = ["ModelConfig", "ServeConfig", "app_builder", "build_app", "check_artifacts", "check_fits", "required_resources",
-           "resolve_runtime"]
+           "resolve_models", "resolve_runtime"]
 
 
-def check_artifacts(config: ServeConfig) -> dict[str, Any]:
-    """Read the gallery manifest and every checkpoint's model.json (no weights); raise before
-    any replica starts if a served model has no index in the gallery or another model built it.
-    Returns the manifest."""
-    from facerec.models import read_checkpoint_metadata
-    from facerec.models.pretrained import is_untrained, resolve_checkpoint
+def resolve_models(config: ServeConfig, models: "dict[str, ModelRef] | None" = None) -> "dict[str, ModelRef]":
+    """The :class:`facerec.models.reference.ModelRef` of each served model: ``models[name]`` when
+    the caller resolved it already (``facerec serve`` did, in :func:`facerec.serve.local.prepare_gallery`),
+    else its ``checkpoint`` resolved here, once. Each model's ``checkpoint`` becomes its folder."""
+    return {m.name: _resolve(m, models) for m in config.models}
+
+
+def _resolve(m: ModelConfig, models: "dict[str, ModelRef] | None") -> "ModelRef":
+    from facerec.models.reference import resolve_model
+
+    given = (models or {}).get(m.name)
+    ref = resolve_model(given if given is not None and str(given) == str(m.checkpoint) else m.checkpoint)
+    m.checkpoint = str(ref)
+    return ref
+
+
+def check_artifacts(config: ServeConfig, models: "dict[str, ModelRef] | None" = None) -> dict[str, Any]:
+    """Read the gallery manifest and every checkpoint's model.json (no weights; ``models``: the
+    references already resolved, :func:`resolve_models`); raise before any replica starts if a
+    served model has no index in the gallery or another model built it. Returns the manifest."""
+    return _checked(config, models)[0]
+
+
+def _checked(config: ServeConfig, models: "dict[str, ModelRef] | None") -> "tuple[dict[str, Any], dict[str, ModelRef]]":
+    """:func:`check_artifacts`: the manifest, and the references it resolved (each model in turn)."""
+    from facerec.models.pretrained import is_untrained
     from facerec.gallery import read_manifest
 
     manifest = read_manifest(config.gallery_dir)
+    refs = {}
     for m in config.models:
-        m.checkpoint = resolve_checkpoint(m.checkpoint)
-        meta = read_checkpoint_metadata(m.checkpoint)
+        refs[m.name] = _resolve(m, models)
+        meta = refs[m.name].metadata
         if is_untrained(meta) and not config.allow_untrained:
             raise ConfigError(
                 f"models[{m.name}].checkpoint", m.checkpoint,
@@ -51,31 +75,32 @@ def check_artifacts(config: ServeConfig) -> dict[str, Any]:
                 f"model {m.name!r}: checkpoint {m.checkpoint} has model_id {meta['model_id']} but the gallery index was "
                 f"built with {entry['model_id']}; rebuild the gallery with this checkpoint"
             )
-        resolve_runtime(m, meta)  # runtime: onnx where it cannot run fails here, before any replica
+        resolve_runtime(m, refs[m.name])  # runtime: onnx where it cannot run fails here, before any replica
     from facerec.detect import check_same_detector, crops_detector
-    from facerec.models.calibration import read_calibration
 
     made, now = crops_detector(manifest), config.detector_config().settings()
     for m in config.models:  # a calibration of faces another detector found fails here, not in a replica
-        read_calibration(m.checkpoint, read_checkpoint_metadata(m.checkpoint), now)
+        refs[m.name].calibration(now)
     check_same_detector(made, now, f"gallery {config.gallery_dir}",
                         f"serve it with the detector it was made with (facerec serve --gallery {config.gallery_dir} "
                         f"--detector {made['detector']} --min-confidence {made['min_confidence']} --min-face "
                         f"{made['min_face']} --scale-step {made['scale_step']}), or rebuild it with this one "
                         f"(facerec serve --data PHOTOS --rebuild)")
-    return manifest
+    return manifest, refs
 
 
-def resolve_runtime(m: ModelConfig, meta: dict[str, Any]) -> str:
-    """``"onnx"`` or ``"torch"``: what will run model ``m`` (checkpoint metadata ``meta``) in its
-    replicas. ``auto`` picks onnx when the input kind is made with numpy, onnxruntime is installed
-    and the replicas get no GPU; an explicit ``onnx`` that cannot run is a ConfigError saying why."""
+def resolve_runtime(m: ModelConfig, meta: "ModelRef | dict[str, Any]") -> str:
+    """``"onnx"`` or ``"torch"``: what will run model ``m`` (its reference, or its checkpoint
+    metadata ``meta``) in its replicas. ``auto`` picks onnx when the input kind is made with numpy,
+    onnxruntime is installed and the replicas get no GPU; an explicit ``onnx`` that cannot run is
+    a ConfigError saying why."""
     from facerec.data.inputs import kind_of
     from facerec.models.onnx_runtime import why_not_onnx
+    from facerec.models.reference import ModelRef
 
     if m.runtime == "torch":
         return "torch"
-    reason = why_not_onnx(kind_of(meta), gpu=m.num_gpus > 0)
+    reason = why_not_onnx(meta.input_kind if isinstance(meta, ModelRef) else kind_of(meta), gpu=m.num_gpus > 0)
     if reason is None:
         return "onnx"
     if m.runtime == "onnx":
@@ -121,14 +146,15 @@ def check_fits(config: ServeConfig, available: dict[str, float]) -> None:
 INGRESS_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1024 * 1024)}
 
 
-def build_app(config: ServeConfig):
-    """The bound application (``serve.run(build_app(cfg))``)."""
-    from facerec.models import read_checkpoint_metadata
-    from facerec.serve.embedder import Embedder
+def build_app(config: ServeConfig, models: "dict[str, ModelRef] | None" = None):
+    """The bound application (``serve.run(build_app(cfg))``). ``models``: the served models'
+    references when the caller resolved them (``facerec serve``); else each ``checkpoint`` is
+    resolved here, once (:func:`resolve_models`)."""
+    from facerec.serve.embedder import EmbedderDeployment
     from facerec.serve.ingress import Ingress
     from facerec.serve.retriever import Retriever
 
-    manifest = check_artifacts(config)
+    manifest, refs = _checked(config, models)
     crop = {
         "crop_size": int(manifest.get("crop_size", 218)),
         "margin": float(manifest.get("margin", 0.2)),
@@ -139,28 +165,27 @@ def build_app(config: ServeConfig):
     detector = config.detector_config().build()
     detector.prepare()  # an export happens here, once, not in every replica
     detector_files = detector.files()
-    model_ids = {m.name: read_checkpoint_metadata(m.checkpoint)["model_id"] for m in config.models}
+    model_ids = {m.name: refs[m.name].model_id for m in config.models}
     embedders = {}
     for m in config.models:
         from facerec.serve.shipped import ship_model
 
         model = {**m.__dict__, "checkpoint": str(Path(m.checkpoint).resolve()), "onnx_path": None}
-        if resolve_runtime(m, read_checkpoint_metadata(m.checkpoint)) == "onnx":
+        if resolve_runtime(m, refs[m.name]) == "onnx":
             from facerec.models.onnx_runtime import ensure_onnx
 
             # Exported (and checked against torch) here, once, in the driver that has torch: the
             # replicas then only load it and never import torch.
-            model["onnx_path"] = str(ensure_onnx(m.checkpoint).resolve())
+            model["onnx_path"] = str(ensure_onnx(refs[m.name]).resolve())
         # These paths are in the driver's cache, which a replica on another node does not see:
         # the files travel with the deployment (facerec.serve.shipped).
-        model["shipped"] = ship_model(model["checkpoint"], model["onnx_path"], detector_files)
-        embedders[m.name] = Embedder.options(user_config=m.batching(), **m.deployment_options()).bind(model, crop)
+        model["shipped"] = ship_model(refs[m.name], model["onnx_path"], detector_files)
+        embedders[m.name] = EmbedderDeployment.options(user_config=m.batching(), **m.deployment_options()).bind(model, crop)
     open_set = {}
     for m in config.models:
         from facerec.gallery.openset import impostors_of
-        from facerec.models.calibration import read_calibration
 
-        cal = read_calibration(m.checkpoint, read_checkpoint_metadata(m.checkpoint), crop["detector"])
+        cal = refs[m.name].calibration(crop["detector"])
         open_set[m.name] = {"target_fpir": config.target_fpir, "impostors": impostors_of(cal)}
     retriever = Retriever.options(
         num_replicas=config.retriever_replicas,

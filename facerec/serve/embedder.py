@@ -1,4 +1,4 @@
-"""The ``Embedder`` deployment: photo bytes -> detected faces -> one embedding per face.
+"""The ``Embedder`` deployment (:class:`EmbedderDeployment`): photo bytes -> detected faces -> one embedding per face.
 
 Per batch of requests: decode each (``decode_image_reduced``, pixel-limited; a large JPEG at a
 reduced size, boxes answered in the photo's pixels), detect every face of all of
@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ray import serve
@@ -30,6 +30,9 @@ from ray import serve
 from facerec.errors import ArtifactMismatchError, ConfigError, ImageDecodeError
 from facerec.serve.batching import IdleGate
 from facerec.serve.config import RUNTIMES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from facerec.models.reference import ModelRef
 
 # HTTP status of each failure reason; the Ingress turns them into the response.
 # A large JPEG is decoded reduced (facerec.data.images.decode_image_reduced), never below this
@@ -85,18 +88,17 @@ class FaceEmbedderCore:
     whose node lacks the driver's checkpoint folder, :mod:`facerec.serve.shipped`).
     """
 
-    def __init__(self, checkpoint: str, crop_size: int = 218, margin: float = 0.2, max_pixels: int = 40_000_000,
+    def __init__(self, checkpoint: "str | ModelRef", crop_size: int = 218, margin: float = 0.2, max_pixels: int = 40_000_000,
                  max_faces: int = 10, detector: dict | None = None, device: str | None = None,
                  torch_threads: int | None = None, prepare_threads: int = 1, runtime: str = "auto",
                  onnx_path: str | None = None, weights: str | None = None):
-        from facerec.data.inputs import kind_of
-        from facerec.models.metadata import read_checkpoint_metadata
-        from facerec.models.pretrained import resolve_checkpoint
+        from facerec.models.reference import resolve_model
 
-        self.checkpoint = resolve_checkpoint(checkpoint)
-        # model.json first, torch-free: it decides whether torch is needed at all.
-        self.metadata = read_checkpoint_metadata(self.checkpoint)
-        self.kind = kind_of(self.metadata)
+        # model.json first (read once, here), torch-free: it decides whether torch is needed at all.
+        self.ref = resolve_model(checkpoint)
+        self.checkpoint = str(self.ref)
+        self.metadata = dict(self.ref.metadata)
+        self.kind = self.ref.input_kind
         self.runtime = self._choose_runtime(runtime, device, onnx_path)
         if self.runtime == "onnx":
             from facerec.models.onnx_runtime import OnnxModel, read_sidecar
@@ -116,7 +118,7 @@ class FaceEmbedderCore:
             if torch_threads:
                 torch.set_num_threads(int(torch_threads))
             self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            self.model, meta = load_embedder(weights or self.checkpoint, map_location=self.device)
+            self.model, meta = load_embedder(weights or self.ref, map_location=self.device)
             if meta["model_id"] != self.metadata["model_id"]:
                 raise ArtifactMismatchError(f"the weights in {weights} are model_id {meta['model_id']} but the checkpoint "
                                             f"{self.checkpoint} is {self.metadata['model_id']}")
@@ -125,13 +127,12 @@ class FaceEmbedderCore:
         self.onnx_path = str(onnx_path) if self.runtime == "onnx" else None
         self.model_id = self.metadata["model_id"]
         from facerec.detect import DetectorConfig
-        from facerec.models.calibration import read_calibration
 
         # Validated now, in the constructor; the gallery's detector (build_app checks they agree).
         self.detector_config = DetectorConfig.from_settings(detector) if detector else DetectorConfig()
         self.detector = self.detector_config.build()
         # Read once: a replica decides with the thresholds it started with (calibrate, then restart).
-        self.calibration = read_calibration(self.checkpoint, self.metadata, self.detector_config.settings())
+        self.calibration = self.ref.calibration(self.detector_config.settings())
         self.image_size = int(self.metadata.get("image_size", crop_size))
         # A fixed-size kind (dlib's chip) is made at the model's size; a crop at the gallery's.
         self.crop_size = self.image_size if self.kind.fixed_size else int(crop_size)
@@ -312,8 +313,11 @@ class FaceEmbedderCore:
         return results
 
 
+# The Python class is EmbedderDeployment, apart from the network (facerec.models.Embedder); the
+# deployment keeps its Serve name, Embedder (Embedder_<model> per model, ModelConfig.deployment_options):
+# Serve's status, handles, replica names and logs show it to users.
 @serve.deployment(name="Embedder", health_check_period_s=10)
-class Embedder:
+class EmbedderDeployment:
     """One replica holds one model (loaded once in ``__init__``); ``embed`` is batched.
 
     ``model``: a ModelConfig as a dict (plus ``onnx_path`` when the driver exported the model for
@@ -333,7 +337,7 @@ class Embedder:
         shipped = model.get("shipped") or {}
         land_detector(crop.get("detector"), shipped.get("detector"))
         where = land_model(model["checkpoint"], model.get("onnx_path"), shipped)
-        self.core = FaceEmbedderCore(where.checkpoint, torch_threads=model.get("torch_threads"),
+        self.core = FaceEmbedderCore(where.model or where.checkpoint, torch_threads=model.get("torch_threads"),
                                      prepare_threads=model.get("prepare_threads") or 1,
                                      runtime=model.get("runtime") or "auto", onnx_path=where.onnx_path,
                                      weights=where.weights, **crop)

@@ -14,10 +14,15 @@ import hashlib
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from facerec.dlibport import facts as dlib_facts
 from facerec.errors import ConfigError
 
-DEFAULT_MODELS = ("dlib_resnet",)
+if TYPE_CHECKING:  # pragma: no cover
+    from facerec.models.reference import ModelRef
+
+DEFAULT_MODELS = (dlib_facts.NAME,)
 UNTRAINED_BACKBONES = ("resnet50", "mobilenet_v2")
 
 
@@ -53,13 +58,13 @@ def ensure_crops(workdir: Path | None, crops: str | os.PathLike | None = None, d
                                                  **(detector or {})))
 
 
-def served_input_kind(checkpoints: dict[str, str]) -> str:
+def served_input_kind(checkpoints: "dict[str, str | ModelRef]") -> str:
     """The one input kind of the served models: a gallery stores one kind of input, and every
-    model searches it with queries made the same way."""
-    from facerec.data.inputs import kind_of
-    from facerec.models import read_checkpoint_metadata
+    model searches it with queries made the same way. Each model's kind is its reference's
+    (:func:`facerec.models.reference.model_input_kind`)."""
+    from facerec.models.reference import model_input_kind
 
-    kinds = {name: kind_of(read_checkpoint_metadata(path)).name for name, path in checkpoints.items()}
+    kinds = {name: model_input_kind(path) for name, path in checkpoints.items()}
     if len(set(kinds.values())) > 1:
         raise ConfigError("--checkpoint", kinds, "models of one input kind in one gallery (serve the others from "
                           "another gallery: `facerec serve --gallery OTHER ...`)")
@@ -89,7 +94,7 @@ def prepare_gallery(
     gallery: str | os.PathLike | None = None,
     crops: str | os.PathLike | None = None,
     data: str | os.PathLike | None = None,
-    checkpoints: dict[str, str] | None = None,
+    checkpoints: "dict[str, str | ModelRef] | None" = None,
     index_kind: str = "kdtree",
     image_size: int = 128,
     rebuild: bool = False,
@@ -98,8 +103,9 @@ def prepare_gallery(
     detector: dict | None = None,
     layout: str | None = None,
     cluster_thresholds=None,
-) -> tuple[Path, dict[str, str]]:
-    """The gallery folder to serve and its checkpoints {name: folder}.
+) -> "tuple[Path, dict[str, ModelRef]]":
+    """The gallery folder to serve and its models {name: :class:`facerec.models.reference.ModelRef`},
+    each resolved once here (a reference given is not read again; ``str(ref)`` is its folder).
 
     An existing ``gallery`` is served as is (with the checkpoints it records, or the given ones
     if they are the ones it was built with); otherwise one is built from ``crops`` / ``data`` /
@@ -114,33 +120,32 @@ def prepare_gallery(
     from the model's calibration).
     ``workdir``: where built galleries and demo models go (default :func:`default_workdir`).
     """
-    from facerec.models import read_checkpoint_metadata
-    from facerec.models.pretrained import resolve_checkpoint
     from facerec.gallery import GalleryBuildConfig, build_gallery, read_manifest
+    from facerec.models.reference import resolve_model
 
     workdir = Path(workdir) if workdir is not None else default_workdir()
     workdir.mkdir(parents=True, exist_ok=True)
-    checkpoints = {n: resolve_checkpoint(p) for n, p in (checkpoints or {}).items()}
+    checkpoints = {n: resolve_model(p) for n, p in (checkpoints or {}).items()}
     target = Path(gallery) if gallery else None
     if target is not None and (target / "gallery.json").is_file() and not rebuild:
         manifest = read_manifest(target)  # a format-1 gallery: an error saying how to upgrade it
         if not checkpoints:
-            checkpoints = {n: e["checkpoint"] for n, e in manifest["models"].items()}
+            checkpoints = {n: resolve_model(e["checkpoint"]) for n, e in manifest["models"].items()}
         stale = sorted(n for n, p in checkpoints.items()
-                       if n not in manifest["models"] or manifest["models"][n]["model_id"] != read_checkpoint_metadata(p)["model_id"])
+                       if n not in manifest["models"] or manifest["models"][n]["model_id"] != p.model_id)
         if not stale:
             honour_erasures(target)
             return target, checkpoints
         if not (crops or data):
             raise ConfigError("checkpoints", stale, f"models indexed in {target}, or rebuild it with crops/data")
     if not checkpoints and not untrained:
-        checkpoints = {n: resolve_checkpoint(n) for n in DEFAULT_MODELS}
+        checkpoints = {n: resolve_model(n) for n in DEFAULT_MODELS}
     kind = served_input_kind(checkpoints) if checkpoints else "haar_crop"
     crops_dir = ensure_crops(workdir, crops, data, preprocess_engine, input_kind=kind, detector=detector, layout=layout)
     if not checkpoints:
-        checkpoints = untrained_checkpoints(workdir, crops_dir, image_size)
+        checkpoints = {n: resolve_model(p) for n, p in untrained_checkpoints(workdir, crops_dir, image_size).items()}
     if target is None:
-        ids = "-".join(f"{n}:{read_checkpoint_metadata(p)['model_id']}" for n, p in sorted(checkpoints.items()))
+        ids = "-".join(f"{n}:{p.model_id}" for n, p in sorted(checkpoints.items()))
         from facerec.gallery import GALLERY_FORMAT
 
         key = hashlib.sha256(f"{crops_dir.resolve()}|{ids}|{index_kind}|{GALLERY_FORMAT}".encode()).hexdigest()[:10]

@@ -41,9 +41,12 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facerec.errors import ArtifactMismatchError, DataNotFoundError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from facerec.models.reference import ModelRef
 
 logger = logging.getLogger("ray.serve")
 
@@ -75,14 +78,23 @@ def node_description() -> str:
 # ------------------------------------------------------------------------------------ driver
 
 
-def ship_model(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike | None,
+def ship_model(checkpoint: "str | os.PathLike | ModelRef", onnx_path: str | os.PathLike | None,
                detector_files: dict[str, bytes] | None = None) -> dict[str, Any]:
     """What the driver ships to the replicas of one model: ``{"checkpoint": {name: bytes},
-    "onnx": {name: bytes} or None, "detector": {name: bytes}}`` (see the module docstring)."""
+    "onnx": {name: bytes} or None, "detector": {name: bytes}}`` (see the module docstring).
+    ``checkpoint``: its folder, or its :class:`facerec.models.reference.ModelRef`, whose
+    ``model.json`` bytes (read when it was resolved) are shipped without reading the file again."""
+    from facerec.models.metadata import META_FILE
     from facerec.models.onnx_runtime import export_files
+    from facerec.models.reference import ModelRef
 
     folder = Path(checkpoint)
-    files = {n: (folder / n).read_bytes() for n in CHECKPOINT_FILES if (folder / n).is_file()}
+    files = {}
+    for n in CHECKPOINT_FILES:
+        if n == META_FILE and isinstance(checkpoint, ModelRef):
+            files[n] = checkpoint.metadata_bytes
+        elif (folder / n).is_file():
+            files[n] = (folder / n).read_bytes()
     onnx = export_files(onnx_path) if onnx_path is not None else None
     if onnx is not None and sum(map(len, onnx.values())) > MAX_SHIPPED_EXPORT_BYTES:
         onnx = None
@@ -100,6 +112,7 @@ class Landed:
     onnx_path: str | None           # the export to run, None on the torch runtime
     weights: str | None = None      # a folder with model.pt, for the torch runtime
     written: list[str] = field(default_factory=list)  # files this call wrote on this node
+    model: Any = None               # the ModelRef of ``checkpoint`` made from the shipped model.json (None: unshipped)
 
 
 def _holds(folder: Path, files: dict[str, bytes]) -> bool:
@@ -143,7 +156,8 @@ def _land_onnx(onnx_path: str | None, files: dict[str, bytes], model_id: str) ->
 def _land_weights(checkpoint: Path, meta: dict[str, Any]) -> str:
     """A folder on this node whose model.pt has the shipped ``model_id``."""
     from facerec.models.metadata import MODEL_FILE, read_checkpoint_metadata
-    from facerec.models.pretrained import PRETRAINED, pretrained_checkpoint
+    from facerec.models.pretrained import PRETRAINED
+    from facerec.models.reference import resolve_model
 
     if (checkpoint / MODEL_FILE).is_file():
         try:
@@ -153,8 +167,8 @@ def _land_weights(checkpoint: Path, meta: dict[str, Any]) -> str:
             pass  # another or a damaged checkpoint at that path on this node
     name = meta.get("pretrained")
     if isinstance(name, str) and name in PRETRAINED:
-        folder = pretrained_checkpoint(name)  # built from the package on this node, as the driver did
-        built = read_checkpoint_metadata(folder)["model_id"]
+        folder = resolve_model(name)  # built from the package on this node, as the driver did
+        built = folder.model_id
         if built != meta["model_id"]:
             raise ArtifactMismatchError(
                 f"the pretrained model {name} built on {node_description()} has model_id {built}, the driver's "
@@ -197,7 +211,11 @@ def land_model(checkpoint: str, onnx_path: str | None, shipped: dict[str, Any] |
     weights = None
     if onnx is None or not onnx_available():
         weights = _land_weights(Path(checkpoint), meta)
-    landed = Landed(str(folder), onnx, weights, [str(p) for p in written])
+    from facerec.models.reference import shipped_model
+
+    # The folder holds the shipped model.json byte for byte (checked or written above): the replica's
+    # reference is made from those bytes, not by reading the file again.
+    landed = Landed(str(folder), onnx, weights, [str(p) for p in written], shipped_model(folder, files["model.json"]))
     if landed.written:
         logger.info("wrote the driver's files for model_id %s on %s: %s", meta["model_id"], node_description(),
                     ", ".join(landed.written))

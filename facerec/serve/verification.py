@@ -10,13 +10,16 @@ Retriever, :mod:`facerec.gallery.openset`).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from facerec.errors import ConfigError
-from facerec.models.calibration import default_far, operating_point, read_calibration, threshold_for, thresholds
+from facerec.models.calibration import default_far, operating_point, threshold_for, thresholds
+
+if TYPE_CHECKING:  # pragma: no cover
+    from facerec.models.reference import ModelRef
 
 
 class VerifyJSON(BaseModel):
@@ -105,14 +108,16 @@ def distance(a: Any, b: Any) -> float:
     return float(np.linalg.norm(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)))
 
 
-def startup_line(name: str, checkpoint: str, detector: dict | None = None) -> str:
+def startup_line(name: str, checkpoint: "str | ModelRef", detector: dict | None = None) -> str:
     """One line for the server's console: the threshold a served model decides with, or how to
-    calibrate it. A calibration of other weights, another input kind or (``detector``: the served
-    detector's settings) another detector raises ArtifactMismatchError (before any replica starts)."""
-    from facerec.models.metadata import read_checkpoint_metadata
+    calibrate it (``checkpoint``: its folder or :class:`facerec.models.reference.ModelRef`). A
+    calibration of other weights, another input kind or (``detector``: the served detector's
+    settings) another detector raises ArtifactMismatchError (before any replica starts)."""
+    from facerec.models.reference import resolve_model
 
-    meta = read_checkpoint_metadata(checkpoint)
-    cal = read_calibration(checkpoint, meta, detector)
+    ref = resolve_model(checkpoint)
+    meta = ref.metadata
+    cal = ref.calibration(detector)
     if cal is None:
         return (f"serve: {name} is not calibrated: /v1/verify answers 409, and search says same person only where "
                 f"the gallery can measure its own threshold (labelled, >= 1,000 faces at the default target); "
