@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -118,7 +119,9 @@ class FaceEmbedderCore:
             if torch_threads:
                 torch.set_num_threads(int(torch_threads))
             self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            self.model, meta = load_embedder(weights or self.ref, map_location=self.device)
+            # weights in the reference's own folder: load through the reference (model.json not read again)
+            same = weights is None or Path(weights) == self.ref.folder
+            self.model, meta = load_embedder(self.ref if same else weights, map_location=self.device)
             if meta["model_id"] != self.metadata["model_id"]:
                 raise ArtifactMismatchError(f"the weights in {weights} are model_id {meta['model_id']} but the checkpoint "
                                             f"{self.checkpoint} is {self.metadata['model_id']}")

@@ -153,12 +153,15 @@ def _land_onnx(onnx_path: str | None, files: dict[str, bytes], model_id: str) ->
     return str(local), written
 
 
-def _land_weights(checkpoint: Path, meta: dict[str, Any]) -> str:
-    """A folder on this node whose model.pt has the shipped ``model_id``."""
+def _land_weights(checkpoint: Path, meta: dict[str, Any], holds: bool = False) -> str:
+    """A folder on this node whose model.pt has the shipped ``model_id``; ``holds``: ``checkpoint``
+    was just found to hold the shipped model.json byte for byte (so its model_id is known)."""
     from facerec.models.metadata import MODEL_FILE, read_checkpoint_metadata
     from facerec.models.pretrained import PRETRAINED
     from facerec.models.reference import resolve_model
 
+    if holds and (checkpoint / MODEL_FILE).is_file():
+        return str(checkpoint)  # model.pt's hash is checked against that model_id when it is loaded
     if (checkpoint / MODEL_FILE).is_file():
         try:
             if read_checkpoint_metadata(checkpoint)["model_id"] == meta["model_id"]:
@@ -195,7 +198,8 @@ def land_model(checkpoint: str, onnx_path: str | None, shipped: dict[str, Any] |
     meta = json.loads(files["model.json"])
     written: list = []
     folder = Path(checkpoint)
-    if not _holds(folder, files):
+    holds = _holds(folder, files)
+    if not holds:
         digest = hashlib.sha256(b"".join(n.encode() + b"\0" + files[n] for n in sorted(files))).hexdigest()[:12]
         folder = cache_root() / SHIPPED_DIR / f"{meta['model_id']}-{digest}"
         written += install_files(folder, files, last="model.json")
@@ -210,7 +214,7 @@ def land_model(checkpoint: str, onnx_path: str | None, shipped: dict[str, Any] |
             f"to one folder on shared storage")
     weights = None
     if onnx is None or not onnx_available():
-        weights = _land_weights(Path(checkpoint), meta)
+        weights = _land_weights(Path(checkpoint), meta, holds)
     from facerec.models.reference import shipped_model
 
     # The folder holds the shipped model.json byte for byte (checked or written above): the replica's

@@ -80,3 +80,29 @@ def test_dlib_resnet_is_read_once(serve_artifacts, cold_serve, tmp_path):
     folder = pretrained_checkpoint("dlib_resnet")  # built (or found) in the cache before counting
     reads = cold_serve("--crops", str(chips))  # no --checkpoint: the default model
     assert reads == [str(folder / "model.json")]
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_a_replica_start_reads_it_once(runtime):
+    """An Embedder replica's start as EmbedderDeployment.__init__ does it (what the driver shipped
+    landed on this node, then the core built): one read, the check that the node holds the
+    shipped model.json; the weights are loaded through the reference made from those bytes."""
+    global _reads
+    from facerec.models.onnx_runtime import ensure_onnx
+    from facerec.models.pretrained import pretrained_checkpoint
+    from facerec.serve.embedder import FaceEmbedderCore
+    from facerec.serve.shipped import land_model, ship_model
+
+    folder = str(Path(pretrained_checkpoint("dlib_resnet")).resolve())
+    onnx = str(ensure_onnx(folder).resolve()) if runtime == "onnx" else None
+    shipped = ship_model(folder, onnx, {})
+    _reads = []
+    try:
+        where = land_model(folder, onnx, shipped)
+        core = FaceEmbedderCore(where.model or where.checkpoint, runtime=runtime, onnx_path=where.onnx_path,
+                                weights=where.weights, torch_threads=1)
+        reads = list(_reads)
+    finally:
+        _reads = None
+    assert core.runtime == runtime and core.model_id == where.model.model_id
+    assert reads == [str(Path(folder) / "model.json")]
