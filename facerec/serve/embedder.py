@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
