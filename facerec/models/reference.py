@@ -89,6 +89,18 @@ class ModelRef:
 
         return read_calibration(self.location, self.metadata, detector)
 
+    @property
+    def detector(self) -> dict[str, Any] | None:
+        """The face detector settings its calibration was measured with (its thresholds hold for
+        faces that detector found and aligned; :func:`facerec.detect.crops_detector` of the
+        calibration's data), None when uncalibrated. Read at each call, like :meth:`calibration`."""
+        cal = self.calibration()
+        if not cal:
+            return None
+        from facerec.detect import crops_detector
+
+        return dict(crops_detector(cal.get("data") or {}))
+
 
 def resolve_model(model: str | os.PathLike | ModelRef) -> ModelRef:
     """The :class:`ModelRef` of ``model``: a reference (returned as it is), a registered pretrained

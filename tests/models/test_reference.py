@@ -41,7 +41,7 @@ def test_a_folder_resolves_once_and_passes_through(tiny_checkpoint, reads):
     assert (ref.model_id, ref.backbone, ref.input_kind.name, ref.image_size) == (
         ref.metadata["model_id"], "resnet18", "haar_crop", int(ref.metadata["image_size"]))
     assert resolve_model(ref) is ref and model_input_kind(ref) == "haar_crop"
-    assert ref.calibration() is None  # uncalibrated: nothing measured beside it
+    assert ref.calibration() is None and ref.detector is None  # uncalibrated: nothing measured beside it
     assert len(reads) == 1  # everything above asked the reference
 
 
@@ -69,6 +69,9 @@ def test_a_pretrained_name_resolves_to_its_cached_folder(reads):
     assert ref.folder == pretrained_checkpoint("dlib_resnet")
     assert (ref.input_kind.name, ref.image_size, ref.metadata["embedding_dim"]) == ("aligned_chip_5pt", 150, 128)
     assert ref.calibration() is not None  # dlib_resnet ships one for these weights
+    # ... measured on lfw-sample's faces as the default detector finds them
+    assert {k: ref.detector[k] for k in ("detector", "min_confidence", "min_face")} == {
+        "detector": "mtcnn", "min_confidence": 0.9, "min_face": 20}
     assert reads[0] == str(ref.folder)
 
 
