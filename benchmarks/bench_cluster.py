@@ -15,7 +15,9 @@ the ``celeba-sample (7392=7393)`` rows score with them merged.
 scale: synthetic 128-d embeddings with known clusters whose distance statistics follow celeba-sample's
 (per-identity spread and centre-to-centre distances fitted to the real embeddings), clustered on the
 local Ray cluster by the same code path as photos after embedding; wall time and peak RSS (driver +
-Ray workers) per size, and time / (n log n) relative to the smallest size.
+Ray workers) per size, time / (n log n) relative to the smallest size, and the k-NN graph's recall: the
+share of each face's true neighbours within the link distance (exact search of 300 sampled faces) that
+the graph holds.
 
 Extras: dlib-bin and scikit-learn (benchmark only; never imported by facerec's runtime clustering).
 """
@@ -190,8 +192,30 @@ class PeakRSS:
         self.t.join()
 
 
+def knn_recall(x: np.ndarray, graph: tuple[np.ndarray, np.ndarray], link: float, sample: int = 300) -> float:
+    """Share of the true neighbours within ``link`` (among each face's k nearest, searched exactly here
+    for ``sample`` random faces) that the graph holds: the edges the clustering can link."""
+    d_got, i_got = graph
+    k = i_got.shape[1]
+    rows = np.random.default_rng(1).choice(len(x), min(sample, len(x)), replace=False)
+    q = x[rows].astype(np.float64)
+    best_d = np.full((len(rows), k), np.inf)
+    best_i = np.full((len(rows), k), -1)
+    for a in range(0, len(x), 100_000):
+        xb = x[a:a + 100_000].astype(np.float64)
+        d = np.sqrt(np.maximum((q ** 2).sum(1)[:, None] + (xb ** 2).sum(1)[None] - 2 * q @ xb.T, 0))
+        d[rows[:, None] == np.arange(a, a + len(xb))[None]] = np.inf
+        cd, ci = np.concatenate([best_d, d], 1), np.concatenate([best_i, np.broadcast_to(np.arange(a, a + len(xb)), d.shape)], 1)
+        o = np.argsort(cd, 1)[:, :k]
+        best_d, best_i = np.take_along_axis(cd, o, 1), np.take_along_axis(ci, o, 1)
+    want = best_d <= link
+    hits = sum(np.isin(best_i[j][want[j]], i_got[r]).sum() for j, r in enumerate(rows))
+    return float(hits / max(1, want.sum()))
+
+
 def scale(args) -> pd.DataFrame:
     from facerec.cluster import ClusterConfig, bcubed, cluster_embeddings
+    from facerec.cluster.knn import choose_kind, knn_graph
     from facerec.cluster.thresholds import model_thresholds
     from facerec.models.pretrained import resolve_checkpoint
     from facerec.ray_utils import init_ray
@@ -209,14 +233,19 @@ def scale(args) -> pd.DataFrame:
     rows = []
     for n in args.sizes:
         x, y = synthetic(n, x_real, y_real)
+        cfg = ClusterConfig(link=th.link, merge=th.merge, k=args.k, snn=args.snn, split=th.split, index=args.index)
         with PeakRSS() as mem:
+            # the graph as cluster_embeddings builds it, kept here to measure its recall afterwards
             t = time.perf_counter()
-            res = cluster_embeddings(x, ClusterConfig(link=th.link, merge=th.merge, k=args.k, snn=args.snn,
-                                                      split=th.split))
+            graph = knn_graph(x, cfg.k, cfg.index, cfg.use_ray)
+            t_knn = time.perf_counter() - t
+            res = cluster_embeddings(x, cfg, knn=graph)
             sec = time.perf_counter() - t
         b = bcubed(res.groups, y)
-        rows.append({"n": n, "index": "exact" if n <= 50_000 else "hnsw", "seconds": round(sec, 1),
-                     **{f"{k}_s": v for k, v in res.stats["seconds"].items()}, "peak_rss_gib": round(mem.peak / 2**30, 2),
+        seconds = res.stats["seconds"] | {"knn": round(t_knn, 3)}
+        rows.append({"n": n, "index": choose_kind(args.index, n), "seconds": round(sec, 1),
+                     **{f"{k}_s": v for k, v in seconds.items()}, "knn_recall": round(knn_recall(x, graph, th.link), 4),
+                     "peak_rss_gib": round(mem.peak / 2**30, 2),
                      "clusters": res.stats["clusters"], "bcubed_p": round(b["precision"], 4),
                      "bcubed_r": round(b["recall"], 4)})
         print(rows[-1], flush=True)
@@ -236,6 +265,7 @@ def main(argv=None) -> int:
     ap.add_argument("--merge-far", type=float, default=1e-4)
     ap.add_argument("--split-far", type=float, default=5e-4)
     ap.add_argument("--sizes", default="10000,100000")
+    ap.add_argument("--index", default="auto", help="how the k-NN graph is built (scale; default auto)")
     ap.add_argument("--work", default="results/bench_openset/work", help="cached embeddings")
     ap.add_argument("--out", default="results/bench_cluster")
     args = ap.parse_args(argv)

@@ -25,7 +25,7 @@ from facerec.cli.common import reports_errors
 def parse_args(argv=None) -> argparse.Namespace:
     from facerec.cluster.thresholds import DEFAULT_LINK_FAR, DEFAULT_MERGE_FAR, DEFAULT_SPLIT_FAR
     from facerec.data.layouts import LAYOUTS
-    from facerec.index import INDEXES
+    from facerec.cluster.knn import graph_kinds
 
     ap = argparse.ArgumentParser(prog="facerec cluster", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,8 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                          f"links hold it (default {DEFAULT_SPLIT_FAR:g})")
     ap.add_argument("--merge-far", type=float, default=DEFAULT_MERGE_FAR,
                     help=f"per-pair false accept rate of a merge (default {DEFAULT_MERGE_FAR:g})")
-    ap.add_argument("--index", default="auto", choices=["auto", *INDEXES.names()],
-                    help="index kind of the k-NN graph (auto: exact up to 50k faces, hnsw beyond)")
+    ap.add_argument("--index", default="auto", choices=graph_kinds(),
+                    help="how the k-NN graph is built (auto: exact up to 50k faces, nndescent beyond; "
+                         "or one of the index kinds)")
     ap.add_argument("--recluster", action="store_true", help="cluster every face again, not only new ones")
     ap.add_argument("--faces", choices=["all", "largest"], default="all",
                     help="faces of a photo to cluster: all (each its own row; two of one photo are never one "

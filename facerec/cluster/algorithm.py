@@ -42,7 +42,8 @@ class ClusterConfig:
     ``snn``: share of the neighbourhood two linked faces must have in common; ``split``: the L2
     average linkage above which a linked group is split unless ``split_links`` x (smaller side)
     links hold it (None: no split stage); ``split_max``: larger groups are not split; ``index``: the
-    index kind of the k-NN graph (``auto``: exact up to 50k faces, hnsw beyond); ``min_faces``:
+    how the k-NN graph is built (``auto``: exact up to 50k faces, ``nndescent`` beyond;
+    or an index kind); ``min_faces``:
     people with fewer faces are reported as unassigned."""
 
     link: float

@@ -1,0 +1,259 @@
+"""The k-nearest-neighbour graph of many embeddings: a random-projection forest, then NN-descent.
+
+1. **Forest** (Dasgupta & Freund 2008, "Random projection trees and low dimensional manifolds";
+   used to start the graph as in Tang et al. 2016, "Visualizing large-scale and high-dimensional
+   data" (LargeVis), and pynndescent): each tree halves its nodes at the median of the projection
+   on the line through two random points of the node, down to leaves of at most ``leaf`` faces;
+   every leaf is searched exactly (one BLAS product), and each face keeps the ``k`` nearest it met
+   in any tree. One Ray task per share of the trees.
+2. **NN-descent** (Dong, Charikar & Li 2011, "Efficient k-nearest neighbor graph construction for
+   generic similarity measures", WWW): a neighbour of a neighbour is likely a neighbour. Each round
+   compares every face with the neighbours of its ``rho`` nearest and ``rho`` reverse neighbours
+   and keeps the ``k`` nearest; rounds stop when fewer than ``delta`` x n x k entries change (or
+   after ``max_rounds``). Each round is one Ray task per block of faces, all reading the previous
+   round's graph, so the result does not depend on how the blocks are spread.
+
+Cost: the forest is O(trees x n (d log(n / leaf) + leaf d)) and a round O(n (2 rho)^2 d): n log n in
+all, where a search index grows faster at a million rows (its graph far outgrows the caches). The
+faces are first put in the order of one tree's leaves, so the faces a block compares lie close
+together in memory. The result is approximate: the test suite measures its recall against an exact
+search.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from facerec.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class NNDescentParams:
+    """``trees``/``leaf``: the forest; ``rho``: forward and reverse neighbours whose neighbours a round
+    compares; ``max_rounds``/``delta``: when the descent stops; ``seed``: the trees' random lines."""
+
+    trees: int = 8
+    leaf: int = 1024
+    rho: int = 8
+    max_rounds: int = 8
+    delta: float = 0.001
+    seed: int = 0
+
+    def __post_init__(self):
+        ints = {"trees": (1, "an integer >= 1 (random-projection trees, e.g. 8)"),
+                "leaf": (16, "an integer >= 16 (faces per leaf searched exactly, e.g. 1024)"),
+                "rho": (1, "an integer >= 1 (neighbours whose neighbours are compared, e.g. 8)"),
+                "max_rounds": (0, "an integer >= 0 (NN-descent rounds at most, e.g. 8)"),
+                "seed": (0, "an integer >= 0")}
+        for name, (low, expected) in ints.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+                raise ConfigError(name, v, expected)
+        if isinstance(self.delta, bool) or not isinstance(self.delta, (int, float)) or not 0 <= self.delta < 1:
+            raise ConfigError("delta", self.delta, "a share in [0, 1) of the graph's entries (e.g. 0.001)")
+
+
+# ----------------------------------------------------------------------------- the pieces
+
+
+def _keep_nearest(d_old: np.ndarray, i_old: np.ndarray, d_new: np.ndarray, i_new: np.ndarray, k: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the k nearest of two candidate lists, each id once (-1 / inf: empty)."""
+    cd = np.concatenate([d_old, d_new], 1)
+    ci = np.concatenate([i_old, i_new], 1)
+    o = np.argsort(ci, 1, kind="stable")
+    ci, cd = np.take_along_axis(ci, o, 1), np.take_along_axis(cd, o, 1)
+    dup = np.zeros(ci.shape, bool)
+    dup[:, 1:] = ci[:, 1:] == ci[:, :-1]
+    cd = np.where(dup | (ci < 0), np.inf, cd)
+    p = np.argpartition(cd, k - 1, 1)[:, :k]
+    d, i = np.take_along_axis(cd, p, 1), np.take_along_axis(ci, p, 1)
+    return d, np.where(np.isinf(d), -1, i)
+
+
+def _tree(x: np.ndarray, leaf: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list]:
+    """One random-projection tree: (perm, x[perm], leaves), each leaf a slice of the permuted rows.
+    Nodes are halved in place, so every pass over the data reads it in order."""
+    n = len(x)
+    xw, perm, leaves, stack = x.copy(), np.arange(n), [], [(0, n)]
+    while stack:
+        lo, hi = stack.pop()
+        if hi - lo <= leaf:
+            leaves.append((lo, hi))
+            continue
+        a, b = rng.integers(lo, hi, 2)
+        half = (hi - lo) // 2
+        part = np.argpartition(xw[lo:hi] @ (xw[a] - xw[b]), half)
+        xw[lo:hi], perm[lo:hi] = xw[lo:hi][part], perm[lo:hi][part]
+        stack += [(lo + half, hi), (lo, lo + half)]
+    leaves.sort()
+    return perm, xw, leaves
+
+
+def _forest(x: np.ndarray, k: int, leaf: int, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest each row met in the leaves of one tree per seed (squared distances)."""
+    from threadpoolctl import threadpool_limits
+
+    n = len(x)
+    norms = np.einsum("ij,ij->i", x, x)
+    d = np.full((n, k), np.inf, np.float32)
+    i = np.full((n, k), -1, np.int64)
+    with threadpool_limits(1):  # one task per core: the tasks are the parallelism
+        for seed in seeds:
+            perm, xw, leaves = _tree(x, leaf, np.random.default_rng(seed))
+            for lo, hi in leaves:
+                idx = perm[lo:hi]
+                dd = norms[idx][:, None] + norms[idx][None, :] - 2 * (xw[lo:hi] @ xw[lo:hi].T)
+                np.fill_diagonal(dd, np.inf)
+                kk = min(k, hi - lo - 1)
+                if kk < 1:
+                    continue
+                p = np.argpartition(dd, kk - 1, 1)[:, :kk]
+                d[idx], i[idx] = _keep_nearest(d[idx], i[idx], np.take_along_axis(dd, p, 1), idx[p], k)
+    return d, i
+
+
+def _descend(x: np.ndarray, join: np.ndarray, d: np.ndarray, i: np.ndarray, lo: int, hi: int, k: int,
+             block: int = 512) -> tuple[np.ndarray, np.ndarray, int]:
+    """One NN-descent round for rows lo..hi: each row against the ``join`` lists of its ``join`` list.
+    Returns their new lists and how many entries changed."""
+    from threadpoolctl import threadpool_limits
+
+    norms = np.einsum("ij,ij->i", x, x)
+    out_d, out_i, changed = d.copy(), i.copy(), 0
+    with threadpool_limits(1):
+        for a in range(lo, hi, block):
+            rows = np.arange(a, min(hi, a + block))
+            f = join[rows]
+            c = join[np.where(f < 0, 0, f)].reshape(len(rows), -1)
+            c = np.where(np.repeat(f < 0, f.shape[1], 1), -1, c)
+            c = np.sort(np.concatenate([c, f], 1), 1)
+            c[:, 1:][c[:, 1:] == c[:, :-1]] = -1
+            c[c == rows[:, None]] = -1
+            cc = np.where(c < 0, 0, c)
+            dd = norms[rows][:, None] + norms[cc] - 2 * np.einsum("bd,bcd->bc", x[rows], x[cc])
+            dd = np.where(c < 0, np.inf, dd).astype(np.float32)
+            kk = min(k, dd.shape[1])
+            p = np.argpartition(dd, kk - 1, 1)[:, :kk]
+            r = slice(a - lo, a - lo + len(rows))
+            old = out_i[r]
+            out_d[r], out_i[r] = _keep_nearest(out_d[r], old, np.take_along_axis(dd, p, 1), np.take_along_axis(c, p, 1), k)
+            changed += int((np.sort(out_i[r], 1) != np.sort(old, 1)).sum())
+    return out_d, out_i, changed
+
+
+def _join_lists(i: np.ndarray, rho: int) -> np.ndarray:
+    """Each row's ``rho`` nearest and up to ``rho`` reverse neighbours (rows that list it), -1 padded."""
+    n, k = i.shape
+    src = np.repeat(np.arange(n), k)
+    dst = i.ravel()
+    ok = dst >= 0
+    src, dst = src[ok], dst[ok]
+    o = np.argsort(dst, kind="stable")
+    src, dst = src[o], dst[o]
+    pos = np.arange(len(dst)) - np.searchsorted(dst, np.arange(n))[dst]
+    rev = np.full((n, rho), -1, np.int64)
+    keep = pos < rho
+    rev[dst[keep], pos[keep]] = src[keep]
+    return np.concatenate([i[:, :rho], rev], 1)
+
+
+# ----------------------------------------------------------------------------- the graph
+
+
+def nndescent_graph(x: np.ndarray, k: int, params: NNDescentParams | None = None, use_ray: bool = True,
+                    progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(distances, neighbours), each (n, k) with k < n: every row's k nearest other rows found,
+    ascending L2 distance. ``progress(rows)`` adds up to n over the forest and the rounds."""
+    params = params or NNDescentParams()
+    n = len(x)
+    steps = 1 + params.max_rounds
+    done = 0
+
+    def report(share: float) -> None:
+        nonlocal done
+        now = min(n, int(round(share * n)))
+        if progress and now > done:
+            progress(now - done)
+        done = max(done, now)
+
+    # the faces in the order of one tree's leaves: a block's neighbours lie close in memory
+    order, x, _ = _tree(np.ascontiguousarray(x, np.float32), params.leaf, np.random.default_rng(params.seed))
+    seeds = [params.seed + 1 + t for t in range(params.trees)]
+    run = _runner(use_ray, n)
+    x_ref = run.put(x)
+    shares = [seeds[j::run.width] for j in range(min(run.width, len(seeds)))]
+    d = i = None
+    for dd, ii in run.map(_forest, [(x_ref, k, params.leaf, s) for s in shares]):
+        d, i = (dd, ii) if d is None else _keep_nearest(d, i, dd, ii, k)
+    report(1 / steps)
+    bounds = _blocks(n, run.width)
+    for r in range(params.max_rounds):
+        join_ref = run.put(_join_lists(i, params.rho))
+        parts = run.map(_descend, [(x_ref, join_ref, d[a:b], i[a:b], a, b, k) for a, b in bounds])
+        d = np.concatenate([p[0] for p in parts])
+        i = np.concatenate([p[1] for p in parts])
+        report((2 + r) / steps)
+        if sum(p[2] for p in parts) < params.delta * n * k:
+            break
+    run.close()
+    report(1.0)
+    o = np.argsort(d, 1, kind="stable")
+    d = np.sqrt(np.maximum(np.take_along_axis(d, o, 1), 0)).astype(np.float32)
+    i = np.take_along_axis(i, o, 1)
+    # back to the caller's row numbers and order
+    out_d, out_i = np.empty_like(d), np.empty_like(i)
+    out_d[order] = d
+    out_i[order] = np.where(i < 0, -1, order[np.where(i < 0, 0, i)])
+    return out_d, out_i
+
+
+def _blocks(n: int, width: int) -> list[tuple[int, int]]:
+    m = max(1, min(4 * width, math.ceil(n / 4096)))
+    return [(j * n // m, (j + 1) * n // m) for j in range(m)]
+
+
+class _InProcess:
+    width = 1
+
+    def put(self, value):
+        return value
+
+    def map(self, fn, args: list[tuple]) -> list:
+        return [fn(*a) for a in args]
+
+    def close(self) -> None:
+        pass
+
+
+class _OnRay:
+    """The forest and each round as Ray tasks; the embeddings go to the object store once and are
+    read there without a copy (numpy arrays are zero-copy)."""
+
+    def __init__(self):
+        import ray
+
+        from facerec.ray_utils import init_ray
+
+        init_ray()
+        self.ray = ray
+        self.width = max(1, int(ray.available_resources().get("CPU", 1)))
+        self._remote = {}
+
+    def put(self, value):
+        return self.ray.put(value)
+
+    def map(self, fn, args: list[tuple]) -> list:
+        task = self._remote.setdefault(fn, self.ray.remote(num_cpus=1)(fn))
+        return self.ray.get([task.remote(*a) for a in args])
+
+    def close(self) -> None:
+        self._remote.clear()
+
+
+def _runner(use_ray: bool, n: int):
+    return _OnRay() if use_ray and n > 4096 else _InProcess()
