@@ -22,13 +22,17 @@ search.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from facerec.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -117,48 +121,79 @@ def _forest(x: np.ndarray, k: int, leaf: int, seeds: list[int]) -> tuple[np.ndar
     return d, i
 
 
-def _descend(x: np.ndarray, join: np.ndarray, d: np.ndarray, i: np.ndarray, lo: int, hi: int, k: int,
-             block: int = 512) -> tuple[np.ndarray, np.ndarray, int]:
-    """One NN-descent round for rows lo..hi: each row against the ``join`` lists of its ``join`` list.
-    Returns their new lists and how many entries changed."""
+def _is_new(lists: np.ndarray, before: np.ndarray | None) -> np.ndarray:
+    """Which entries of each row's list were not in that row's list of the round before."""
+    if before is None:
+        return lists >= 0
+    return (lists >= 0) & ~(lists[..., :, None] == before[..., None, :]).any(-1)
+
+
+def _descend(x: np.ndarray, join: np.ndarray, fresh: np.ndarray, d: np.ndarray, i: np.ndarray,
+             lo: int, hi: int, k: int, block: int = 512) -> tuple[np.ndarray, np.ndarray, int]:
+    """One NN-descent round for rows lo..hi: each row against the ``join`` lists of its ``join`` list,
+    skipping the pairs the round before compared already: those reached through two entries that are
+    not ``fresh`` (the local join's new/old flags). Returns the rows' new lists and how many of their
+    entries are new."""
     from threadpoolctl import threadpool_limits
 
-    norms = np.einsum("ij,ij->i", x, x)
     out_d, out_i, changed = d.copy(), i.copy(), 0
     with threadpool_limits(1):
-        for a in range(lo, hi, block):
-            rows = np.arange(a, min(hi, a + block))
-            f = join[rows]
-            c = join[np.where(f < 0, 0, f)].reshape(len(rows), -1)
-            c = np.where(np.repeat(f < 0, f.shape[1], 1), -1, c)
-            c = np.sort(np.concatenate([c, f], 1), 1)
-            c[:, 1:][c[:, 1:] == c[:, :-1]] = -1
-            c[c == rows[:, None]] = -1
-            cc = np.where(c < 0, 0, c)
-            dd = norms[rows][:, None] + norms[cc] - 2 * np.einsum("bd,bcd->bc", x[rows], x[cc])
-            dd = np.where(c < 0, np.inf, dd).astype(np.float32)
-            kk = min(k, dd.shape[1])
-            p = np.argpartition(dd, kk - 1, 1)[:, :kk]
-            r = slice(a - lo, a - lo + len(rows))
+        # a row whose join list and whose join list's lists hold nothing fresh has nothing to compare
+        any_fresh = fresh.any(1)
+        mine = join[lo:hi]
+        todo = lo + np.flatnonzero(any_fresh[lo:hi] | (any_fresh[np.where(mine < 0, 0, mine)] & (mine >= 0)).any(1))
+        for a in range(0, len(todo), block):
+            rows = todo[a:a + block]
+            f = join[rows]                                          # (B, J)
+            f0 = np.where(f < 0, 0, f)
+            second = join[f0]                                       # (B, J, J)
+            fresh1 = fresh[rows]
+            fresh2 = fresh[f0]
+            take = (f >= 0)[:, :, None] & (second >= 0) & (fresh1[:, :, None] | fresh2)
+            b_idx = np.concatenate([np.nonzero(take)[0], np.nonzero(fresh1)[0]])
+            cand = np.concatenate([second[take], f[fresh1]])
+            keep = cand != rows[b_idx]
+            b_idx, cand = b_idx[keep], cand[keep]
+            if len(cand) == 0:
+                continue
+            # each (row, candidate) once: one sort of a single int64 key
+            key = np.unique(b_idx.astype(np.int64) * len(x) + cand)
+            b_idx, cand = key // len(x), key % len(x)
+            diff = x[rows][b_idx] - x[cand]
+            dist = np.einsum("pd,pd->p", diff, diff).astype(np.float32)
+            # nearest first within a row: the bits of a float >= 0 sort as the float does
+            o = np.argsort((b_idx << 32) | dist.view(np.uint32).astype(np.int64))
+            b_idx, cand, dist = b_idx[o], cand[o], dist[o]
+            rank = np.arange(len(cand)) - np.searchsorted(b_idx, b_idx)
+            near = rank < k
+            new_d = np.full((len(rows), k), np.inf, np.float32)
+            new_i = np.full((len(rows), k), -1, np.int64)
+            new_d[b_idx[near], rank[near]] = dist[near]
+            new_i[b_idx[near], rank[near]] = cand[near]
+            r = rows - lo
             old = out_i[r]
-            out_d[r], out_i[r] = _keep_nearest(out_d[r], old, np.take_along_axis(dd, p, 1), np.take_along_axis(c, p, 1), k)
-            changed += int((np.sort(out_i[r], 1) != np.sort(old, 1)).sum())
+            out_d[r], out_i[r] = _keep_nearest(out_d[r], old, new_d, new_i, k)
+            changed += int(_is_new(out_i[r], old).sum())
     return out_d, out_i, changed
 
 
 def _join_lists(i: np.ndarray, rho: int) -> np.ndarray:
-    """Each row's ``rho`` nearest and up to ``rho`` reverse neighbours (rows that list it), -1 padded."""
+    """Each row's ``rho`` nearest and up to ``rho`` reverse neighbours (-1 padded): the rows that list
+    it, those that rank it nearest first."""
     n, k = i.shape
-    src = np.repeat(np.arange(n), k)
     dst = i.ravel()
-    ok = dst >= 0
-    src, dst = src[ok], dst[ok]
-    o = np.argsort(dst, kind="stable")
-    src, dst = src[o], dst[o]
-    pos = np.arange(len(dst)) - np.searchsorted(dst, np.arange(n))[dst]
-    rev = np.full((n, rho), -1, np.int64)
+    # one unique int64 key per entry (listed row, then its rank there, then the listing row), so the
+    # fast unstable sort gives one order
+    key = (np.where(dst >= 0, dst, n) * k + np.tile(np.arange(k), n)) * n + np.repeat(np.arange(n), k)
+    o = np.argsort(key)
+    listed = key[o] // (k * n)
+    real = listed < n
+    o, listed = o[real], listed[real]
+    start = np.concatenate([[0], np.cumsum(np.bincount(listed, minlength=n))[:-1]])
+    pos = np.arange(len(listed)) - start[listed]
     keep = pos < rho
-    rev[dst[keep], pos[keep]] = src[keep]
+    rev = np.full((n, rho), -1, np.int64)
+    rev[listed[keep], pos[keep]] = o[keep] // k
     return np.concatenate([i[:, :rho], rev], 1)
 
 
@@ -181,6 +216,7 @@ def nndescent_graph(x: np.ndarray, k: int, params: NNDescentParams | None = None
             progress(now - done)
         done = max(done, now)
 
+    t0 = time.perf_counter()
     # the faces in the order of one tree's leaves: a block's neighbours lie close in memory
     order, x, _ = _tree(np.ascontiguousarray(x, np.float32), params.leaf, np.random.default_rng(params.seed))
     seeds = [params.seed + 1 + t for t in range(params.trees)]
@@ -191,14 +227,23 @@ def nndescent_graph(x: np.ndarray, k: int, params: NNDescentParams | None = None
     for dd, ii in run.map(_forest, [(x_ref, k, params.leaf, s) for s in shares]):
         d, i = (dd, ii) if d is None else _keep_nearest(d, i, dd, ii, k)
     report(1 / steps)
+    log.debug("NN-descent forest: %d trees in %.1f s", params.trees, time.perf_counter() - t0)
     bounds = _blocks(n, run.width)
+    before = None
     for r in range(params.max_rounds):
-        join_ref = run.put(_join_lists(i, params.rho))
-        parts = run.map(_descend, [(x_ref, join_ref, d[a:b], i[a:b], a, b, k) for a, b in bounds])
+        join = _join_lists(i, params.rho)
+        fresh = np.concatenate([_is_new(join[a:a + 65_536], None if before is None else before[a:a + 65_536])
+                                for a in range(0, n, 65_536)])
+        join_ref, fresh_ref = run.put(join), run.put(fresh)
+        parts = run.map(_descend, [(x_ref, join_ref, fresh_ref, d[a:b], i[a:b], a, b, k) for a, b in bounds])
+        before = join
         d = np.concatenate([p[0] for p in parts])
         i = np.concatenate([p[1] for p in parts])
         report((2 + r) / steps)
-        if sum(p[2] for p in parts) < params.delta * n * k:
+        changed = sum(p[2] for p in parts)
+        log.debug("NN-descent round %d: %d of %d entries changed, %.1f s in all", r + 1, changed, n * k,
+                  time.perf_counter() - t0)
+        if changed < params.delta * n * k:
             break
     run.close()
     report(1.0)

@@ -124,3 +124,17 @@ def test_knn_graph_takes_nndescent_params(data):
 def test_params_refused(field, value, message):
     with pytest.raises(ConfigError, match=message):
         NNDescentParams(**{field: value})
+
+
+def test_join_lists_hold_nearest_and_reverse_neighbours():
+    from facerec.cluster.nndescent import _join_lists
+
+    rng = np.random.default_rng(0)
+    i = np.stack([rng.permutation(50)[:6] for _ in range(50)])
+    i[3, 2] = -1
+    j = _join_lists(i, 3)
+    for r in range(50):
+        np.testing.assert_array_equal(j[r, :3], i[r, :3])
+        # the rows that list r, those that rank it nearest first (brute force)
+        want = [row for _, row in sorted((c, row) for row in range(50) for c in range(6) if i[row, c] == r)][:3]
+        assert [v for v in j[r, 3:] if v >= 0] == want
