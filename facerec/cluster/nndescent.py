@@ -40,7 +40,7 @@ class NNDescentParams:
     """``trees``/``leaf``: the forest; ``rho``: forward and reverse neighbours whose neighbours a round
     compares; ``max_rounds``/``delta``: when the descent stops; ``seed``: the trees' random lines."""
 
-    trees: int = 8
+    trees: int = 12
     leaf: int = 1024
     rho: int = 8
     max_rounds: int = 8
@@ -48,7 +48,7 @@ class NNDescentParams:
     seed: int = 0
 
     def __post_init__(self):
-        ints = {"trees": (1, "an integer >= 1 (random-projection trees, e.g. 8)"),
+        ints = {"trees": (1, "an integer >= 1 (random-projection trees, e.g. 12)"),
                 "leaf": (16, "an integer >= 16 (faces per leaf searched exactly, e.g. 1024)"),
                 "rho": (1, "an integer >= 1 (neighbours whose neighbours are compared, e.g. 8)"),
                 "max_rounds": (0, "an integer >= 0 (NN-descent rounds at most, e.g. 8)"),
@@ -110,14 +110,18 @@ def _forest(x: np.ndarray, k: int, leaf: int, seeds: list[int]) -> tuple[np.ndar
         for seed in seeds:
             perm, xw, leaves = _tree(x, leaf, np.random.default_rng(seed))
             for lo, hi in leaves:
-                idx = perm[lo:hi]
-                dd = norms[idx][:, None] + norms[idx][None, :] - 2 * (xw[lo:hi] @ xw[lo:hi].T)
-                np.fill_diagonal(dd, np.inf)
                 kk = min(k, hi - lo - 1)
                 if kk < 1:
                     continue
+                idx = perm[lo:hi]
+                # |a - b|^2 less the row's own |a|^2, which does not change its order: in place
+                dd = xw[lo:hi] @ xw[lo:hi].T
+                dd *= -2
+                dd += norms[idx][None, :]
+                np.fill_diagonal(dd, np.inf)
                 p = np.argpartition(dd, kk - 1, 1)[:, :kk]
-                d[idx], i[idx] = _keep_nearest(d[idx], i[idx], np.take_along_axis(dd, p, 1), idx[p], k)
+                near = np.take_along_axis(dd, p, 1) + norms[idx][:, None]
+                d[idx], i[idx] = _keep_nearest(d[idx], i[idx], near, idx[p], k)
     return d, i
 
 
