@@ -14,8 +14,9 @@ the ``celeba-sample (7392=7393)`` rows score with them merged.
 
 scale: synthetic 128-d embeddings with known clusters whose distance statistics follow celeba-sample's
 (per-identity spread and centre-to-centre distances fitted to the real embeddings), clustered on the
-local Ray cluster by the same code path as photos after embedding; wall time and peak RSS (driver +
-Ray workers) per size, time / (n log n) relative to the smallest size, and the k-NN graph's recall: the
+local Ray cluster by the same code path as photos after embedding; wall time and peak memory (driver +
+Ray's processes: PSS, shared object-store pages counted once, and RSS, counted once per process) per size,
+time / (n log n) relative to the smallest size and to the size before, and the k-NN graph's recall: the
 share of each face's true neighbours within the link distance (exact search of 300 sampled faces) that
 the graph holds.
 
@@ -161,31 +162,37 @@ def synthetic(n: int, x_real: np.ndarray, y_real: np.ndarray, seed: int = 0, per
 
 
 class PeakRSS:
-    """Peak resident memory of this process plus its children (Ray's workers), sampled every 0.2 s."""
+    """Peak memory of this process plus its children (Ray's raylet, object store and workers), sampled
+    every 0.2 s: ``peak`` sums resident sizes (RSS), which counts a page of the object store once per
+    process that maps it; ``peak_pss`` sums proportional sizes (PSS: a shared page split between the
+    processes sharing it), the memory the node really holds."""
 
     def __init__(self):
         import psutil
 
-        self.proc, self.peak, self.stop = psutil.Process(), 0, threading.Event()
+        self.proc, self.peak, self.peak_pss, self.stop = psutil.Process(), 0, 0, threading.Event()
 
-    def _rss(self) -> int:
-        total = self.proc.memory_info().rss
-        for ch in self.proc.children(recursive=True):
+    def _sample(self) -> tuple[int, int]:
+        rss = pss = 0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
             try:
-                total += ch.memory_info().rss
+                full = p.memory_full_info()
             except Exception:
-                pass
-        return total
+                continue
+            rss += full.rss
+            pss += getattr(full, "pss", full.rss)
+        return rss, pss
 
     def __enter__(self):
-        self.peak = self._rss()
+        self.peak, self.peak_pss = self._sample()
         self.t = threading.Thread(target=self._run, daemon=True)
         self.t.start()
         return self
 
     def _run(self):
         while not self.stop.wait(0.2):
-            self.peak = max(self.peak, self._rss())
+            rss, pss = self._sample()
+            self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
 
     def __exit__(self, *exc):
         self.stop.set()
@@ -245,7 +252,7 @@ def scale(args) -> pd.DataFrame:
         seconds = res.stats["seconds"] | {"knn": round(t_knn, 3)}
         rows.append({"n": n, "index": choose_kind(args.index, n), "seconds": round(sec, 1),
                      **{f"{k}_s": v for k, v in seconds.items()}, "knn_recall": round(knn_recall(x, graph, th.link), 4),
-                     "peak_rss_gib": round(mem.peak / 2**30, 2),
+                     "peak_pss_gib": round(mem.peak_pss / 2**30, 2), "peak_rss_gib": round(mem.peak / 2**30, 2),
                      "clusters": res.stats["clusters"], "bcubed_p": round(b["precision"], 4),
                      "bcubed_r": round(b["recall"], 4)})
         print(rows[-1], flush=True)
@@ -253,6 +260,9 @@ def scale(args) -> pd.DataFrame:
     n0, s0 = df["n"].iloc[0], df["seconds"].iloc[0]
     df["time_over_nlogn"] = (df["seconds"] / s0) / ((df["n"] * np.log(df["n"])) / (n0 * np.log(n0)))
     df["time_over_nlogn"] = df["time_over_nlogn"].round(2)
+    # each size against the one before it: > 1 grows faster than n log n over that step
+    nlogn = df["n"] * np.log(df["n"])
+    df["step_over_nlogn"] = ((df["seconds"] / df["seconds"].shift()) / (nlogn / nlogn.shift())).round(2)
     return df
 
 

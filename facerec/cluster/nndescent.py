@@ -98,8 +98,10 @@ def _tree(x: np.ndarray, leaf: int, rng: np.random.Generator) -> tuple[np.ndarra
     return perm, xw, leaves
 
 
-def _forest(x: np.ndarray, k: int, leaf: int, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """The k nearest each row met in the leaves of one tree per seed (squared distances)."""
+def _forest(x: np.ndarray, k: int, leaf: int, seeds: list[int], own_leaves: list | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest each row met in the leaves of one tree per seed (squared distances), and in
+    ``own_leaves``, slices of x's own order (a tree already built)."""
     from threadpoolctl import threadpool_limits
 
     n = len(x)
@@ -107,8 +109,8 @@ def _forest(x: np.ndarray, k: int, leaf: int, seeds: list[int]) -> tuple[np.ndar
     d = np.full((n, k), np.inf, np.float32)
     i = np.full((n, k), -1, np.int64)
     with threadpool_limits(1):  # one task per core: the tasks are the parallelism
-        for seed in seeds:
-            perm, xw, leaves = _tree(x, leaf, np.random.default_rng(seed))
+        for seed in ([None] if own_leaves else []) + list(seeds):
+            perm, xw, leaves = (np.arange(n), x, own_leaves) if seed is None else _tree(x, leaf, np.random.default_rng(seed))
             for lo, hi in leaves:
                 kk = min(k, hi - lo - 1)
                 if kk < 1:
@@ -181,24 +183,30 @@ def _descend(x: np.ndarray, join: np.ndarray, fresh: np.ndarray, d: np.ndarray, 
     return out_d, out_i, changed
 
 
-def _join_lists(i: np.ndarray, rho: int) -> np.ndarray:
-    """Each row's ``rho`` nearest and up to ``rho`` reverse neighbours (-1 padded): the rows that list
-    it, those that rank it nearest first."""
+def _join_lists(i: np.ndarray, rho: int, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    """Rows lo..hi's ``rho`` nearest and up to ``rho`` reverse neighbours (-1 padded): the rows that
+    list them, those that rank them nearest first."""
     n, k = i.shape
-    dst = i.ravel()
+    hi = n if hi is None else hi
+    src, rank = np.nonzero((i >= lo) & (i < hi))
+    listed = i[src, rank] - lo
     # one unique int64 key per entry (listed row, then its rank there, then the listing row), so the
     # fast unstable sort gives one order
-    key = (np.where(dst >= 0, dst, n) * k + np.tile(np.arange(k), n)) * n + np.repeat(np.arange(n), k)
-    o = np.argsort(key)
-    listed = key[o] // (k * n)
-    real = listed < n
-    o, listed = o[real], listed[real]
-    start = np.concatenate([[0], np.cumsum(np.bincount(listed, minlength=n))[:-1]])
+    o = np.argsort((listed * k + rank) * n + src)
+    listed, src = listed[o], src[o]
+    start = np.concatenate([[0], np.cumsum(np.bincount(listed, minlength=hi - lo))[:-1]])
     pos = np.arange(len(listed)) - start[listed]
     keep = pos < rho
-    rev = np.full((n, rho), -1, np.int64)
-    rev[listed[keep], pos[keep]] = o[keep] // k
-    return np.concatenate([i[:, :rho], rev], 1)
+    rev = np.full((hi - lo, rho), -1, np.int64)
+    rev[listed[keep], pos[keep]] = src[keep]
+    return np.concatenate([i[lo:hi, :rho], rev], 1)
+
+
+def _prepare(i: np.ndarray, before: np.ndarray | None, rho: int, lo: int, hi: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """A round's join lists of rows lo..hi and which of their entries are fresh."""
+    join = _join_lists(i, rho, lo, hi)
+    return join, _is_new(join, None if before is None else before[lo:hi])
 
 
 # ----------------------------------------------------------------------------- the graph
@@ -221,26 +229,28 @@ def nndescent_graph(x: np.ndarray, k: int, params: NNDescentParams | None = None
         done = max(done, now)
 
     t0 = time.perf_counter()
-    # the faces in the order of one tree's leaves: a block's neighbours lie close in memory
-    order, x, _ = _tree(np.ascontiguousarray(x, np.float32), params.leaf, np.random.default_rng(params.seed))
-    seeds = [params.seed + 1 + t for t in range(params.trees)]
+    # the faces in the order of the first tree's leaves: a block's neighbours lie close in memory
+    order, x, own = _tree(np.ascontiguousarray(x, np.float32), params.leaf, np.random.default_rng(params.seed))
+    seeds = [params.seed + t for t in range(1, params.trees)]
     run = _runner(use_ray, n)
     x_ref = run.put(x)
-    shares = [seeds[j::run.width] for j in range(min(run.width, len(seeds)))]
+    width = min(run.width, params.trees)
+    shares = [(seeds[j::width], own if j == width - 1 else None) for j in range(width)]
     d = i = None
-    for dd, ii in run.map(_forest, [(x_ref, k, params.leaf, s) for s in shares]):
+    for dd, ii in run.map(_forest, [(x_ref, k, params.leaf, s, o) for s, o in shares]):
         d, i = (dd, ii) if d is None else _keep_nearest(d, i, dd, ii, k)
     report(1 / steps)
     log.debug("NN-descent forest: %d trees in %.1f s", params.trees, time.perf_counter() - t0)
     bounds = _blocks(n, run.width)
-    before = None
+    before_ref = None
     for r in range(params.max_rounds):
-        join = _join_lists(i, params.rho)
-        fresh = np.concatenate([_is_new(join[a:a + 65_536], None if before is None else before[a:a + 65_536])
-                                for a in range(0, n, 65_536)])
-        join_ref, fresh_ref = run.put(join), run.put(fresh)
+        i_ref = run.put(i)
+        lists = run.map(_prepare, [(i_ref, before_ref, params.rho, a, b) for a, b in bounds])
+        join_ref = run.put(np.concatenate([p[0] for p in lists]))
+        fresh_ref = run.put(np.concatenate([p[1] for p in lists]))
+        del lists
         parts = run.map(_descend, [(x_ref, join_ref, fresh_ref, d[a:b], i[a:b], a, b, k) for a, b in bounds])
-        before = join
+        before_ref = join_ref
         d = np.concatenate([p[0] for p in parts])
         i = np.concatenate([p[1] for p in parts])
         report((2 + r) / steps)
