@@ -48,7 +48,9 @@ def assign_new(x_old: np.ndarray, groups_old: np.ndarray, x_new: np.ndarray, con
     photos_new = np.asarray(photos_new) if photos_new is not None else -1 - np.arange(m)
 
     k = min(config.k, len(x_old))
-    index = build_index("exact" if len(x_old) <= 50_000 else "hnsw", x_old)
+    # A few new faces against many old ones: an exact search (m x n distances, in cache-sized blocks)
+    # costs far less than building a graph index over all the old faces (minutes at a million).
+    index = build_index("exact" if min(len(x_old), m) <= 50_000 else "hnsw", x_old)
     d, nb = index.search(x_new, k)
     cand_face, cand_group, cand_cost = [], [], []
     for i in range(m):

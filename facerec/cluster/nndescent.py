@@ -234,6 +234,7 @@ def nndescent_graph(x: np.ndarray, k: int, params: NNDescentParams | None = None
     seeds = [params.seed + t for t in range(1, params.trees)]
     run = _runner(use_ray, n)
     x_ref = run.put(x)
+    del x  # on Ray the object store holds it: one copy fewer on the driver
     width = min(run.width, params.trees)
     shares = [(seeds[j::width], own if j == width - 1 else None) for j in range(width)]
     d = i = None
