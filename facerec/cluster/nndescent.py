@@ -9,15 +9,19 @@
 2. **NN-descent** (Dong, Charikar & Li 2011, "Efficient k-nearest neighbor graph construction for
    generic similarity measures", WWW): a neighbour of a neighbour is likely a neighbour. Each round
    compares every face with the neighbours of its ``rho`` nearest and ``rho`` reverse neighbours
-   and keeps the ``k`` nearest; rounds stop when fewer than ``delta`` x n x k entries change (or
-   after ``max_rounds``). Each round is one Ray task per block of faces, all reading the previous
+   and keeps the ``k`` nearest, skipping the pairs an earlier round compared (the local join's
+   new/old flags); rounds stop when fewer than ``delta`` x n x k entries change (or after
+   ``max_rounds``). Each round is one Ray task per block of faces, all reading the previous
    round's graph, so the result does not depend on how the blocks are spread.
 
-Cost: the forest is O(trees x n (d log(n / leaf) + leaf d)) and a round O(n (2 rho)^2 d): n log n in
-all, where a search index grows faster at a million rows (its graph far outgrows the caches). The
-faces are first put in the order of one tree's leaves, so the faces a block compares lie close
-together in memory. The result is approximate: the test suite measures its recall against an exact
-search.
+The trees must cut the data differently: the descent only reaches faces that some tree put in a
+leaf with a face's neighbours (one tree's leaves are never joined to each other).
+
+Cost: the forest is O(trees x n (d log(n / leaf) + leaf d)) and a round at most O(n (2 rho)^2 d),
+with rounds that grow slowly with n. The faces are first put in the order of the first tree's
+leaves, so the faces a block compares lie close together in memory. The result is approximate:
+the test suite measures its recall against an exact search, and ``benchmarks/bench_cluster.py
+scale`` at each size it runs.
 """
 
 from __future__ import annotations
