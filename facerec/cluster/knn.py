@@ -101,21 +101,23 @@ def knn_graph(x: np.ndarray, k: int, kind: str = "auto", use_ray: bool = True,
         pool = _searchers(index, n_blocks)
         todo = list(bounds)
         pending = {}
-        for actor in pool:  # one block in flight per actor; the next goes to whichever finishes
-            a, b = todo.pop(0)
-            pending[actor.search.remote(x[a:b], kk + 1)] = (a, b, actor)
         parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            a, b, actor = pending.pop(done[0])
-            parts[a] = ray.get(done[0])
-            if todo:
-                c, e = todo.pop(0)
-                pending[actor.search.remote(x[c:e], kk + 1)] = (c, e, actor)
-            if progress:
-                progress(b - a)
-        for actor in pool:
-            ray.kill(actor)
+        try:
+            for actor in pool:  # one block in flight per actor; the next goes to whichever finishes
+                a, b = todo.pop(0)
+                pending[actor.search.remote(x[a:b], kk + 1)] = (a, b, actor)
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                a, b, actor = pending.pop(done[0])
+                parts[a] = ray.get(done[0])
+                if todo:
+                    c, e = todo.pop(0)
+                    pending[actor.search.remote(x[c:e], kk + 1)] = (c, e, actor)
+                if progress:
+                    progress(b - a)
+        finally:  # a failed search (or Ctrl-C) must not leave the actors holding their cores
+            for actor in pool:
+                ray.kill(actor)
         results = [parts[a] for a, _ in bounds]
     else:
         results = []
