@@ -105,6 +105,41 @@ def test_upload_shows_box_and_top9(page, live_app, photos, model):
     assert px[3] > 200 and px[2] < 60 and px[4] < 160  # (0, 230, 118): the active-face stroke
 
 
+def test_several_faces_are_numbered_on_the_photo(page, live_app, photos):
+    """With faces=all each box carries the number of its "face N" button (green for the face whose
+    results are shown, amber for the others), and choosing a button moves the green."""
+    import cv2
+
+    from facerec.data.images import decode_image
+
+    a, b = decode_image(photos[0][1]), decode_image(photos[1][1])
+    h = max(a.shape[0], b.shape[0])
+    pad = lambda im: np.pad(im, ((0, h - im.shape[0]), (0, 0), (0, 0)), constant_values=110)  # noqa: E731
+    mosaic = np.concatenate([pad(a), np.full((h, 40, 3), 110, np.uint8), pad(b)], axis=1)
+    data = cv2.imencode(".jpg", cv2.cvtColor(mosaic, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    api = httpx.post(live_app["url"] + "/v1/search", files={"image": ("q.jpg", data, "image/jpeg")},
+                     data={"k": "9", "faces": "all"}, timeout=120).json()
+    boxes = [f["box"] for f in api["faces"]]
+    assert len(boxes) >= 2, api
+    page.select_option("#faces", "all")
+    page.set_input_files("#file", files=[{"name": "two.jpg", "mimeType": "image/jpeg", "buffer": data}])
+    _read_grid(page)
+    tabs = page.evaluate("[...document.querySelectorAll('#face-tabs button')].map(b => [b.textContent, b.title])")
+    assert tabs == [[f"face {i + 1}", f"the face in the box marked {i + 1} on the photo"] for i in range(len(boxes))]
+
+    def label_pixel(box):  # inside the number's tag, just above the box's top-left corner
+        y = max(0, box["y"] - 4)
+        return page.evaluate(f"""[...document.getElementById('preview').getContext('2d')
+            .getImageData({box['x'] + 2}, {y}, 1, 1).data]""")
+
+    green = lambda px: px[1] > 200 and px[0] < 60  # noqa: E731  (0, 230, 118)
+    amber = lambda px: px[0] > 200 and 140 < px[1] < 200 and px[2] < 60  # noqa: E731  (255, 171, 0)
+    assert green(label_pixel(boxes[0])) and amber(label_pixel(boxes[1]))
+    page.click("#face-tabs button:nth-child(2)")
+    assert amber(label_pixel(boxes[0])) and green(label_pixel(boxes[1]))
+    assert page.get_attribute("#face-tabs button:nth-child(2)", "aria-pressed") == "true"
+
+
 def test_no_face_shows_error(page, bad_images):
     page.set_input_files("#file", files=[{"name": "wall.jpg", "mimeType": "image/jpeg", "buffer": bad_images["no_face"][0]}])
     page.wait_for_function("document.getElementById('status').classList.contains('error')", timeout=120_000)

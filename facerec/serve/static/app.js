@@ -116,9 +116,23 @@
     const ctx = c.getContext("2d");
     ctx.drawImage(img, 0, 0);
     ctx.lineWidth = Math.max(2, c.width / 150);
+    // With several faces each box carries the number of its "face N" button, so a person can tell
+    // which face the results are for without guessing from the colours.
+    const size = Math.max(12, Math.round(c.width / 30));
+    ctx.font = `bold ${size}px sans-serif`;
+    ctx.textBaseline = "top";
     state.faces.forEach((f, i) => {
-      ctx.strokeStyle = i === state.active ? "#00e676" : "#ffab00";
+      const colour = i === state.active ? "#00e676" : "#ffab00";
+      ctx.strokeStyle = colour;
       ctx.strokeRect(f.box.x, f.box.y, f.box.w, f.box.h);
+      if (state.faces.length < 2) return;
+      const label = String(i + 1);
+      const w = ctx.measureText(label).width + size / 2;
+      const y = Math.max(0, f.box.y - size - 4);
+      ctx.fillStyle = colour;
+      ctx.fillRect(f.box.x, y, w, size + 4);
+      ctx.fillStyle = "#000";
+      ctx.fillText(label, f.box.x + size / 4, y + 2);
     });
   }
 
@@ -130,6 +144,8 @@
       const b = document.createElement("button");
       b.type = "button";
       b.textContent = `face ${i + 1}`;
+      b.title = `the face in the box marked ${i + 1} on the photo`;
+      b.setAttribute("aria-pressed", String(i === state.active));
       b.className = i === state.active ? "active" : "";
       b.onclick = () => { state.active = i; renderFaceTabs(); drawPreview(); renderResults(); };
       tabs.appendChild(b);
