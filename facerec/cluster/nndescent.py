@@ -312,7 +312,9 @@ class _OnRay:
         return self.ray.put(value)
 
     def map(self, fn, args: list[tuple]) -> list:
-        task = self._remote.setdefault(fn, self.ray.remote(num_cpus=1)(fn))
+        if fn not in self._remote:  # one remote function per piece, exported once
+            self._remote[fn] = self.ray.remote(num_cpus=1)(fn)
+        task = self._remote[fn]
         return self.ray.get([task.remote(*a) for a in args])
 
     def close(self) -> None:
