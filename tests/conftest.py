@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import random
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,43 @@ def shared_dataset(name: str) -> Path:
         pytest.skip(f"real data {name} not found at {path} (a clone without ../shared/data); "
                     "set FACEREC_SHARED to the folder holding data/")
     return path
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """A function that hands out a TCP port on 127.0.0.1 that nothing listens on, never the same twice.
+
+    Ports come from above Ray's default worker range (10002-19999) and below the kernel's ephemeral range.
+    A port the kernel picked for ``bind(0)`` lies inside the ephemeral range, so between the probe and the
+    server's own bind any outgoing connection (Ray's gRPC clients open many) may take it: that raced in CI
+    ("Failed to bind to address"). Outside that range only a listener can take the port.
+    """
+    given: set[int] = set()
+    rng = random.Random(os.getpid())
+    high = min(_ephemeral_low(), 32768) - 1
+
+    def pick() -> int:
+        for _ in range(500):
+            port = rng.randint(20000, high)
+            if port in given:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            given.add(port)
+            return port
+        raise RuntimeError(f"no free TCP port found in 20000-{high}")
+
+    return pick
 
 
 # Tests whose tiny forward/backward passes run in the test process (folders, or one module).

@@ -9,7 +9,6 @@ exist on no node, as on a cluster whose nodes do not share the driver's home fol
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import httpx
@@ -44,17 +43,11 @@ def driver(tmp_path_factory):
                "checkpoint": Path(checkpoint)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_embedder_on_a_node_without_the_driver_cache(driver, tmp_path, monkeypatch):
+def test_embedder_on_a_node_without_the_driver_cache(driver, tmp_path, monkeypatch, free_port):
     import ray
     from ray import serve
     from ray.cluster_utils import Cluster
@@ -84,7 +77,7 @@ def test_embedder_on_a_node_without_the_driver_cache(driver, tmp_path, monkeypat
         driver_files = _files(driver["cache"] / "onnx")
         checkpoint_json = (driver["checkpoint"] / "model.json").read_bytes()
         driver["cache"].rename(moved)
-        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": (port := _free_port())})
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": (port := free_port())})
         serve.run(app, name="facerec", route_prefix="/")
 
         table = read_table(driver["gallery"])

@@ -5,7 +5,6 @@ a local 2-CPU Ray cluster shared by the whole session and shut down at its end."
 from __future__ import annotations
 
 import shutil
-import socket
 import zlib
 import struct
 from pathlib import Path
@@ -132,14 +131,8 @@ def bad_images() -> dict[str, tuple[bytes, int, str]]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="package")
-def live_app(serve_artifacts, tmp_path_factory):
+def live_app(serve_artifacts, tmp_path_factory, free_port):
     """A running Serve app (both models, token, small upload limit, fast reload polling) on a
     private gallery copy. Yields dict(url, gallery, config)."""
     import ray
@@ -164,7 +157,7 @@ def live_app(serve_artifacts, tmp_path_factory):
     )
     from facerec.serve.app import check_fits
 
-    port = _free_port()
+    port = free_port()
     started = not ray.is_initialized()  # another suite's session cluster is reused, not killed
     if started:
         from facerec.serve.runtime import apply_serve_env

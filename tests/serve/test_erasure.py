@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -234,12 +233,6 @@ class Server:
         return "".join(self.lines)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _search(url: str, photo: bytes, k: int) -> list[dict]:
     r = httpx.post(f"{url}/v1/search", params={"k": k}, files={"image": ("q.jpg", photo, "image/jpeg")}, timeout=120)
     assert r.status_code == 200, r.text
@@ -247,7 +240,7 @@ def _search(url: str, photo: bytes, k: int) -> list[dict]:
 
 
 def _erase_end_to_end(photos_dir: Path, queries: list[tuple[str, bytes]], checkpoint: str, tmp_path: Path, k: int,
-                      victim: int | None = None, timeout: float = 600) -> dict:
+                      free_port, victim: int | None = None, timeout: float = 600) -> dict:
     """Start `facerec serve --data photos_dir`, delete an identity (``victim``, default: the one
     with the most photos) and one photo of another, check, restart, check, restart with
     --rebuild over the crops cache as it was before the delete, check. Returns figures."""
@@ -263,7 +256,7 @@ def _erase_end_to_end(photos_dir: Path, queries: list[tuple[str, bytes]], checkp
             "--num-cpus", "2", "--model-cpus", "0.5", "--max-batch-size", "4", "--workdir", str(work)]
     photos = str(photos_dir.resolve())
     try:
-        server = Server(args, env, _free_port(), timeout)
+        server = Server(args, env, free_port(), timeout)
         try:
             (crops,) = [p for p in (cache / "crops").iterdir() if p.is_dir()]
             (gallery,) = [p for p in work.iterdir() if p.name.startswith("gallery-")]
@@ -310,7 +303,7 @@ def _erase_end_to_end(photos_dir: Path, queries: list[tuple[str, bytes]], checkp
             out = server.stop()
         assert "Traceback" not in out, out[-3000:]
 
-        server = Server(args, env, _free_port(), timeout)
+        server = Server(args, env, free_port(), timeout)
         try:
             check(server.url, "after a restart")
         finally:
@@ -319,7 +312,7 @@ def _erase_end_to_end(photos_dir: Path, queries: list[tuple[str, bytes]], checkp
         shutil.rmtree(crops)
         shutil.copytree(stale, crops)
         shutil.rmtree(stale)
-        server = Server([*args, "--rebuild"], env, _free_port(), timeout)
+        server = Server([*args, "--rebuild"], env, free_port(), timeout)
         try:
             check(server.url, "after --rebuild over the old crops cache")
             rows = len(read_table(gallery))
@@ -336,15 +329,16 @@ def _erase_end_to_end(photos_dir: Path, queries: list[tuple[str, bytes]], checkp
 
 @pytest.mark.slow  # three `facerec serve` starts, each with its own Ray (~1 min each on 2 CPUs)
 @pytest.mark.timeout(1800)
-def test_erased_person_never_comes_back(serve_artifacts, photos, tmp_path):
-    out = _erase_end_to_end(serve_artifacts["photos"], photos, serve_artifacts["checkpoints"]["mnv3"], tmp_path, k=5)
+def test_erased_person_never_comes_back(serve_artifacts, photos, tmp_path, free_port):
+    out = _erase_end_to_end(serve_artifacts["photos"], photos, serve_artifacts["checkpoints"]["mnv3"], tmp_path, k=5,
+                           free_port=free_port)
     assert out["erased"] >= 4
 
 
 @pytest.mark.slow
 @pytest.mark.shared
 @pytest.mark.timeout(1800)
-def test_erased_person_never_comes_back_on_celeba_sample(celeba_sample, serve_artifacts, tmp_path):
+def test_erased_person_never_comes_back_on_celeba_sample(celeba_sample, serve_artifacts, tmp_path, free_port):
     """The issue's report: identity 7256 of celeba-sample (30 photos), with the photos of the nine
     people listed most often beside it. All 5,101 photos would take a quarter of an hour of
     preprocessing and two gallery builds on two CPUs; the folder here is the same photos, linked,
@@ -361,5 +355,5 @@ def test_erased_person_never_comes_back_on_celeba_sample(celeba_sample, serve_ar
     (photos / IDENTITY_FILE).write_text("".join(f"{a} {b}\n" for a, b in zip(subset["image_id"], subset["identity"])))
     queries = [(n, (celeba_sample / "img_celeba" / n).read_bytes()) for n in subset.loc[subset["identity"] != 7256, "image_id"]]
     out = _erase_end_to_end(photos, queries, serve_artifacts["checkpoints"]["mnv3"], tmp_path / "run", k=9, victim=7256,
-                            timeout=900)
+                            free_port=free_port, timeout=900)
     assert out["erased"] >= 20 and out["kept"] >= 250

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,12 +20,6 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _processes_mentioning(text: str) -> dict[int, str]:
@@ -46,13 +39,13 @@ def _processes_mentioning(text: str) -> dict[int, str]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_stops_serve_and_its_ray(serve_artifacts, tmp_path, sig):
+def test_signal_stops_serve_and_its_ray(serve_artifacts, tmp_path, sig, free_port):
     # A private Ray temp folder (short: it holds Unix sockets): the process cannot join another
     # Ray of this machine, its processes are found by it, and the log folder it prints must be in it.
     ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     gallery = tmp_path / "gallery"
     shutil.copytree(serve_artifacts["gallery"], gallery)
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "FACEREC_GALLERY_TOKEN")}
     env.update(RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(ROOT / "pipelines" / "serve.py"), "--gallery", str(gallery), "--allow-untrained",

@@ -8,7 +8,6 @@ import ast
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,12 +38,10 @@ def _pids_under(folder: Path) -> list[int]:
 
 
 @pytest.mark.slow  # a Ray cluster and a Serve app start and stop in the child (~1 min on 2 CPUs)
-def test_serve_smoke_answers_a_search_and_stops_cleanly(gallery_copy, serve_artifacts, tmp_path):
+def test_serve_smoke_answers_a_search_and_stops_cleanly(gallery_copy, serve_artifacts, tmp_path, free_port):
     from facerec.gallery import read_table
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     # Ray's socket paths under RAY_TMPDIR must fit AF_UNIX's 107 bytes: a short folder, not pytest's
     ray_tmp = Path(tempfile.mkdtemp(prefix="fr-", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "FACEREC_GALLERY_TOKEN")}

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,15 +22,9 @@ RAY = str(Path(sys.executable).parent / "ray")
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def head_node():
-    ports = {name: _free_port() for name in ("port", "dashboard-port", "ray-client-server-port",
+def head_node(free_port):
+    ports = {name: free_port() for name in ("port", "dashboard-port", "ray-client-server-port",
                                              "dashboard-agent-listen-port", "runtime-env-agent-port",
                                              "metrics-export-port")}
     temp_dir = Path(tempfile.gettempdir()) / f"rt{uuid.uuid4().hex[:6]}"  # short: socket paths are length-limited
