@@ -1,11 +1,12 @@
 """The k-nearest-neighbour graph of many embeddings: a random-projection forest, then NN-descent.
 
-1. **Forest** (Dasgupta & Freund 2008, "Random projection trees and low dimensional manifolds";
-   used to start the graph as in Tang et al. 2016, "Visualizing large-scale and high-dimensional
-   data" (LargeVis), and pynndescent): each tree halves its nodes at the median of the projection
-   on the line through two random points of the node, down to leaves of at most ``leaf`` faces;
-   every leaf is searched exactly (one BLAS product), and each face keeps the ``k`` nearest it met
-   in any tree. One Ray task per share of the trees.
+1. **Forest** (random partition trees, Dasgupta & Sinha 2015, "Randomized partition trees for
+   nearest neighbor search"; a forest starts the graph as in Tang et al. 2016, "Visualizing
+   large-scale and high-dimensional data" (LargeVis), and pynndescent): each tree halves every node
+   of a level at the median of its projection on that level's random direction (a k-d tree of
+   randomly rotated data), down to leaves of at most ``leaf`` faces; every leaf is searched exactly
+   (one BLAS product), and each face keeps the ``k`` nearest it met in any tree. One Ray task per
+   share of the trees; the shares' lists are merged by blocks of rows, also as Ray tasks.
 2. **NN-descent** (Dong, Charikar & Li 2011, "Efficient k-nearest neighbor graph construction for
    generic similarity measures", WWW): a neighbour of a neighbour is likely a neighbour. Each round
    compares every face with the neighbours of its ``rho`` nearest and ``rho`` reverse neighbours
@@ -96,7 +97,7 @@ def _tree(x: np.ndarray, leaf: int, rng: np.random.Generator) -> tuple[np.ndarra
     depth = max(0, math.ceil(math.log2(max(n, 1) / leaf)))
     q, _ = np.linalg.qr(rng.standard_normal((dim, max(depth, 1))).astype(np.float32))
     proj = np.ascontiguousarray((x @ q[:, :depth]).T)         # (depth, n): one row per level
-    perm, nodes = np.arange(n), [(0, n)]
+    perm, nodes = np.arange(n, dtype=_ids(n)), [(0, n)]
     for level in range(depth):
         below = []
         for lo, hi in nodes:
@@ -120,10 +121,10 @@ def _forest(x: np.ndarray, k: int, leaf: int, seeds: list[int], own_leaves: list
     n = len(x)
     norms = _norms(x)
     d = np.full((n, k), np.inf, np.float32)
-    i = np.full((n, k), -1, np.int64)
+    i = np.full((n, k), -1, _ids(n))
     with threadpool_limits(1):  # one task per core: the tasks are the parallelism
         for seed in ([None] if own_leaves else []) + list(seeds):
-            perm, xw, leaves = (np.arange(n), x, own_leaves) if seed is None else _tree(x, leaf, np.random.default_rng(seed))
+            perm, xw, leaves = (np.arange(n, dtype=_ids(n)), x, own_leaves) if seed is None else _tree(x, leaf, np.random.default_rng(seed))
             for lo, hi in leaves:
                 kk = min(k, hi - lo - 1)
                 if kk < 1:
@@ -151,12 +152,12 @@ def _descend(x: np.ndarray, norms: np.ndarray, join: np.ndarray, fresh: np.ndarr
              i: np.ndarray, lo: int, hi: int, k: int, block: int = 512) -> tuple[np.ndarray, np.ndarray, int]:
     """One NN-descent round for rows lo..hi: each row against the ``join`` lists of its ``join`` list,
     skipping the pairs the round before compared already: those reached through two entries that are
-    not ``fresh`` (the local join's new/old flags). Returns the rows' new lists and how many of their
-    entries are new."""
+    not ``fresh`` (the local join's new/old flags). ``d``/``i``: every row's lists (the object store's
+    one copy on Ray). Returns rows lo..hi's new lists and how many of their entries are new."""
     from threadpoolctl import threadpool_limits
 
     n = len(x)
-    out_d, out_i, changed = d.copy(), i.copy(), 0
+    out_d, out_i, changed = d[lo:hi].copy(), i[lo:hi].copy(), 0
     with threadpool_limits(1):
         # a row whose join list and whose join list's lists hold nothing fresh has nothing to compare
         any_fresh = fresh.any(1)
@@ -194,6 +195,12 @@ def _descend(x: np.ndarray, norms: np.ndarray, join: np.ndarray, fresh: np.ndarr
     return out_d, out_i, changed
 
 
+def _ids(n: int) -> type:
+    """Row numbers as int32 while they fit: the lists, join lists and candidates are most of the
+    memory a round moves."""
+    return np.int32 if n < 2 ** 31 else np.int64
+
+
 def _norms(x: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", x, x)
 
@@ -207,12 +214,12 @@ def _join_lists(i: np.ndarray, rho: int, lo: int = 0, hi: int | None = None) -> 
     listed = i[src, rank] - lo
     # one unique int64 key per entry (listed row, then its rank there, then the listing row), so the
     # fast unstable sort gives one order
-    o = np.argsort((listed * k + rank) * n + src)
+    o = np.argsort((listed.astype(np.int64) * k + rank) * n + src)
     listed, src = listed[o], src[o]
     start = np.concatenate([[0], np.cumsum(np.bincount(listed, minlength=hi - lo))[:-1]])
     pos = np.arange(len(listed)) - start[listed]
     keep = pos < rho
-    rev = np.full((hi - lo, rho), -1, np.int64)
+    rev = np.full((hi - lo, rho), -1, i.dtype)
     rev[listed[keep], pos[keep]] = src[keep]
     return np.concatenate([i[lo:hi, :rho], rev], 1)
 
@@ -222,6 +229,14 @@ def _prepare(i: np.ndarray, before: np.ndarray | None, rho: int, lo: int, hi: in
     """A round's join lists of rows lo..hi and which of their entries are fresh."""
     join = _join_lists(i, rho, lo, hi)
     return join, _is_new(join, None if before is None else before[lo:hi])
+
+
+def _merge_rows(lo: int, hi: int, k: int, *lists: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows lo..hi of several (distances, neighbours) lists of the same rows, the k nearest of all."""
+    d, i = lists[0][0][lo:hi], lists[0][1][lo:hi]
+    for dd, ii in lists[1:]:
+        d, i = _keep_nearest(d, i, dd[lo:hi], ii[lo:hi], k)
+    return d, i
 
 
 # ----------------------------------------------------------------------------- the graph
@@ -252,12 +267,16 @@ def nndescent_graph(x: np.ndarray, k: int, params: NNDescentParams | None = None
     del x  # on Ray the object store holds it: one copy fewer on the driver
     width = min(run.width, params.trees)
     shares = [(seeds[j::width], own if j == width - 1 else None) for j in range(width)]
-    d = i = None
-    for dd, ii in run.map(_forest, [(x_ref, k, params.leaf, s, o) for s, o in shares]):
-        d, i = (dd, ii) if d is None else _keep_nearest(d, i, dd, ii, k)
+    bounds = _blocks(n, run.width)
+    trees = run.submit(_forest, [(x_ref, k, params.leaf, s, o) for s, o in shares])
+    # the shares' lists merged by blocks of rows in parallel, not on the driver alone
+    parts = run.map(_merge_rows, [(a, b, k, *trees) for a, b in bounds])
+    del trees
+    d = np.concatenate([p[0] for p in parts])
+    i = np.concatenate([p[1] for p in parts])
+    del parts
     report(1 / steps)
     log.debug("NN-descent forest: %d trees in %.1f s", params.trees, time.perf_counter() - t0)
-    bounds = _blocks(n, run.width)
     before_ref = None
     for r in range(params.max_rounds):
         i_ref = run.put(i)
@@ -265,7 +284,9 @@ def nndescent_graph(x: np.ndarray, k: int, params: NNDescentParams | None = None
         join_ref = run.put(np.concatenate([p[0] for p in lists]))
         fresh_ref = run.put(np.concatenate([p[1] for p in lists]))
         del lists
-        parts = run.map(_descend, [(x_ref, norms_ref, join_ref, fresh_ref, d[a:b], i[a:b], a, b, k) for a, b in bounds])
+        d_ref = run.put(d)
+        parts = run.map(_descend, [(x_ref, norms_ref, join_ref, fresh_ref, d_ref, i_ref, a, b, k) for a, b in bounds])
+        del d_ref
         before_ref = join_ref
         d = np.concatenate([p[0] for p in parts])
         i = np.concatenate([p[1] for p in parts])
@@ -284,7 +305,7 @@ def nndescent_graph(x: np.ndarray, k: int, params: NNDescentParams | None = None
     out_d, out_i = np.empty_like(d), np.empty_like(i)
     out_d[order] = d
     out_i[order] = np.where(i < 0, -1, order[np.where(i < 0, 0, i)])
-    return out_d, out_i
+    return out_d, out_i.astype(np.int64)
 
 
 def _blocks(n: int, width: int) -> list[tuple[int, int]]:
@@ -298,8 +319,10 @@ class _InProcess:
     def put(self, value):
         return value
 
-    def map(self, fn, args: list[tuple]) -> list:
+    def submit(self, fn, args: list[tuple]) -> list:
         return [fn(*a) for a in args]
+
+    map = submit
 
     def close(self) -> None:
         pass
@@ -322,11 +345,15 @@ class _OnRay:
     def put(self, value):
         return self.ray.put(value)
 
-    def map(self, fn, args: list[tuple]) -> list:
+    def submit(self, fn, args: list[tuple]) -> list:
+        """The tasks' results in the object store (refs, for the next map's arguments)."""
         if fn not in self._remote:  # one remote function per piece, exported once
             self._remote[fn] = self.ray.remote(num_cpus=1)(fn)
         task = self._remote[fn]
-        return self.ray.get([task.remote(*a) for a in args])
+        return [task.remote(*a) for a in args]
+
+    def map(self, fn, args: list[tuple]) -> list:
+        return self.ray.get(self.submit(fn, args))
 
     def close(self) -> None:
         self._remote.clear()

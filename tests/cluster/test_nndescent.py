@@ -138,3 +138,94 @@ def test_join_lists_hold_nearest_and_reverse_neighbours():
         # the rows that list r, those that rank it nearest first (brute force)
         want = [row for _, row in sorted((c, row) for row in range(50) for c in range(6) if i[row, c] == r)][:3]
         assert [v for v in j[r, 3:] if v >= 0] == want
+
+
+def test_tree_partitions_the_rows_into_balanced_leaves():
+    from facerec.cluster.nndescent import _tree
+
+    x, _ = faces(50, 41)  # 2,050 rows: odd halves on the way down
+    perm, xw, leaves = _tree(x, 100, np.random.default_rng(3))
+    np.testing.assert_array_equal(np.sort(perm), np.arange(len(x)))
+    np.testing.assert_array_equal(xw, x[perm])
+    # contiguous slices that cover every row once, each at most `leaf` and at least half of it
+    assert [lo for lo, _ in leaves] == [0] + [hi for _, hi in leaves[:-1]] and leaves[-1][1] == len(x)
+    sizes = [hi - lo for lo, hi in leaves]
+    assert max(sizes) <= 100 and min(sizes) >= 50
+    # the same seed builds the same tree; another seed cuts elsewhere
+    again, _, _ = _tree(x, 100, np.random.default_rng(3))
+    np.testing.assert_array_equal(perm, again)
+    other, _, _ = _tree(x, 100, np.random.default_rng(4))
+    assert not np.array_equal(perm, other)
+
+
+def test_tree_keeps_well_separated_people_together():
+    from facerec.cluster.nndescent import _tree
+
+    x, y = faces(64, 16, dim=32)  # people far apart next to their spread: a median cut rarely splits one
+    perm, _, leaves = _tree(x, 128, np.random.default_rng(0))
+    leaf_of = np.empty(len(x), int)
+    for j, (lo, hi) in enumerate(leaves):
+        leaf_of[perm[lo:hi]] = j
+    # share of same-person pairs that one leaf holds; a random assignment to 8 leaves holds 1/8
+    same = [(a, b) for p in range(64) for a in np.flatnonzero(y == p) for b in np.flatnonzero(y == p) if a < b]
+    together = np.mean([leaf_of[a] == leaf_of[b] for a, b in same])
+    assert together > 0.5
+
+
+def test_one_round_is_the_local_join():
+    """One round of ``_descend`` against the local join written out by hand: each row meets the
+    entries of its join list and their join lists, except pairs reached through two stale entries."""
+    from facerec.cluster.nndescent import _descend, _is_new, _join_lists, _norms
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, 8)).astype(np.float32)
+    k = 5
+    i = np.stack([rng.choice(np.delete(np.arange(120), r), k, replace=False) for r in range(120)])
+    d = ((x[:, None, :] - x[i]) ** 2).sum(2).astype(np.float32)
+    join = _join_lists(i, 3)
+    before = _join_lists(np.roll(i, 1, axis=1), 3)  # a different previous round: some entries stale
+    fresh = _is_new(join, before)
+    assert fresh.any() and not fresh.all()
+    lo, hi = 10, 90
+    got_d, got_i, changed = _descend(x, _norms(x), join, fresh, d, i, lo, hi, k, block=16)
+    want_changed = 0
+    for r in range(lo, hi):
+        cand = set(i[r])
+        for a, v in enumerate(join[r]):
+            if v < 0:
+                continue
+            if fresh[r, a]:
+                cand.add(int(v))
+            for b, c in enumerate(join[v]):
+                if c >= 0 and (fresh[r, a] or fresh[v, b]):
+                    cand.add(int(c))
+        cand.discard(r)
+        ranked = sorted(cand, key=lambda c: float(((x[r] - x[c]) ** 2).sum()))[:k]
+        assert set(got_i[r - lo]) == set(ranked), r
+        np.testing.assert_allclose(np.sort(got_d[r - lo]), sorted(((x[r] - x[c]) ** 2).sum() for c in ranked),
+                                   rtol=1e-4, atol=1e-5)
+        want_changed += len(set(ranked) - set(i[r]))
+    assert changed == want_changed > 0
+
+
+def test_merge_rows_keeps_the_nearest_of_every_list():
+    from facerec.cluster.nndescent import _merge_rows
+
+    rng = np.random.default_rng(2)
+    dist = rng.random((30, 40)).astype(np.float32)  # one distance per (row, id), as the descent finds it
+    lists = []
+    for _ in range(3):
+        i = np.stack([rng.choice(40, 4, replace=False) for _ in range(30)])
+        lists.append((np.take_along_axis(dist, i, 1), i))
+    lists[1][1][7] = lists[0][1][7]  # the same ids twice in a row: each kept once
+    lists[1][0][7] = lists[0][0][7]
+    d, i = _merge_rows(5, 25, 4, *lists)
+    assert len(set(i[7 - 5])) == 4
+    for r in range(5, 25):
+        best = {}
+        for dd, ii in lists:
+            for v, c in zip(dd[r], ii[r]):
+                best[int(c)] = min(best.get(int(c), np.inf), float(v))
+        want = sorted(best.items(), key=lambda t: t[1])[:4]
+        assert set(i[r - 5]) == {c for c, _ in want}
+        np.testing.assert_allclose(np.sort(d[r - 5]), [v for _, v in want])
