@@ -43,11 +43,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class NNDescentParams:
     """``trees``/``leaf``: the forest; ``rho``: forward and reverse neighbours whose neighbours a round
-    compares; ``max_rounds``/``delta``: when the descent stops; ``seed``: the trees' random lines."""
+    compares; ``max_rounds``/``delta``: when the descent stops; ``seed``: the trees' random directions.
+    The defaults were chosen with ``benchmarks/bench_cluster.py scale`` at 100k and 1M faces: fewer
+    trees or a smaller ``rho`` lose graph recall, more cost time for little recall."""
 
     trees: int = 12
     leaf: int = 1024
-    rho: int = 8
+    rho: int = 6
     max_rounds: int = 8
     delta: float = 0.001
     seed: int = 0
@@ -55,7 +57,7 @@ class NNDescentParams:
     def __post_init__(self):
         ints = {"trees": (1, "an integer >= 1 (random-projection trees, e.g. 12)"),
                 "leaf": (16, "an integer >= 16 (faces per leaf searched exactly, e.g. 1024)"),
-                "rho": (1, "an integer >= 1 (neighbours whose neighbours are compared, e.g. 8)"),
+                "rho": (1, "an integer >= 1 (neighbours whose neighbours are compared, e.g. 6)"),
                 "max_rounds": (0, "an integer >= 0 (NN-descent rounds at most, e.g. 8)"),
                 "seed": (0, "an integer >= 0")}
         for name, (low, expected) in ints.items():
