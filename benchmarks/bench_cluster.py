@@ -105,8 +105,8 @@ def mixed_sheet(out: Path, data: Path, per: int = 8) -> Path:
     from facerec.data.images import encode_png
     from facerec.io import atomic_write_bytes
 
-    listing = load_celeba(data).drop_duplicates("image_id")
-    rows = [contact_sheet([find_image_dir(data) / i for i in listing.loc[listing["identity"] == who, "image_id"][:per]],
+    listing, photos = load_celeba(data).drop_duplicates("image_id"), find_image_dir(data)
+    rows = [contact_sheet([photos / i for i in listing.loc[listing["identity"] == who, "image_id"][:per]],
                           f"celeba-sample identity {who}", side=120, cols=per) for who in MIXED_IDENTITIES]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "mixed_identities.png", encode_png(np.concatenate(rows, 0)))
@@ -158,11 +158,10 @@ def quality(args) -> pd.DataFrame:
             t = time.perf_counter()
             lab = DBSCAN(eps=eps, min_samples=2).fit_predict(x)
             db[eps] = (np.where(lab < 0, -1 - np.arange(len(x)), lab), time.perf_counter() - t)  # noise: alone
-        if name == "celeba-sample":
-            mixed_sheet(Path(args.out), SHARED_DATA / "celeba-sample")
         everyone = np.ones(len(truth), bool)
         truths = [(name, truth, everyone)]
         if name == "celeba-sample":
+            mixed_sheet(Path(args.out), SHARED_DATA / "celeba-sample")
             merged = truth.copy()
             merged[merged == 7393] = 7392
             truths.append((f"{name} (7392=7393)", merged, everyone))
